@@ -1,0 +1,40 @@
+"""fitwell: train neural networks well on tables, and learn why a training run went wrong.
+
+Heavy modules (torch) load on first use, so ``fitwell --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": "fitwell.api",
+    "train_population": "fitwell.api",
+    "load_run": "fitwell.api",
+    "Run": "fitwell.api",
+    "TrainConfig": "fitwell.config",
+    "build_config": "fitwell.config",
+    "Callback": "fitwell.training.callbacks",
+    "InputError": "fitwell.errors",
+    "FitwellError": "fitwell.errors",
+    "TrainingFailed": "fitwell.errors",
+}
+
+if TYPE_CHECKING:
+    from fitwell.api import Run, load_run, train, train_population
+    from fitwell.config import TrainConfig, build_config
+    from fitwell.errors import FitwellError, InputError, TrainingFailed
+    from fitwell.training.callbacks import Callback
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fitwell' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,434 @@
+"""The Python face of fitwell: ``train``, ``train_population``, ``load_run`` and ``Run.predict``.
+
+Data flows one way: config -> data (load, split, preprocess on train rows) -> population training
+-> choice of member on validation -> one read of the sealed test split -> run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fitwell import runs
+from fitwell.config import PER_MEMBER_FIELDS, TrainConfig, build_config, load_toml, to_toml
+from fitwell.data import PreparedData, Preprocessor, load_table, prepare
+from fitwell.data.preparation import TargetEncoder
+from fitwell.errors import InputError, TrainingFailed
+from fitwell.metrics import regression_report, score_name
+from fitwell.models import Architecture, PopulationMLP
+from fitwell.training import Callback, FitResult, LoopSettings, MemberSettings, ProgressBar, Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("`device` is 'cuda' but no CUDA GPU is available; use --device cpu.")
+    return torch.device(name)
+
+
+def configure_threads(threads: int | None) -> int:
+    """Set torch's CPU threads. Default 1: on a busy shared machine more threads collapse."""
+    n = threads or 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def make_config(config: TrainConfig | dict | str | Path | None = None, **settings: Any) -> TrainConfig:
+    """Merge a config (object, dict or TOML path) with keyword settings; validate once."""
+    if isinstance(config, TrainConfig):
+        base = config.to_dict()
+    elif isinstance(config, (str, Path)):
+        base = load_toml(config)
+    else:
+        base = dict(config or {})
+    return build_config(base | {k: v for k, v in settings.items() if v is not None})
+
+
+def _member_settings(cfg: TrainConfig, seed: int) -> MemberSettings:
+    return MemberSettings(
+        seed=seed, lr=cfg.lr, l1=cfg.l1, l2=cfg.l2, dropout=cfg.dropout_per_layer()
+    )
+
+
+def _loop_settings(cfg: TrainConfig) -> LoopSettings:
+    return LoopSettings(
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        batch_size=cfg.batch_size,
+        max_epochs=cfg.max_epochs,
+        init=cfg.init,
+        init_scale=cfg.init_scale,
+        bias_init=cfg.bias_init,
+        patience=cfg.patience,
+        min_delta=cfg.min_delta,
+        restore_best=cfg.restore_best,
+    )
+
+
+def _check_population(configs: Sequence[TrainConfig]) -> None:
+    """Members may differ only in per-member settings; everything else must match."""
+    first = configs[0].to_dict()
+    for i, cfg in enumerate(configs[1:], start=1):
+        for key, value in cfg.to_dict().items():
+            if key in PER_MEMBER_FIELDS or key in ("restarts", "target_score"):
+                continue
+            if first.get(key) != value:
+                raise InputError(
+                    f"population member {i} differs in `{key}` ({value!r} vs {first.get(key)!r}); "
+                    f"members may differ only in {', '.join(PER_MEMBER_FIELDS)}."
+                )
+
+
+@dataclass
+class Run:
+    """A finished run: its directory, metrics, and a model ready to predict."""
+
+    run_dir: Path | None
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+    model: PopulationMLP
+    preprocessor: Preprocessor
+    target_encoder: TargetEncoder
+    target: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.target_encoder.task
+
+    def _inputs(self, data: pd.DataFrame | np.ndarray | str | Path) -> pd.DataFrame:
+        if isinstance(data, (str, Path)):
+            from fitwell.data.loading import read_file
+
+            frame, _ = read_file(data)
+            return frame
+        if isinstance(data, np.ndarray):
+            if data.ndim != 2 or data.shape[1] != len(self.preprocessor.input_columns):
+                raise InputError(
+                    f"expected a 2-D array with {len(self.preprocessor.input_columns)} columns; "
+                    f"got shape {data.shape}."
+                )
+            return pd.DataFrame(data, columns=self.preprocessor.input_columns)
+        return data
+
+    @torch.no_grad()
+    def _outputs(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+        frame = self._inputs(data)
+        source = str(data) if isinstance(data, (str, Path)) else "data"
+        x = torch.as_tensor(self.preprocessor.transform(frame, source=source))
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        return self.model.predict_chunks(x.to(device))[0].cpu().numpy()
+
+    def predict(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+        """Predicted labels (classification) or values in the target's units (regression)."""
+        out = self._outputs(data)
+        if self.task == "classification":
+            return self.target_encoder.decode(out.argmax(axis=1))
+        return self.target_encoder.decode(out[:, 0])
+
+    def predict_proba(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+        """Class probabilities, columns in ``target_encoder.classes`` order."""
+        if self.task != "classification":
+            raise InputError("predict_proba needs a classification run.")
+        out = torch.as_tensor(self._outputs(data))
+        return torch.softmax(out, dim=1).numpy()
+
+
+def _single_member_model(arch: Architecture, state: dict[str, torch.Tensor]) -> PopulationMLP:
+    model = PopulationMLP(arch, 1)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise InputError(f"model weights do not match the architecture ({first}).") from None
+    return model
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load a run directory written by :func:`train` (JSON + safetensors; nothing unpickled)."""
+    saved = runs.load_model_files(run_dir)
+    folder = Path(run_dir)
+    try:
+        arch = Architecture.from_json(saved.meta["architecture"])
+        pre = Preprocessor.from_json(saved.meta["preprocessing"])
+        enc = TargetEncoder.from_json(saved.meta["target_encoder"])
+        target = str(saved.meta["target"])
+    except KeyError as exc:
+        raise InputError(f"{folder / runs.MODEL_META}: missing field {exc}.") from None
+    model = _single_member_model(arch, saved.state)
+    for name, tensor in saved.state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{folder / runs.MODEL_FILE}: tensor {name!r} holds non-finite values.")
+    metrics_path = folder / runs.METRICS_FILE
+    metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
+    history_path = folder / runs.HISTORY_FILE
+    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+    return Run(folder, metrics, history, model, pre, enc, target)
+
+
+def l1_zeroed_features(
+    first_layer: torch.Tensor, pre: Preprocessor
+) -> tuple[list[str], list[str]]:
+    """Input columns (and encoded features) whose every first-layer weight is exactly zero."""
+    norms = first_layer.detach().abs().reshape(first_layer.shape[-2], -1).sum(dim=1).cpu().numpy()
+    encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
+    columns = [
+        col for col, idx in pre.encoded_groups().items() if idx and all(norms[i] == 0.0 for i in idx)
+    ]
+    return columns, encoded
+
+
+def _test_metrics(
+    model: PopulationMLP, prepared: PreparedData, device: torch.device
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Open the sealed test split (once) and score the chosen model on it."""
+    x_test, y_test = prepared.test.open()
+    model.eval()
+    with torch.no_grad():
+        out = model.predict_chunks(torch.as_tensor(x_test, device=device))[0].cpu()
+    enc = prepared.target_encoder
+    if prepared.task == "classification":
+        y = torch.as_tensor(y_test)
+        loss = float(torch.nn.functional.cross_entropy(out, y))
+        pred = out.argmax(dim=1).numpy()
+        acc = float((pred == y_test).mean())
+        labels = list(range(len(enc.classes)))
+        from sklearn.metrics import confusion_matrix
+
+        cm = confusion_matrix(y_test, pred, labels=labels).tolist()
+        return {"accuracy": acc, "loss": loss}, {"confusion_matrix": cm, "labels": enc.classes}
+    pred_std = out[:, 0].numpy()
+    y_true = enc.decode(np.asarray(y_test, dtype=float))
+    y_pred = enc.decode(pred_std)
+    metrics = regression_report(y_true, y_pred)
+    metrics["loss"] = float(np.mean((pred_std - y_test) ** 2))
+    idx = np.linspace(0, len(y_true) - 1, num=min(len(y_true), 500)).astype(int)
+    return metrics, {"y_true": y_true[idx].tolist(), "y_pred": y_pred[idx].tolist()}
+
+
+def _environment(device: torch.device, threads: int) -> dict[str, Any]:
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": threads,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def train(
+    data: str | Path | None = None,
+    *,
+    config: TrainConfig | dict | str | Path | None = None,
+    out: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool | None = False,
+    **settings: Any,
+) -> Run:
+    """Train a model on a table and write a run directory.
+
+    Parameters
+    ----------
+    data : path, optional
+        CSV, Parquet or ``.npz`` file; or pass ``dataset="digits"`` (a built-in).
+    config : TrainConfig, dict or TOML path, optional
+        Base settings; keyword ``settings`` override them (see :class:`TrainConfig`).
+    out : path, optional
+        Run directory to create (must not exist). ``None`` writes nothing.
+    callbacks : sequence of Callback
+        Extra callbacks for the training loop.
+    progress : bool or None, default False
+        Show a progress bar; ``None`` shows it when stderr is a terminal.
+    """
+    cfg = make_config(config, data=str(data) if data is not None else None, **settings)
+    return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
+
+
+def train_population(
+    configs: Sequence[TrainConfig | dict],
+    *,
+    out: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool | None = False,
+) -> Run:
+    """Train several configurations at once as one batched population and keep the best.
+
+    Configurations may differ in ``seed``, ``lr``, ``l1``, ``l2`` and ``dropout``; each one's
+    ``restarts`` adds that many members with seeds ``seed, seed+1, ...``. The member with the
+    lowest validation loss is chosen, then the sealed test split is read once to score it.
+    Every member's validation result is in ``run.metrics["population"]``.
+    """
+    if not configs:
+        raise InputError("train_population needs at least one configuration.")
+    cfgs = [c if isinstance(c, TrainConfig) else make_config(c) for c in configs]
+    _check_population(cfgs)
+    cfg = cfgs[0]
+    started = time.perf_counter()
+    if out is not None:
+        runs.check_destination(out)
+    table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
+    threads = configure_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    prepared = prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
+    if len(cfgs) == 1 and cfg.target is None:
+        cfg = cfg.replace(target=prepared.target)
+    arch = Architecture(
+        n_inputs=prepared.n_features,
+        hidden=cfg.hidden,
+        n_outputs=prepared.target_encoder.n_outputs,
+        activation=cfg.activation,
+        batch_norm=cfg.batch_norm,
+    )
+    members: list[MemberSettings] = []
+    origin: list[int] = []
+    for i, c in enumerate(cfgs):
+        for r in range(c.restarts):
+            members.append(_member_settings(c, c.seed + r))
+            origin.append(i)
+    all_callbacks = list(callbacks)
+    if progress is None or progress:
+        all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
+    torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
+    trainer = Trainer(
+        arch,
+        members,
+        _loop_settings(cfg),
+        task=prepared.task,
+        x_train=prepared.x_train,
+        y_train=prepared.y_train,
+        x_val=prepared.x_val,
+        y_val=prepared.y_val,
+        device=device,
+        callbacks=all_callbacks,
+    )
+    fit = trainer.fit()
+    train_seconds = time.perf_counter() - started
+    best = fit.best_member
+    if not best.finite:
+        raise TrainingFailed(
+            "training diverged: no member has finite weights and validation loss "
+            f"({best.stop_reason or 'non-finite values'}). Lower the learning rate."
+        )
+    model = _single_member_model(arch, {k: v.to(device) for k, v in best.state.items()})
+    model.to(device)
+    # Every choice is made: read the sealed test split, once.
+    test, test_detail = _test_metrics(model, prepared, device)
+    zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)
+    metrics = _metrics(cfg, cfgs, origin, fit, prepared, test, test_detail, zeroed_cols,
+                       zeroed_encoded, device, threads, train_seconds)
+    history = pd.DataFrame(fit.history)
+    meta = {
+        "architecture": arch.to_json(),
+        "preprocessing": prepared.preprocessor.to_json(),
+        "target": prepared.target,
+        "target_encoder": prepared.target_encoder.to_json(),
+    }
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        with runs.staged_directory(run_dir) as folder:
+            runs.save_model(folder, best.state, meta)
+            runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
+            runs.write_json(folder / runs.METRICS_FILE, metrics)
+            runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
+            from fitwell.plots import curves_png
+
+            runs.write_atomic(
+                folder / runs.CURVES_FILE,
+                curves_png(
+                    fit.history,
+                    member=best.member,
+                    best_epoch=best.best_epoch if cfg.patience > 0 else 0,
+                    score=score_name(prepared.task),
+                    title=f"{prepared.source}: learning curves (member {best.member})",
+                ),
+            )
+        metrics["run_dir"] = str(run_dir)
+    return Run(run_dir, metrics, history, model, prepared.preprocessor, prepared.target_encoder,
+               prepared.target, extra={"fit": fit, "prepared": prepared})
+
+
+def _metrics(
+    cfg: TrainConfig,
+    cfgs: Sequence[TrainConfig],
+    origin: list[int],
+    fit: FitResult,
+    prepared: PreparedData,
+    test: dict[str, float],
+    test_detail: dict[str, Any],
+    zeroed_cols: list[str],
+    zeroed_encoded: list[str],
+    device: torch.device,
+    threads: int,
+    seconds: float,
+) -> dict[str, Any]:
+    best = fit.best_member
+    score = score_name(prepared.task)
+    primary = test["accuracy"] if prepared.task == "classification" else test["r2"]
+    val_scores = [m.val_score for m in fit.members]
+    finite_scores = [s for s in val_scores if math.isfinite(s)]
+    return {
+        "task": prepared.task,
+        "score_name": score,
+        "test": test,
+        "test_score": primary,
+        "test_detail": test_detail,
+        "train": {"loss": best.train_loss, score: best.train_score},
+        "val": {"loss": best.val_loss, score: best.val_score},
+        "best_epoch": best.best_epoch,
+        "epochs_run": best.epochs_run,
+        "stop_reason": best.stop_reason,
+        "restored_best_weights": bool(cfg.restore_best and cfg.patience > 0),
+        "restarts": {
+            "val_scores": val_scores,
+            "val_losses": [m.val_loss for m in fit.members],
+            "seeds": [m.settings.seed for m in fit.members],
+            "best": best.member,
+            "spread": (max(finite_scores) - min(finite_scores)) if finite_scores else None,
+        },
+        "population": [
+            {
+                "member": m.member,
+                "config_index": origin[m.member],
+                "seed": m.settings.seed,
+                "lr": m.settings.lr,
+                "l1": m.settings.l1,
+                "l2": m.settings.l2,
+                "dropout": list(m.settings.dropout),
+                "best_epoch": m.best_epoch,
+                "epochs_run": m.epochs_run,
+                "stop_reason": m.stop_reason,
+                "val_loss": m.val_loss,
+                f"val_{score}": m.val_score,
+            }
+            for m in fit.members
+        ]
+        if len(cfgs) > 1 or len(fit.members) > 1
+        else [],
+        "l1_zeroed_features": zeroed_cols,
+        "l1_zeroed_encoded_features": zeroed_encoded,
+        "target_score": cfg.target_score,
+        "target_met": None if cfg.target_score is None else bool(primary >= cfg.target_score),
+        "findings": [],
+        "data": prepared.summary(),
+        "environment": _environment(device, threads),
+        "train_seconds": round(seconds, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

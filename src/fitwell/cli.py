@@ -1,0 +1,253 @@
+"""Command line: parses, calls the library, prints. No training logic lives here.
+
+Errors from the library become one line on stderr (``error: ...``) with exit code 2 (bad input)
+or 3 (training failed); a missed ``--target-score`` exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fitwell import __version__
+from fitwell.config import ACTIVATIONS, BUILTIN_DATASETS, DEVICES, INITS, OPTIMIZERS, TASKS
+
+EXIT_OK, EXIT_TARGET_MISSED, EXIT_INPUT, EXIT_TRAINING = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one ``error:`` line with exit code 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_INPUT)
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("data", nargs="?", help="CSV, Parquet or .npz file")
+    g.add_argument("--dataset", help=f"built-in dataset: {', '.join(BUILTIN_DATASETS)}")
+    g.add_argument("--target", help="target column")
+    g.add_argument("--task", help=f"{' | '.join(TASKS)} (default auto)")
+    g.add_argument("--split", help="train,val,test fractions (default 0.7,0.15,0.15)")
+    g.add_argument("--no-scale", dest="scale", action="store_const", const=False,
+                   help="do not standardize numeric columns")
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", help="hidden widths, e.g. 256,256 (empty for a linear model)")
+    g.add_argument("--activation", help=" | ".join(ACTIVATIONS))
+    g.add_argument("--dropout", help="drop probability, one or one per hidden layer")
+    g.add_argument("--init", help=" | ".join(INITS))
+    g.add_argument("--init-scale", type=float, help="multiplies the initial weight std")
+    g.add_argument("--bias-init", type=float, help="initial value of hidden biases")
+    g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
+    g = p.add_argument_group("training")
+    g.add_argument("--optimizer", help=" | ".join(OPTIMIZERS))
+    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--max-epochs", type=int)
+    g.add_argument("--l1", type=float, help="L1 strength: adds l1*sum|W| (exact zeros)")
+    g.add_argument("--l2", type=float, help="L2 strength: adds l2*sum W^2")
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    g.add_argument("--min-delta", type=float, help="smallest validation-loss improvement")
+    g.add_argument("--no-restore-best", dest="restore_best", action="store_const", const=False,
+                   help="keep the last weights instead of the best validation epoch's")
+    g.add_argument("--restarts", type=int, help="random restarts trained together; best kept")
+    g.add_argument("--target-score", type=float, help="exit 1 if the test score is below it")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help=" | ".join(DEVICES))
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default 1)")
+    g = p.add_argument_group("output")
+    g.add_argument("--config", help="TOML file with the same settings (flags override it)")
+    g.add_argument("--out", help="run directory to create (default runs/NAME-TIMESTAMP)")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fitwell",
+        description="Train neural networks well on tables, and learn why a run went wrong.",
+    )
+    parser.add_argument("--version", action="version", version=f"fitwell {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    _add_training_flags(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("predict", help="predict with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("data", help="CSV, Parquet or .npz file with the same columns")
+    p.add_argument("--out", help="write predictions to this CSV (default: stdout)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _default_out(settings: dict[str, Any]) -> Path:
+    name = settings.get("dataset") or Path(str(settings.get("data") or "run")).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip(".-") or "run"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    root = Path("runs")
+    root.mkdir(exist_ok=True)
+    out = root / f"{name}-{stamp}"
+    i = 1
+    while out.exists():
+        i += 1
+        out = root / f"{name}-{stamp}-{i}"
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fitwell.api import make_config, train
+
+    settings = {
+        k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None
+    }
+    cfg = make_config(args.config, **settings)
+    out = Path(args.out) if args.out else _default_out(cfg.to_dict())
+    show = not (args.quiet or args.json)
+    run = train(config=cfg, out=out, progress=None if show else False)
+    m = run.metrics
+    if args.json:
+        print(json.dumps(summary_json(m), default=str))
+    elif not args.quiet:
+        print_summary(m)
+    if m.get("target_met") is False:
+        return EXIT_TARGET_MISSED
+    return EXIT_OK
+
+
+def summary_json(m: dict[str, Any]) -> dict[str, Any]:
+    """The stable ``--json`` contract of ``fitwell train``."""
+    from fitwell.runs import json_safe
+
+    return json_safe({
+        "run_dir": m.get("run_dir"),
+        "task": m["task"],
+        "test": m["test"],
+        "best_epoch": m["best_epoch"],
+        "epochs_run": m["epochs_run"],
+        "stop_reason": m["stop_reason"],
+        "restarts": {"val_scores": m["restarts"]["val_scores"], "best": m["restarts"]["best"]},
+        "l1_zeroed_features": m["l1_zeroed_features"],
+        "findings": m["findings"],
+        "target_score": m["target_score"],
+        "target_met": m["target_met"],
+    })
+
+
+def print_summary(m: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    d = m["data"]
+    rows = d["rows"]
+    console.print(
+        f"[bold]fitwell[/] · {d['source']} · {m['task']} · target {d['target']!r} · "
+        f"{rows['train']} train / {rows['val']} val / {rows['test']} test rows"
+    )
+    score = m["score_name"]
+    test = m["test"]
+    if m["task"] == "classification":
+        line = f"test accuracy [bold]{test['accuracy']:.4f}[/] (loss {test['loss']:.4f})"
+    else:
+        line = (f"test r2 [bold]{test['r2']:.4f}[/] · rmse {test['rmse']:.4g} · "
+                f"mae {test['mae']:.4g}")
+    if m["target_score"] is not None:
+        ok = "[green]met[/]" if m["target_met"] else "[red]missed[/]"
+        line += f" · target {m['target_score']:g} {ok}"
+    console.print(line)
+    console.print(
+        f"train {score} {m['train'][score]:.4f} · val {score} {m['val'][score]:.4f} at epoch "
+        f"{m['best_epoch']} of {m['epochs_run']} · {m['stop_reason']}"
+        + (" · best weights restored" if m["restored_best_weights"] else "")
+    )
+    scores = [s for s in m["restarts"]["val_scores"] if s is not None]
+    if len(m["restarts"]["val_scores"]) > 1 and scores:
+        console.print(
+            f"restarts: {len(m['restarts']['val_scores'])} members, val {score} "
+            f"{min(scores):.4f}–{max(scores):.4f}, kept member {m['restarts']['best']}"
+        )
+    if m["l1_zeroed_features"]:
+        names = ", ".join(m["l1_zeroed_features"][:20])
+        more = len(m["l1_zeroed_features"]) - 20
+        console.print(f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
+                      + (f" … (+{more})" if more > 0 else ""))
+    for f in m.get("findings", []):
+        console.print(f"[yellow]{f.get('severity', 'info')}[/] {f.get('code')}: {f.get('advice', '')}")
+    if m.get("run_dir"):
+        console.print(f"run directory: {m['run_dir']}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fitwell.api import load_run
+    from fitwell.data.loading import read_file
+    from fitwell.errors import InputError
+
+    run = load_run(args.run_dir)
+    frame, _ = read_file(args.data)
+    expected = run.preprocessor.input_columns
+    extra = [c for c in frame.columns if c not in expected and c != run.target]
+    if extra:
+        shown = ", ".join(repr(c) for c in extra[:10])
+        sys.stderr.write(f"note: ignoring {len(extra)} extra column(s): {shown}\n")
+    unknown = run.preprocessor.unknown_categories(frame)
+    for col, n in unknown.items():
+        sys.stderr.write(f"note: column {col!r} has {n} value(s) unseen in training; "
+                         "they encode as no category\n")
+    labels = run.predict(frame) if len(frame) else []
+    result = pd.DataFrame({"prediction": labels})
+    if run.task == "classification" and len(frame):
+        proba = run.predict_proba(frame)
+        for i, c in enumerate(run.target_encoder.classes):
+            result[f"proba_{c}"] = proba[:, i]
+    if args.out:
+        out = Path(args.out)
+        if not out.parent.exists():
+            raise InputError(f"folder of --out {str(out.parent)!r} does not exist.")
+        from fitwell.runs import write_atomic
+
+        write_atomic(out, result.to_csv(index=False))
+    else:
+        sys.stdout.write(result.to_csv(index=False))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fitwell.errors import FitwellError
+
+    try:
+        return int(args.func(args))
+    except FitwellError as exc:
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"error: {message}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as exc:  # an internal fault: still one line, full trace on request
+        if os.environ.get("FITWELL_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(
+            f"error: internal error ({type(exc).__name__}: {message}); "
+            "rerun with FITWELL_DEBUG=1 for the traceback\n"
+        )
+        return 4
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""One validated training configuration, built from defaults, a TOML file and flags (in that order).
+
+The same names (underscores) are used in TOML, in the Python API and, with dashes, on the CLI.
+Every problem with one configuration is collected into a single error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fitwell.errors import InputError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu")
+INITS = ("auto", "xavier", "kaiming", "normal")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+TASKS = ("auto", "classification", "regression")
+DEVICES = ("auto", "cpu", "cuda")
+BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes", "penguins", "mnist1d")
+
+# Settings that may differ between members of one population without changing tensor shapes.
+PER_MEMBER_FIELDS = ("seed", "lr", "l1", "l2", "dropout")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Defaults are the recommended recipe.
+
+    Parameters
+    ----------
+    data : str or None
+        Path to a CSV, Parquet or ``.npz`` file. Exclusive with ``dataset``.
+    dataset : str or None
+        Built-in dataset name (see ``BUILTIN_DATASETS``); nothing is downloaded.
+    target : str or None
+        Target column. Built-in datasets and ``.npz`` files know their own.
+    task : {"auto", "classification", "regression"}, default "auto"
+        ``auto`` infers it from the target column.
+    split : tuple of 3 floats, default (0.7, 0.15, 0.15)
+        Train / validation / test fractions; stratified for classification.
+    scale : bool, default True
+        Standardize numeric columns (fitted on training rows only).
+    hidden : tuple of int, default (256, 256)
+        Hidden layer widths.
+    activation : str, default "relu"
+    dropout : float or tuple of float, default 0.0
+        Drop probability, one for all hidden layers or one per hidden layer.
+    init : {"auto", "xavier", "kaiming", "normal"}, default "auto"
+        ``auto``: Kaiming for ReLU-like activations, Xavier for tanh/sigmoid, LeCun for SELU.
+    init_scale : float, default 1.0
+        Multiplies the initial weights' standard deviation (``normal`` uses it as the std).
+    bias_init : float, default 0.0
+        Constant initial value of every hidden bias.
+    batch_norm : bool, default False
+    optimizer : {"adam", "adamw", "sgd"}, default "adam"
+    lr : float, default 1e-3
+    momentum : float, default 0.9
+        SGD only.
+    batch_size : int, default 64
+    max_epochs : int, default 200
+    l1, l2 : float, default 0.0
+        Penalty strengths lambda. The objective is
+        ``mean_batch_loss + l1 * sum|W| + l2 * sum W**2`` over all weight matrices (biases and
+        batch-norm parameters are not penalised). Unlike scikit-learn's ``alpha`` (which is
+        ``0.5 * alpha * ||W||^2 / n_samples``) the penalty is not divided by the row count.
+        L1 is applied as a proximal (soft-threshold) step so weights become exactly zero.
+    patience : int, default 20
+        Early stopping: epochs without a validation-loss improvement larger than ``min_delta``
+        before stopping. 0 turns early stopping off.
+    min_delta : float, default 0.0
+    restore_best : bool, default True
+        Restore the weights of the best validation epoch at the end.
+    restarts : int, default 1
+        Random restarts (independent initialisations trained together); the best on validation
+        is kept.
+    target_score : float or None
+        After the test evaluation, the CLI exits with code 1 if the test score is below it.
+    seed : int, default 0
+    device : {"auto", "cpu", "cuda"}, default "auto"
+    threads : int or None
+        CPU threads for torch; ``None`` picks 1, which does not collapse when the machine is busy.
+    """
+
+    data: str | None = None
+    dataset: str | None = None
+    target: str | None = None
+    task: str = "auto"
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    scale: bool = True
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    dropout: float | tuple[float, ...] = 0.0
+    init: str = "auto"
+    init_scale: float = 1.0
+    bias_init: float = 0.0
+    batch_norm: bool = False
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    batch_size: int = 64
+    max_epochs: int = 200
+    l1: float = 0.0
+    l2: float = 0.0
+    patience: int = 20
+    min_delta: float = 0.0
+    restore_best: bool = True
+    restarts: int = 1
+    target_score: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def dropout_per_layer(self) -> tuple[float, ...]:
+        """The drop probability of each hidden layer."""
+        if isinstance(self.dropout, (int, float)):
+            return tuple(float(self.dropout) for _ in self.hidden)
+        return tuple(float(p) for p in self.dropout)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return build_config(dataclasses.asdict(self) | changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, ready for TOML / JSON (None values dropped: TOML has no null)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(TrainConfig) if f.name != "extra")
+
+
+def _as_tuple(value: Any, cast: type, name: str, problems: list[str]) -> tuple | None:
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p != ""]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        return tuple(cast(p) for p in parts)
+    except (TypeError, ValueError):
+        problems.append(f"`{name}` must be a comma-separated list of {cast.__name__}; got {value!r}")
+        return None
+
+
+def build_config(values: dict[str, Any]) -> TrainConfig:
+    """Validate raw values (from TOML, flags or keyword arguments) into a :class:`TrainConfig`.
+
+    Raises :class:`InputError` listing every problem at once.
+    """
+    problems: list[str] = []
+    unknown = [k for k in values if k not in _FIELD_NAMES and k != "extra"]
+    for name in unknown:
+        problems.append(f"unknown setting `{name}`.{did_you_mean(name, _FIELD_NAMES)}")
+    raw = {k: v for k, v in values.items() if k in _FIELD_NAMES}
+
+    if "hidden" in raw:
+        if raw["hidden"] in ("", [], ()):
+            raw["hidden"] = ()
+        else:
+            raw["hidden"] = _as_tuple(raw["hidden"], int, "hidden", problems)
+    if "split" in raw:
+        raw["split"] = _as_tuple(raw["split"], float, "split", problems)
+    if "dropout" in raw and not isinstance(raw["dropout"], (int, float)):
+        got = _as_tuple(raw["dropout"], float, "dropout", problems)
+        raw["dropout"] = got[0] if got is not None and len(got) == 1 else got
+    for name in ("lr", "momentum", "init_scale", "bias_init", "l1", "l2", "min_delta"):
+        if name in raw:
+            try:
+                raw[name] = float(raw[name])
+            except (TypeError, ValueError):
+                problems.append(f"`{name}` must be a number; got {raw[name]!r}")
+    if raw.get("target_score") is not None:
+        try:
+            raw["target_score"] = float(raw["target_score"])
+        except (TypeError, ValueError):
+            problems.append(f"`target_score` must be a number; got {raw['target_score']!r}")
+    for name in ("batch_size", "max_epochs", "patience", "restarts", "seed", "threads"):
+        if raw.get(name) is not None:
+            v = raw[name]
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                problems.append(f"`{name}` must be an integer; got {v!r}")
+                continue
+            try:
+                raw[name] = int(v)
+            except (TypeError, ValueError):
+                problems.append(f"`{name}` must be an integer; got {v!r}")
+    if problems:
+        raise InputError("invalid configuration: " + "; ".join(problems) + ".")
+
+    cfg = TrainConfig(**raw)
+    _check(cfg, problems)
+    if problems:
+        raise InputError("invalid configuration: " + "; ".join(problems) + ".")
+    return cfg
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]) -> None:
+    if value not in choices:
+        problems.append(
+            f"`{name}` must be one of {', '.join(choices)}; got {value!r}.{did_you_mean(value, choices)}"
+        )
+
+
+def _check(cfg: TrainConfig, problems: list[str]) -> None:
+    _choice("activation", cfg.activation, ACTIVATIONS, problems)
+    _choice("init", cfg.init, INITS, problems)
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)
+    _choice("task", cfg.task, TASKS, problems)
+    _choice("device", cfg.device, DEVICES, problems)
+    if cfg.dataset is not None:
+        _choice("dataset", cfg.dataset, BUILTIN_DATASETS, problems)
+    if cfg.data is not None and cfg.dataset is not None:
+        problems.append("give either a data file or `dataset`, not both")
+    if len(cfg.split) != 3 or any(not (0 <= s < 1) for s in cfg.split):
+        problems.append(f"`split` must be three fractions in [0, 1); got {cfg.split}")
+    elif not math.isclose(sum(cfg.split), 1.0, abs_tol=1e-6):
+        problems.append(f"`split` fractions must add up to 1; got {cfg.split} (sum {sum(cfg.split):g})")
+    elif cfg.split[0] <= 0 or cfg.split[1] <= 0 or cfg.split[2] <= 0:
+        problems.append(f"`split` needs train, validation and test rows; got {cfg.split}")
+    if any(h <= 0 for h in cfg.hidden):
+        problems.append(f"`hidden` widths must be positive; got {cfg.hidden}")
+    drops = cfg.dropout_per_layer()
+    if not isinstance(cfg.dropout, (int, float)) and len(drops) != len(cfg.hidden):
+        problems.append(
+            f"`dropout` needs one value or one per hidden layer ({len(cfg.hidden)}); got {cfg.dropout}"
+        )
+    if any(not (0 <= p < 1) for p in drops):
+        problems.append(f"`dropout` must be in [0, 1); got {cfg.dropout}. Use 0 to disable dropout")
+    for name in ("lr", "init_scale"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v > 0):
+            problems.append(f"`{name}` must be a positive number; got {v}")
+    for name in ("l1", "l2", "min_delta"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            problems.append(f"`{name}` must be >= 0; got {v}. Use 0 to disable it")
+    if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
+        problems.append(f"`momentum` must be in [0, 1); got {cfg.momentum}")
+    if not math.isfinite(cfg.bias_init):
+        problems.append(f"`bias_init` must be finite; got {cfg.bias_init}")
+    if cfg.batch_size < 1:
+        problems.append(f"`batch_size` must be >= 1; got {cfg.batch_size}")
+    if cfg.max_epochs < 1:
+        problems.append(f"`max_epochs` must be >= 1; got {cfg.max_epochs}")
+    if cfg.patience < 0:
+        problems.append(f"`patience` must be >= 0; got {cfg.patience}. Use 0 to disable it")
+    if cfg.restarts < 1:
+        problems.append(f"`restarts` must be >= 1; got {cfg.restarts}")
+    if cfg.seed < 0:
+        problems.append(f"`seed` must be >= 0; got {cfg.seed}")
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"`threads` must be >= 1; got {cfg.threads}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into raw values (validated later by :func:`build_config`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file {str(p)!r} does not exist.")
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {str(p)!r} is not valid TOML: {exc}.") from None
+    # Accept both a flat file and one with a [train] table.
+    if set(data) == {"train"} and isinstance(data["train"], dict):
+        data = data["train"]
+    return data
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved configuration as TOML text; ``fitwell train --config`` reproduces the run."""
+    import tomli_w
+
+    return tomli_w.dumps(cfg.to_dict())

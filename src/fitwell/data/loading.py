@@ -1,0 +1,259 @@
+"""Load a table (CSV, Parquet, ``.npz`` or built-in) and validate it before anything is written.
+
+Every error names the file and, where it applies, the column, row and value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fitwell.errors import InputError, did_you_mean
+
+SUPPORTED_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
+
+
+@dataclass
+class Table:
+    """A validated feature table and its target column name."""
+
+    frame: pd.DataFrame
+    target: str | None
+    source: str
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c != self.target]
+
+
+def load_table(
+    path: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    target: str | None = None,
+    require_target: bool = True,
+) -> Table:
+    """Load and validate a table from a file or a built-in dataset name."""
+    if dataset is not None:
+        from fitwell.data.datasets import load_builtin
+
+        frame, default_target = load_builtin(dataset)
+        source = f"dataset {dataset!r}"
+        target = target or default_target
+    elif path is not None:
+        frame, npz_target = read_file(path)
+        source = str(path)
+        target = target or npz_target
+    else:
+        raise InputError("no data given: pass a data file or `--dataset NAME`.")
+    if require_target and target is None:
+        raise InputError(f"{source}: no target column given; use `--target COLUMN`.")
+    table = Table(frame=frame, target=target, source=source)
+    validate_table(table, require_target=require_target)
+    return table
+
+
+def read_file(path: str | Path) -> tuple[pd.DataFrame, str | None]:
+    """Read a data file into a frame. ``.npz`` files bring their own target column ``y``."""
+    p = Path(path)
+    name = str(p)
+    if not p.exists():
+        raise InputError(f"{name}: file does not exist.")
+    if not p.is_file():
+        raise InputError(f"{name}: not a regular file.")
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InputError(
+            f"{name}: unsupported file type {suffix or '(none)'!r}; use .csv, .parquet or .npz."
+        )
+    if p.stat().st_size == 0:
+        raise InputError(f"{name}: file is empty.")
+    if suffix == ".npz":
+        return _read_npz(p), "y"
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(p), None
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise InputError(f"{name}: not a readable Parquet file ({_first_line(exc)}).") from None
+    return _read_csv(p), None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _read_csv(p: Path) -> pd.DataFrame:
+    name = str(p)
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate a byte-order mark
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{name}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+            "save the file as UTF-8."
+        ) from None
+    if "\x00" in text:
+        raise InputError(f"{name}: contains NUL bytes; is it a binary file?")
+    sep = "\t" if p.suffix.lower() == ".tsv" else ","
+    rows = csv.reader(io.StringIO(text), delimiter=sep)
+    try:
+        header = next(rows)
+    except StopIteration:
+        raise InputError(f"{name}: file is empty.") from None
+    except csv.Error as exc:
+        raise InputError(f"{name}: cannot parse the header ({exc}).") from None
+    header = [h.strip() for h in header]
+    seen: set[str] = set()
+    for col in header:
+        if col == "":
+            raise InputError(f"{name}: the header has an empty column name.")
+        if col in seen:
+            raise InputError(f"{name}: column {col!r} appears more than once in the header.")
+        seen.add(col)
+    try:
+        for lineno, row in enumerate(rows, start=2):
+            if row and len(row) != len(header):
+                raise InputError(
+                    f"{name}: row {lineno} has {len(row)} fields, the header has {len(header)}."
+                )
+    except csv.Error as exc:
+        raise InputError(f"{name}: cannot parse the file ({exc}).") from None
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=sep, skipinitialspace=True)
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InputError(f"{name}: cannot parse the file ({_first_line(exc)}).") from None
+    frame.columns = header
+    return frame
+
+
+def _read_npz(p: Path) -> pd.DataFrame:
+    name = str(p)
+    try:
+        # allow_pickle=False: an object array in the file is rejected, never unpickled.
+        with np.load(p, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            missing = {"X", "y"} - keys
+            if missing:
+                raise InputError(
+                    f"{name}: .npz must hold arrays 'X' and 'y'; missing {sorted(missing)} "
+                    f"(found {sorted(keys)})."
+                )
+            x = archive["X"]
+            y = archive["y"]
+    except InputError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise InputError(
+                f"{name}: holds object arrays, which fitwell does not load (they need pickle)."
+            ) from None
+        raise InputError(f"{name}: not a readable .npz file ({_first_line(exc)}).") from None
+    except Exception as exc:
+        raise InputError(f"{name}: not a readable .npz file ({_first_line(exc)}).") from None
+    if x.ndim != 2:
+        raise InputError(f"{name}: array 'X' must be 2-D (rows x features); got shape {x.shape}.")
+    if y.ndim != 1:
+        raise InputError(f"{name}: array 'y' must be 1-D; got shape {y.shape}.")
+    if len(x) != len(y):
+        raise InputError(f"{name}: 'X' has {len(x)} rows but 'y' has {len(y)}.")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise InputError(f"{name}: array 'X' must be numeric; got dtype {x.dtype}.")
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
+    frame["y"] = y
+    return frame
+
+
+def _numeric_mostly(series: pd.Series) -> tuple[float, pd.Series]:
+    values = series.dropna()
+    parsed = pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
+    return (float(parsed.notna().mean()) if len(values) else 0.0), parsed
+
+
+def validate_table(table: Table, *, require_target: bool = True) -> None:
+    """Reject tables that cannot be trained on, naming the file, column, row and value."""
+    src, frame = table.source, table.frame
+    if frame.shape[1] == 0:
+        raise InputError(f"{src}: no columns.")
+    if len(frame) == 0:
+        raise InputError(f"{src}: no data rows (only a header?).")
+    cols = [str(c) for c in frame.columns]
+    if len(set(cols)) != len(cols):
+        dup = next(c for c in cols if cols.count(c) > 1)
+        raise InputError(f"{src}: column {dup!r} appears more than once.")
+    frame.columns = cols
+    if require_target:
+        if table.target not in frame.columns:
+            hint = did_you_mean(str(table.target), cols)
+            shown = ", ".join(cols[:12]) + (" ..." if len(cols) > 12 else "")
+            raise InputError(
+                f"{src}: target column {table.target!r} not found.{hint} Columns: {shown}."
+            )
+        target = frame[table.target]
+        bad = target.isna()
+        if bad.any():
+            rows = [int(i) for i in np.flatnonzero(bad.to_numpy())[:5]]
+            raise InputError(
+                f"{src}: target column {table.target!r} is missing a value in "
+                f"{int(bad.sum())} row(s) (first data rows {rows}); drop or fill them."
+            )
+        if pd.api.types.is_numeric_dtype(target) and not pd.api.types.is_bool_dtype(target):
+            inf = ~np.isfinite(target.to_numpy(dtype=float))
+            if inf.any():
+                row = int(np.flatnonzero(inf)[0])
+                raise InputError(
+                    f"{src}: target column {table.target!r} has a non-finite value "
+                    f"{target.iloc[row]!r} in data row {row}."
+                )
+    features = [c for c in cols if c != table.target]
+    if not features:
+        raise InputError(f"{src}: no feature columns besides the target {table.target!r}.")
+    for col in features:
+        series = frame[col]
+        if series.isna().all():
+            raise InputError(f"{src}: column {col!r} has no values (all missing); drop it.")
+        if pd.api.types.is_bool_dtype(series):
+            continue
+        if pd.api.types.is_numeric_dtype(series):
+            values = series.to_numpy(dtype=float)
+            inf = np.isinf(values)
+            if inf.any():
+                row = int(np.flatnonzero(inf)[0])
+                raise InputError(
+                    f"{src}: column {col!r} has an infinite value {values[row]} in data row {row}."
+                )
+            continue
+        if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
+            share, parsed = _numeric_mostly(series)
+            # A column that is almost all numbers holds a typo, not a category.
+            if share >= 0.9 and share < 1.0:
+                bad_pos = parsed[parsed.isna()].index[0]
+                row = int(frame.index.get_loc(bad_pos))
+                raise InputError(
+                    f"{src}: column {col!r} is numeric but data row {row} holds "
+                    f"{series.loc[bad_pos]!r}; fix or blank that value."
+                )
+            if share == 1.0:
+                as_num = parsed.astype(float)
+                if not np.isfinite(as_num.to_numpy()).all():
+                    row = int(np.flatnonzero(~np.isfinite(as_num.to_numpy()))[0])
+                    raise InputError(
+                        f"{src}: column {col!r} has a non-finite value in data row {row}."
+                    )
+                frame[col] = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
+            continue
+        if not isinstance(series.dtype, pd.CategoricalDtype):
+            raise InputError(f"{src}: column {col!r} has unsupported type {series.dtype}.")
+
+
+def check_finite_number(value: float, what: str) -> None:
+    """Raise when a number that must be finite is not."""
+    if not math.isfinite(value):
+        raise InputError(f"{what} must be finite; got {value}.")

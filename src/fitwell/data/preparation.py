@@ -1,0 +1,186 @@
+"""From a validated table to model-ready arrays: task, target encoding, split, preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fitwell.data.loading import Table
+from fitwell.data.preprocessing import Preprocessor
+from fitwell.data.splitting import SealedTest, split_indices
+from fitwell.errors import InputError
+
+MAX_CLASSES_FOR_INTEGER_TARGET = 30
+
+
+def infer_task(target: pd.Series) -> str:
+    """Classification for text, bool and small-cardinality integer targets; else regression."""
+    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
+        return "classification"
+    values = target.to_numpy(dtype=float)
+    integral = bool(np.all(np.equal(np.mod(values, 1), 0)))
+    n_unique = int(pd.Series(values).nunique())
+    if integral and n_unique <= MAX_CLASSES_FOR_INTEGER_TARGET:
+        return "classification"
+    return "regression"
+
+
+@dataclass
+class TargetEncoder:
+    """Class labels <-> indices, or the standardization of a regression target."""
+
+    task: str
+    classes: list[Any] = field(default_factory=list)
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def fit(cls, task: str, target: pd.Series, *, source: str, column: str) -> TargetEncoder:
+        if task == "classification":
+            values = target.to_numpy()
+            labels = pd.unique(pd.Series(values))
+            if len(labels) < 2:
+                raise InputError(
+                    f"{source}: target column {column!r} has a single class {labels[0]!r}; "
+                    "classification needs at least two."
+                )
+            try:
+                classes = sorted(labels.tolist())
+            except TypeError:
+                classes = sorted(labels.tolist(), key=str)
+            return cls(task=task, classes=[_plain(c) for c in classes])
+        try:
+            values = target.to_numpy(dtype=float)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{source}: target column {column!r} is not numeric; use --task classification."
+            ) from None
+        std = float(values.std())
+        if not np.isfinite(values).all():
+            raise InputError(f"{source}: target column {column!r} has non-finite values.")
+        return cls(task=task, mean=float(values.mean()), std=std if std > 1e-12 else 1.0)
+
+    def encode(self, target: pd.Series) -> np.ndarray:
+        if self.task == "classification":
+            lookup = {c: i for i, c in enumerate(self.classes)}
+            return np.array([lookup[_plain(v)] for v in target.to_numpy()], dtype=np.int64)
+        return ((target.to_numpy(dtype=float) - self.mean) / self.std).astype(np.float32)
+
+    def decode(self, outputs: np.ndarray) -> np.ndarray:
+        """Class indices -> labels, or standardized predictions -> original units."""
+        if self.task == "classification":
+            return np.asarray(self.classes, dtype=object)[outputs]
+        return outputs * self.std + self.mean
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "classes": self.classes, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TargetEncoder:
+        return cls(
+            task=str(data["task"]),
+            classes=list(data.get("classes", [])),
+            mean=float(data.get("mean", 0.0)),
+            std=float(data.get("std", 1.0)),
+        )
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars -> Python values, so labels survive JSON unchanged."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class PreparedData:
+    """Train and validation arrays, plus the sealed test split and what encodes them."""
+
+    task: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    test: SealedTest[tuple[np.ndarray, np.ndarray]]
+    preprocessor: Preprocessor
+    target_encoder: TargetEncoder
+    target: str
+    source: str
+    train_test_duplicates: int = 0
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def summary(self) -> dict[str, Any]:
+        """Rows per split and class balance, for the run record."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "target": self.target,
+            "task": self.task,
+            "rows": {
+                "train": int(len(self.y_train)),
+                "val": int(len(self.y_val)),
+                "test": int(self.test.n_rows),
+            },
+            "input_columns": self.preprocessor.input_columns,
+            "encoded_features": int(self.n_features),
+            "train_test_duplicate_rows": int(self.train_test_duplicates),
+        }
+        if self.task == "classification":
+            counts = np.bincount(self.y_train, minlength=len(self.target_encoder.classes))
+            out["class_balance_train"] = {
+                str(c): int(n) for c, n in zip(self.target_encoder.classes, counts, strict=True)
+            }
+        return out
+
+
+def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def prepare(table: Table, *, task: str, split: tuple[float, float, float], seed: int,
+            scale: bool) -> PreparedData:
+    """Infer the task, encode the target, split the rows and fit preprocessing on train rows."""
+    assert table.target is not None  # load_table(require_target=True) guarantees it
+    frame = table.frame.reset_index(drop=True)
+    target = frame[table.target]
+    features = frame.drop(columns=[table.target])
+    resolved = infer_task(target) if task == "auto" else task
+    encoder = TargetEncoder.fit(resolved, target, source=table.source, column=table.target)
+    y_all = encoder.encode(target)
+    stratify = y_all if resolved == "classification" else None
+    train_idx, val_idx, test_idx = split_indices(
+        len(frame), split, seed=seed, stratify=stratify, source=table.source
+    )
+    pre = Preprocessor.fit(features.iloc[train_idx], scale=scale)
+    x_train = pre.transform(features.iloc[train_idx], source=table.source)
+    x_val = pre.transform(features.iloc[val_idx], source=table.source)
+    test_features = features.iloc[test_idx]
+    duplicates = int(
+        np.isin(_row_hashes(test_features), _row_hashes(features.iloc[train_idx])).sum()
+    )
+
+    def load_test() -> tuple[np.ndarray, np.ndarray]:
+        return pre.transform(test_features, source=table.source), y_all[test_idx]
+
+    return PreparedData(
+        task=resolved,
+        x_train=x_train,
+        y_train=y_all[train_idx],
+        x_val=x_val,
+        y_val=y_all[val_idx],
+        test=SealedTest(load_test, n_rows=len(test_idx)),
+        preprocessor=pre,
+        target_encoder=encoder,
+        target=table.target,
+        source=table.source,
+        train_test_duplicates=duplicates,
+    )

@@ -1,0 +1,153 @@
+"""Preprocessing fitted on training rows only, stored as plain JSON and replayed at predict time.
+
+Numeric columns: median imputation, then standardization (unless ``scale=False``).
+Categorical columns: most-frequent imputation, then one-hot encoding; a category unseen in
+training encodes as all zeros (and is counted, so predict can say so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fitwell.errors import InputError
+
+
+@dataclass
+class ColumnSpec:
+    """How one input column becomes one or more model inputs."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    fill: Any
+    mean: float = 0.0
+    std: float = 1.0
+    categories: list[str] = field(default_factory=list)
+
+    @property
+    def encoded_names(self) -> list[str]:
+        if self.kind == "numeric":
+            return [self.name]
+        return [f"{self.name}={c}" for c in self.categories]
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+@dataclass
+class Preprocessor:
+    """Turns a raw feature frame into a float32 matrix, the same way in training and prediction."""
+
+    columns: list[ColumnSpec]
+    scale: bool = True
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, *, scale: bool = True) -> Preprocessor:
+        """Learn imputation values, scaling and categories from ``frame`` (training rows only)."""
+        specs: list[ColumnSpec] = []
+        for name in frame.columns:
+            series = frame[name]
+            if _is_numeric(series):
+                values = series.astype(float)
+                median = float(values.median()) if values.notna().any() else 0.0
+                filled = values.fillna(median)
+                mean = float(filled.mean())
+                std = float(filled.std(ddof=0))
+                specs.append(
+                    ColumnSpec(str(name), "numeric", median, mean, std if std > 1e-12 else 1.0)
+                )
+            else:
+                text = series.dropna().astype(str)
+                counts = text.value_counts()
+                fill = str(counts.index[0]) if len(counts) else ""
+                categories = sorted({*text.unique().tolist(), fill})
+                specs.append(ColumnSpec(str(name), "categorical", fill, categories=categories))
+        return cls(columns=specs, scale=scale)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def encoded_names(self) -> list[str]:
+        return [n for c in self.columns for n in c.encoded_names]
+
+    def encoded_groups(self) -> dict[str, list[int]]:
+        """Encoded-column indices belonging to each input column (for L1 feature reports)."""
+        groups: dict[str, list[int]] = {}
+        i = 0
+        for c in self.columns:
+            n = len(c.encoded_names)
+            groups[c.name] = list(range(i, i + n))
+            i += n
+        return groups
+
+    def transform(self, frame: pd.DataFrame, *, source: str = "data") -> np.ndarray:
+        """Encode ``frame``; missing columns are an error, extra columns are ignored."""
+        missing = [c for c in self.input_columns if c not in frame.columns]
+        if missing:
+            raise InputError(
+                f"{source}: missing column(s) {', '.join(repr(m) for m in missing)} that the "
+                "model was trained on."
+            )
+        blocks: list[np.ndarray] = []
+        for spec in self.columns:
+            series = frame[spec.name]
+            if spec.kind == "numeric":
+                values = pd.to_numeric(series, errors="coerce")
+                bad = values.isna() & series.notna()
+                if bad.any():
+                    row = int(np.flatnonzero(bad.to_numpy())[0])
+                    raise InputError(
+                        f"{source}: column {spec.name!r} must be numeric; data row {row} holds "
+                        f"{series.iloc[row]!r}."
+                    )
+                col = values.astype(float).fillna(spec.fill).to_numpy()
+                if not np.isfinite(col).all():
+                    row = int(np.flatnonzero(~np.isfinite(col))[0])
+                    raise InputError(
+                        f"{source}: column {spec.name!r} has a non-finite value in data row {row}."
+                    )
+                if self.scale:
+                    col = (col - spec.mean) / spec.std
+                blocks.append(col[:, None])
+            else:
+                text = series.astype(object).where(series.notna(), spec.fill).astype(str)
+                codes = pd.Categorical(text, categories=spec.categories).codes
+                onehot = np.zeros((len(frame), len(spec.categories)))
+                known = codes >= 0
+                onehot[np.flatnonzero(known), codes[known]] = 1.0
+                blocks.append(onehot)
+        if not blocks:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return np.hstack(blocks).astype(np.float32)
+
+    def unknown_categories(self, frame: pd.DataFrame) -> dict[str, int]:
+        """Count values per categorical column that were never seen in training."""
+        out: dict[str, int] = {}
+        for spec in self.columns:
+            if spec.kind != "categorical" or spec.name not in frame.columns:
+                continue
+            text = frame[spec.name].dropna().astype(str)
+            n = int((~text.isin(spec.categories)).sum())
+            if n:
+                out[spec.name] = n
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale, "columns": [asdict(c) for c in self.columns]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Preprocessor:
+        try:
+            cols = [ColumnSpec(**c) for c in data["columns"]]
+            for c in cols:
+                if c.kind not in ("numeric", "categorical"):
+                    raise ValueError(c.kind)
+            return cls(columns=cols, scale=bool(data["scale"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"preprocessing description is malformed ({exc!r}).") from None

@@ -1,0 +1,74 @@
+"""Losses and scores per task, computed per population member.
+
+Classification: cross-entropy loss, accuracy score. Regression: mean squared error on the
+standardized target, R^2 score (reported with RMSE and MAE in original units at test time).
+Scores are "higher is better".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def score_name(task: str) -> str:
+    return "accuracy" if task == "classification" else "r2"
+
+
+def member_losses(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss of each member: ``outputs [K, B, C]``, ``targets [K, B]`` or ``[B]`` -> ``[K]``."""
+    k, b, c = outputs.shape
+    if targets.dim() == 1:
+        targets = targets.expand(k, b)
+    if task == "classification":
+        per_row = F.cross_entropy(outputs.reshape(k * b, c), targets.reshape(k * b), reduction="none")
+        return per_row.view(k, b).mean(dim=1)
+    return ((outputs.squeeze(-1) - targets) ** 2).mean(dim=1)
+
+
+class SplitAccumulator:
+    """Sums losses and score parts over chunks of one split, for all members at once."""
+
+    def __init__(self, task: str, n_members: int, device: torch.device) -> None:
+        self.task = task
+        self.loss_sum = torch.zeros(n_members, device=device, dtype=torch.float64)
+        self.correct = torch.zeros(n_members, device=device, dtype=torch.float64)
+        self.sq_err = torch.zeros(n_members, device=device, dtype=torch.float64)
+        self.y_sum = 0.0
+        self.y_sq_sum = 0.0
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        rows = targets.shape[-1]
+        self.loss_sum += member_losses(self.task, outputs, targets).double() * rows
+        if self.task == "classification":
+            self.correct += (outputs.argmax(dim=-1) == targets).double().sum(dim=1)
+        else:
+            self.sq_err += ((outputs.squeeze(-1) - targets) ** 2).double().sum(dim=1)
+            self.y_sum += float(targets.double().sum())
+            self.y_sq_sum += float((targets.double() ** 2).sum())
+        self.n += rows
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(loss[K], score[K])`` as NumPy (one device sync)."""
+        n = max(self.n, 1)
+        loss = (self.loss_sum / n).cpu().numpy()
+        if self.task == "classification":
+            score = (self.correct / n).cpu().numpy()
+        else:
+            ss_tot = self.y_sq_sum - self.y_sum**2 / n
+            score = (1.0 - self.sq_err.cpu().numpy() / max(ss_tot, 1e-12)).astype(float)
+        return loss, score
+
+
+def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE and R^2 in the target's original units."""
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+    return {
+        "rmse": float(root_mean_squared_error(y_true, y_pred)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)),
+    }

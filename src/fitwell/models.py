@@ -1,0 +1,254 @@
+"""A population of K MLPs stored as stacked weights and run as one batched computation.
+
+K = 1 is an ordinary MLP. Members share the architecture (so their weights stack into
+``[K, fan_in, fan_out]`` tensors) but each has its own initialisation seed; per-member dropout
+rates are applied through masks the training loop draws from each member's own generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fitwell.config import ACTIVATIONS, INITS
+from fitwell.errors import InputError, did_you_mean
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "leaky_relu": F.leaky_relu,
+    "elu": F.elu,
+    "selu": F.selu,
+    "gelu": F.gelu,
+}
+
+# Gain for Kaiming / Xavier initialisation, as torch.nn.init.calculate_gain defines it.
+_GAIN_NAME = {
+    "relu": "relu",
+    "leaky_relu": "leaky_relu",
+    "elu": "relu",
+    "gelu": "relu",
+    "selu": "linear",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+}
+
+# Evaluate at most this many activations at once, so eval on large tables stays in memory.
+_EVAL_CHUNK_ELEMENTS = 1 << 24
+
+PreactivationHook = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The shape and wiring of every member: saved as JSON next to the weights."""
+
+    n_inputs: int
+    hidden: tuple[int, ...]
+    n_outputs: int
+    activation: str = "relu"
+    batch_norm: bool = False
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Architecture:
+        try:
+            arch = cls(
+                n_inputs=int(data["n_inputs"]),
+                hidden=tuple(int(h) for h in data["hidden"]),
+                n_outputs=int(data["n_outputs"]),
+                activation=str(data["activation"]),
+                batch_norm=bool(data["batch_norm"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"architecture description is malformed ({exc!r}).") from None
+        if arch.activation not in ACTIVATIONS:
+            raise InputError(
+                f"unknown activation {arch.activation!r} in the architecture."
+                f"{did_you_mean(arch.activation, ACTIVATIONS)}"
+            )
+        if arch.n_inputs < 0 or arch.n_outputs < 1 or any(h < 1 for h in arch.hidden):
+            raise InputError(f"architecture has impossible sizes: {arch}.")
+        return arch
+
+    @property
+    def layer_sizes(self) -> list[tuple[int, int]]:
+        dims = [self.n_inputs, *self.hidden, self.n_outputs]
+        return list(zip(dims[:-1], dims[1:], strict=True))
+
+
+def init_std(activation: str, init: str, scale: float, fan_in: int, fan_out: int) -> float:
+    """Standard deviation of the normal initialisation of one weight matrix.
+
+    ``auto`` picks Kaiming for ReLU-like activations, Xavier for tanh/sigmoid and LeCun for SELU;
+    ``normal`` uses ``scale`` itself as the standard deviation.
+    """
+    if init not in INITS:
+        raise InputError(f"unknown init {init!r}.{did_you_mean(init, INITS)}")
+    if init == "normal":
+        return scale
+    gain = nn.init.calculate_gain(_GAIN_NAME[activation])
+    if init == "auto":
+        init = "xavier" if activation in ("tanh", "sigmoid") else "kaiming"
+    if init == "xavier":
+        return scale * gain * math.sqrt(2.0 / (fan_in + fan_out))
+    return scale * gain / math.sqrt(max(fan_in, 1))
+
+
+class PopulationMLP(nn.Module):
+    """K independent MLPs evaluated together with batched matrix multiplies.
+
+    ``forward`` accepts either ``[K, B, F]`` (a different batch per member, as in training) or
+    ``[N, F]`` (the same rows for every member, as in evaluation; broadcast, never copied K times)
+    and returns ``[K, B, n_outputs]``.
+    """
+
+    def __init__(self, arch: Architecture, n_members: int) -> None:
+        super().__init__()
+        if arch.activation not in ACTIVATION_FUNCTIONS:
+            raise InputError(
+                f"unknown activation {arch.activation!r}."
+                f"{did_you_mean(arch.activation, ACTIVATIONS)}"
+            )
+        self.arch = arch
+        self.n_members = n_members
+        self.act = ACTIVATION_FUNCTIONS[arch.activation]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.zeros(n_members, i, o)) for i, o in arch.layer_sizes
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(n_members, 1, o)) for _, o in arch.layer_sizes
+        )
+        self.bn_weights = nn.ParameterList()
+        self.bn_biases = nn.ParameterList()
+        if arch.batch_norm:
+            for h in arch.hidden:
+                self.bn_weights.append(nn.Parameter(torch.ones(n_members * h)))
+                self.bn_biases.append(nn.Parameter(torch.zeros(n_members * h)))
+                layer = len(self.bn_weights) - 1
+                self.register_buffer(f"bn_mean_{layer}", torch.zeros(n_members * h))
+                self.register_buffer(f"bn_var_{layer}", torch.ones(n_members * h))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+    def penalized_weights(self) -> list[torch.Tensor]:
+        """The weight matrices L1/L2 act on (not biases, not batch-norm parameters)."""
+        return list(self.weights)
+
+    @torch.no_grad()
+    def initialize(self, seeds: Sequence[int], *, init: str, init_scale: float,
+                   bias_init: float) -> None:
+        """Draw every member's weights from its own seed, so a member is reproducible alone."""
+        if len(seeds) != self.n_members:
+            raise ValueError(f"need {self.n_members} seeds, got {len(seeds)}")
+        last = self.n_layers - 1
+        for k, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(int(seed))
+            for layer, (fan_in, fan_out) in enumerate(self.arch.layer_sizes):
+                act = self.arch.activation if layer < last else "sigmoid"  # output: Xavier, gain 1
+                method = init if layer < last or init == "normal" else "xavier"
+                std = init_std(act, method, init_scale, fan_in, fan_out)
+                w = torch.randn(fan_in, fan_out, generator=gen) * std
+                self.weights[layer][k].copy_(w.to(self.weights[layer].device))
+                self.biases[layer][k].fill_(bias_init if layer < last else 0.0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        dropout_masks: Sequence[torch.Tensor | None] | None = None,
+        on_preactivation: PreactivationHook | None = None,
+    ) -> torch.Tensor:
+        h = x
+        last = self.n_layers - 1
+        for layer in range(self.n_layers):
+            w, b = self.weights[layer], self.biases[layer]
+            h = torch.baddbmm(b, h, w) if h.dim() == 3 else torch.matmul(h, w) + b
+            if layer == last:
+                break
+            if self.arch.batch_norm:
+                h = self._batch_norm(layer, h)
+            if on_preactivation is not None:
+                on_preactivation(layer, h)
+            h = self.act(h)
+            if dropout_masks is not None and dropout_masks[layer] is not None:
+                h = h * dropout_masks[layer]
+        return h
+
+    def _batch_norm(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        k, b, width = h.shape
+        flat = h.transpose(0, 1).reshape(b, k * width)  # per-member, per-unit statistics
+        flat = F.batch_norm(
+            flat,
+            getattr(self, f"bn_mean_{layer}"),
+            getattr(self, f"bn_var_{layer}"),
+            self.bn_weights[layer],
+            self.bn_biases[layer],
+            training=self.training,
+        )
+        return flat.reshape(b, k, width).transpose(0, 1)
+
+    @torch.no_grad()
+    def predict_chunks(
+        self, x: torch.Tensor, *, on_preactivation: PreactivationHook | None = None
+    ) -> torch.Tensor:
+        """Outputs ``[K, N, n_outputs]`` for shared rows ``x [N, F]``, in memory-bounded chunks."""
+        widest = max([*self.arch.hidden, self.arch.n_outputs, 1])
+        rows = max(1, _EVAL_CHUNK_ELEMENTS // (self.n_members * widest))
+        outs = [
+            self(x[i : i + rows], on_preactivation=on_preactivation)
+            for i in range(0, len(x), rows)
+        ]
+        return torch.cat(outs, dim=1) if outs else x.new_zeros(self.n_members, 0, 1)
+
+    @torch.no_grad()
+    def keep_members(
+        self, members: torch.Tensor
+    ) -> dict[nn.Parameter, tuple[nn.Parameter, torch.Tensor]]:
+        """Drop every member not in ``members`` (indices into the current population).
+
+        Returns ``{old_param: (new_param, row_index)}`` so optimizer state can be sliced the same
+        way. Used to stop paying for members whose early stopping has fired.
+        """
+        mapping: dict[nn.Parameter, tuple[nn.Parameter, torch.Tensor]] = {}
+        for plist in (self.weights, self.biases):
+            for i, p in enumerate(plist):
+                new = nn.Parameter(p.detach()[members].clone())
+                mapping[p] = (new, members)
+                plist[i] = new
+        if self.arch.batch_norm:
+            for layer, width in enumerate(self.arch.hidden):
+                offsets = torch.arange(width, device=members.device)
+                flat_idx = (members[:, None] * width + offsets).reshape(-1)
+                for plist in (self.bn_weights, self.bn_biases):
+                    p = plist[layer]
+                    new = nn.Parameter(p.detach()[flat_idx].clone())
+                    mapping[p] = (new, flat_idx)
+                    plist[layer] = new
+                for name in (f"bn_mean_{layer}", f"bn_var_{layer}"):
+                    setattr(self, name, getattr(self, name)[flat_idx].clone())
+        self.n_members = int(len(members))
+        return mapping
+
+    def member_state(self, member: int) -> dict[str, torch.Tensor]:
+        """One member's tensors, named for safetensors (leading member axis of size 1)."""
+        state: dict[str, torch.Tensor] = {}
+        for name, tensor in self.state_dict().items():
+            if name.startswith(("bn_weights", "bn_biases", "bn_mean", "bn_var")):
+                width = tensor.shape[0] // self.n_members
+                state[name] = tensor[member * width : (member + 1) * width].detach().clone()
+            else:
+                state[name] = tensor[member : member + 1].detach().clone()
+        return state

@@ -1,0 +1,178 @@
+"""The run directory: data-only files (safetensors + JSON + CSV + TOML), written atomically.
+
+A run is assembled in a hidden temporary folder beside its destination and renamed into place
+when complete, so a crash or a bad input never leaves a half-written run behind. Loading reads
+JSON and safetensors only: nothing on a load path can execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fitwell.errors import InputError
+
+MODEL_FILE = "model.safetensors"
+MODEL_META = "model.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "config.toml"
+RUN_FORMAT = "fitwell-run"
+RUN_FORMAT_VERSION = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see either the old content or the complete new one."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf by None (strict JSON has neither) and NumPy values by Python ones."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    try:
+        return json_safe(_json_default(value))
+    except TypeError:
+        return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False, default=_json_default)
+    write_atomic(path, text + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def check_destination(out: str | Path) -> Path:
+    """Validate ``--out`` before any work: it must not exist yet (or be an empty folder)."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InputError(
+            f"output directory {str(path)!r} already exists and is not empty; "
+            "choose another --out or remove it."
+        )
+    if not path.parent.exists():
+        raise InputError(f"parent folder of --out {str(path.parent)!r} does not exist.")
+    return path
+
+
+@contextmanager
+def staged_directory(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it becomes ``out`` in one rename."""
+    final = check_destination(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield staging
+        _fsync_dir(staging)
+        if final.exists():
+            final.rmdir()  # an empty folder is allowed as a destination
+        os.replace(staging, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def save_model(folder: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Weights as safetensors, architecture and preprocessing as JSON."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    write_atomic(folder / MODEL_FILE, save(tensors, metadata={"format": RUN_FORMAT}))
+    write_json(
+        folder / MODEL_META,
+        {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, **meta},
+    )
+
+
+@dataclass
+class SavedModel:
+    """What ``fitwell predict`` needs from a run directory."""
+
+    meta: dict[str, Any]
+    state: dict[str, Any]
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found; is this a fitwell run directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}).") from None
+
+
+def load_model_files(run_dir: str | Path) -> SavedModel:
+    """Read and check a run's model files (data only: JSON + safetensors)."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: run directory does not exist.")
+    meta = read_json(folder / MODEL_META)
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        raise InputError(f"{folder / MODEL_META}: not a fitwell model description.")
+    if meta.get("version") != RUN_FORMAT_VERSION:
+        raise InputError(
+            f"{folder / MODEL_META}: format version {meta.get('version')!r} is not supported "
+            f"(expected {RUN_FORMAT_VERSION})."
+        )
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: model weights not found.")
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        state = load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a valid safetensors file ({first}).") from None
+    return SavedModel(meta=meta, state=state)

@@ -1,0 +1,367 @@
+"""The one training loop: a population of K members (K = 1 is an ordinary run) with callbacks.
+
+Each member has its own seed (initialisation, data order, dropout masks), learning rate, L1, L2
+and dropout, so a member trained in a population ends where it would have ended alone (up to
+float32 rounding in batched kernels). Stopped members are dropped from the batched model, so they
+cost nothing more. The loop knows nothing of files, reports or the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fitwell.metrics import SplitAccumulator, member_losses, score_name
+from fitwell.models import Architecture, PopulationMLP
+from fitwell.training.callbacks import Callback, EarlyStopping
+from fitwell.training.optim import PopulationOptimizer
+
+_EVAL_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """What may differ between members of one population (shapes stay the same)."""
+
+    seed: int
+    lr: float
+    l1: float = 0.0
+    l2: float = 0.0
+    dropout: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What every member shares."""
+
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    batch_size: int = 64
+    max_epochs: int = 200
+    init: str = "auto"
+    init_scale: float = 1.0
+    bias_init: float = 0.0
+    patience: int = 20
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+
+@dataclass
+class MemberResult:
+    """How one member ended."""
+
+    member: int
+    settings: MemberSettings
+    epochs_run: int
+    best_epoch: int
+    stop_reason: str
+    val_loss: float
+    val_score: float
+    train_loss: float
+    train_score: float
+    state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    finite: bool = True
+
+
+@dataclass
+class FitResult:
+    """The population's outcome; ``best`` is the member chosen on validation loss."""
+
+    task: str
+    members: list[MemberResult]
+    best: int
+    history: list[dict[str, Any]]
+    epochs_run: int
+
+    @property
+    def best_member(self) -> MemberResult:
+        return self.members[self.best]
+
+
+def member_seeds(seed: int) -> tuple[int, int]:
+    """Seeds of a member's data-order and dropout generators, derived from its one seed."""
+    return seed * 7919 + 1, seed * 7919 + 2
+
+
+class Trainer:
+    """Trains a :class:`PopulationMLP` on in-memory tensors.
+
+    Hooks: see :class:`~fitwell.training.callbacks.Callback`. ``trainer.epoch`` counts finished
+    epochs (1-based inside ``on_epoch_end``).
+    """
+
+    def __init__(
+        self,
+        arch: Architecture,
+        members: Sequence[MemberSettings],
+        loop: LoopSettings,
+        *,
+        task: str,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        device: torch.device,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.arch = arch
+        self.members = list(members)
+        self.loop = loop
+        self.task = task
+        self.device = device
+        self.score = score_name(task)
+        y_dtype = torch.long if task == "classification" else torch.float32
+        self.x_train = torch.as_tensor(x_train, dtype=torch.float32, device=device)
+        self.y_train = torch.as_tensor(y_train, dtype=y_dtype, device=device)
+        self.x_val = torch.as_tensor(x_val, dtype=torch.float32, device=device)
+        self.y_val = torch.as_tensor(y_val, dtype=y_dtype, device=device)
+
+        self.early_stopping = EarlyStopping(
+            patience=loop.patience, min_delta=loop.min_delta, restore_best=loop.restore_best
+        )
+        self.callbacks: list[Callback] = [self.early_stopping, *callbacks]
+        self.max_epochs = loop.max_epochs
+        self.epoch = 0
+        self.stop_training = False
+        self.history: list[dict[str, Any]] = []
+        self.stop_reasons: dict[int, str] = {}
+        self.final_state: dict[int, dict[str, torch.Tensor]] = {}
+        self.epochs_run: dict[int, int] = {}
+        self.eval_preactivation_hooks: list[Any] = []
+        self._pending_stop: list[int] = []
+
+        k = len(self.members)
+        self.model = PopulationMLP(arch, k).to(device)
+        self.model.initialize(
+            [m.seed for m in self.members],
+            init=loop.init,
+            init_scale=loop.init_scale,
+            bias_init=loop.bias_init,
+        )
+        self.active = list(range(k))  # member id at each position of the batched model
+        self.shuffle_generators = [
+            torch.Generator().manual_seed(member_seeds(m.seed)[0]) for m in self.members
+        ]
+        self.dropout_generators = [
+            torch.Generator(device=device).manual_seed(member_seeds(m.seed)[1])
+            for m in self.members
+        ]
+        self.optimizer = PopulationOptimizer(
+            list(self.model.parameters()),
+            self.model.penalized_weights(),
+            kind=loop.optimizer,
+            lrs=self._member_tensor("lr"),
+            l1s=self._member_tensor("l1"),
+            momentum=loop.momentum,
+        )
+
+    # ----------------------------------------------------------------- population bookkeeping
+    @property
+    def n_members_total(self) -> int:
+        return len(self.members)
+
+    def _member_tensor(self, name: str) -> torch.Tensor:
+        return torch.tensor(
+            [float(getattr(self.members[m], name)) for m in self.active],
+            dtype=torch.float32,
+            device=self.device,
+        )
+
+    def position(self, member: int) -> int:
+        return self.active.index(member)
+
+    def member_state(self, member: int) -> dict[str, torch.Tensor]:
+        """A copy of one active member's tensors (leading member axis of size 1)."""
+        return self.model.member_state(self.position(member))
+
+    def stop_member(self, member: int, reason: str) -> None:
+        """Freeze one member at the end of this epoch; the others go on."""
+        if member in self.active and member not in self._pending_stop:
+            self._pending_stop.append(member)
+            self.stop_reasons[member] = reason
+
+    def _remove_stopped(self) -> None:
+        stopped = [m for m in self._pending_stop if m in self.active]
+        self._pending_stop = []
+        if not stopped:
+            return
+        for m in stopped:
+            self.final_state[m] = self.member_state(m)
+            self.epochs_run[m] = self.epoch
+        keep = [m for m in self.active if m not in stopped]
+        if not keep:
+            self.active = []
+            self.stop_training = True
+            return
+        positions = torch.tensor([self.position(m) for m in keep], device=self.device)
+        mapping = self.model.keep_members(positions)
+        self.optimizer.keep_members(mapping, positions)
+        self.active = keep
+        for cb in self.callbacks:
+            cb.on_members_removed(self, kept=list(keep))
+
+    # ----------------------------------------------------------------------------- training
+    def _dropout_masks(self, batch: int) -> list[torch.Tensor | None] | None:
+        rates = [self.members[m].dropout for m in self.active]
+        if not any(p > 0 for r in rates for p in r):
+            return None
+        masks: list[torch.Tensor | None] = []
+        for layer, width in enumerate(self.arch.hidden):
+            if not any(r[layer] > 0 for r in rates):
+                masks.append(None)
+                continue
+            per_member = []
+            for m, r in zip(self.active, rates, strict=True):
+                p = r[layer]
+                if p > 0:
+                    u = torch.rand(
+                        batch, width, generator=self.dropout_generators[m], device=self.device
+                    )
+                    per_member.append((u >= p).float() / (1.0 - p))
+                else:
+                    per_member.append(torch.ones(batch, width, device=self.device))
+            masks.append(torch.stack(per_member))
+        return masks
+
+    def _l2_penalty(self) -> torch.Tensor | None:
+        l2 = self._member_tensor("l2")
+        if not bool(torch.any(l2 > 0)):
+            return None
+        sq = sum(w.pow(2).sum(dim=(1, 2)) for w in self.model.penalized_weights())
+        return (l2 * sq).sum()
+
+    def _train_one_epoch(self) -> None:
+        self.model.train()
+        n = len(self.x_train)
+        b = self.loop.batch_size
+        perms = torch.stack(
+            [torch.randperm(n, generator=self.shuffle_generators[m]) for m in self.active]
+        ).to(self.device)
+        after_backward = [
+            cb for cb in self.callbacks
+            if type(cb).on_after_backward is not Callback.on_after_backward
+        ]
+        batch_end = [
+            cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end
+        ]
+        use_l2 = any(self.members[m].l2 > 0 for m in self.active)
+        use_dropout = any(p > 0 for m in self.active for p in self.members[m].dropout)
+        for start in range(0, n, b):
+            idx = perms[:, start : start + b]
+            xb, yb = self.x_train[idx], self.y_train[idx]
+            masks = self._dropout_masks(idx.shape[1]) if use_dropout else None
+            out = self.model(xb, dropout_masks=masks)
+            losses = member_losses(self.task, out, yb)
+            total = losses.sum()
+            if use_l2:
+                penalty = self._l2_penalty()
+                if penalty is not None:
+                    total = total + penalty
+            self.optimizer.zero_grad()
+            total.backward()
+            for cb in after_backward:
+                cb.on_after_backward(self, losses=losses)
+            self.optimizer.step()
+            for cb in batch_end:
+                cb.on_batch_end(self, losses=losses.detach())
+            if self.stop_training:
+                break
+
+    @torch.no_grad()
+    def evaluate(
+        self, x: torch.Tensor, y: torch.Tensor, *, hooks: Sequence[Any] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Eval-mode loss and score of every active member on the full split."""
+        self.model.eval()
+        acc = SplitAccumulator(self.task, len(self.active), self.device)
+
+        def on_pre(layer: int, pre: torch.Tensor) -> None:
+            for hook in hooks:
+                hook(layer, pre)
+
+        for start in range(0, len(x), _EVAL_ROWS):
+            out = self.model(x[start : start + _EVAL_ROWS], on_preactivation=on_pre if hooks else None)
+            acc.add(out, y[start : start + _EVAL_ROWS])
+        return acc.result()
+
+    def fit(self) -> FitResult:
+        for cb in self.callbacks:
+            cb.on_fit_begin(self)
+        while self.epoch < self.max_epochs and not self.stop_training and self.active:
+            for cb in self.callbacks:
+                cb.on_epoch_begin(self)
+            self._train_one_epoch()
+            self.epoch += 1
+            # Train and validation measured the same way (eval mode, full split), so the
+            # overfitting gap is honest; activation statistics come from the train pass.
+            train_loss, train_score = self.evaluate(
+                self.x_train, self.y_train, hooks=self.eval_preactivation_hooks
+            )
+            val_loss, val_score = self.evaluate(self.x_val, self.y_val)
+            logs: dict[int, dict[str, float]] = {}
+            for pos, m in enumerate(self.active):
+                logs[m] = {
+                    "train_loss": float(train_loss[pos]),
+                    "val_loss": float(val_loss[pos]),
+                    f"train_{self.score}": float(train_score[pos]),
+                    f"val_{self.score}": float(val_score[pos]),
+                    "lr": self.members[m].lr,
+                }
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, logs=logs)
+            for m, row in logs.items():
+                self.history.append({"epoch": self.epoch, "member": m, **row})
+            self._remove_stopped()
+        for m in self.active:
+            self.final_state[m] = self.member_state(m)
+            self.epochs_run[m] = self.epoch
+            self.stop_reasons.setdefault(
+                m, f"reached max_epochs ({self.max_epochs})" if not self.stop_training
+                else "training stopped by a callback"
+            )
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self._result()
+
+    def _result(self) -> FitResult:
+        rows_by_member: dict[int, dict[int, dict[str, Any]]] = {}
+        for row in self.history:
+            rows_by_member.setdefault(row["member"], {})[row["epoch"]] = row
+        results: list[MemberResult] = []
+        for m, settings in enumerate(self.members):
+            restored = self.early_stopping.best_weights(m)
+            rows = rows_by_member.get(m, {})
+            last_epoch = self.epochs_run.get(m, 0)
+            epoch = self.early_stopping.best_epoch.get(m, 0) if restored is not None else last_epoch
+            state = restored if restored is not None else self.final_state.get(m, {})
+            row = rows.get(epoch, {})
+            finite = bool(state) and all(bool(torch.isfinite(t).all()) for t in state.values())
+            results.append(
+                MemberResult(
+                    member=m,
+                    settings=settings,
+                    epochs_run=last_epoch,
+                    best_epoch=self.early_stopping.best_epoch.get(m, 0),
+                    stop_reason=self.stop_reasons.get(m, ""),
+                    val_loss=float(row.get("val_loss", math.nan)),
+                    val_score=float(row.get(f"val_{self.score}", math.nan)),
+                    train_loss=float(row.get("train_loss", math.nan)),
+                    train_score=float(row.get(f"train_{self.score}", math.nan)),
+                    state=state,
+                    finite=finite and math.isfinite(float(row.get("val_loss", math.nan))),
+                )
+            )
+        candidates = [r for r in results if r.finite]
+        best = min(candidates, key=lambda r: r.val_loss).member if candidates else 0
+        return FitResult(
+            task=self.task,
+            members=results,
+            best=best,
+            history=self.history,
+            epochs_run=self.epoch,
+        )
