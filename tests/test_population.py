@@ -137,10 +137,11 @@ def test_stopped_member_is_frozen_removed_and_others_unaffected() -> None:
 
 
 def test_per_member_early_stopping_matches_alone() -> None:
-    # A rate far too high stalls one member early; the others keep improving.
+    # A rate far too high stalls one member early; the others keep improving. (A rate so high
+    # that training turns chaotic, e.g. 1.5, amplifies float32 rounding past any tolerance.)
     members = [
         MemberSettings(seed=5, lr=3e-3),
-        MemberSettings(seed=6, lr=1.5),
+        MemberSettings(seed=6, lr=0.1),
         MemberSettings(seed=7, lr=1e-2, l2=1e-3),
     ]
     fit = _trainer(members, epochs=10, patience=2).fit()

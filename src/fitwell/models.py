@@ -183,8 +183,9 @@ class PopulationMLP(nn.Module):
             if on_preactivation is not None:
                 on_preactivation(layer, h)
             h = self.act(h)
-            if dropout_masks is not None and dropout_masks[layer] is not None:
-                h = h * dropout_masks[layer]
+            mask = dropout_masks[layer] if dropout_masks is not None else None
+            if mask is not None:
+                h = h * mask
         return h
 
     def _batch_norm(self, layer: int, h: torch.Tensor) -> torch.Tensor:
