@@ -255,13 +255,6 @@ class Trainer:
         self._dropout_cache = (key, layout)
         return layout
 
-    def _l2_penalty(self) -> torch.Tensor | None:
-        l2 = self._member_tensor("l2")
-        if not bool(torch.any(l2 > 0)):
-            return None
-        sq = sum(w.pow(2).sum(dim=(1, 2)) for w in self.model.penalized_weights())
-        return (l2 * sq).sum()
-
     def _train_one_epoch(self) -> None:
         self.model.train()
         n = len(self.x_train)
