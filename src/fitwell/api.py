@@ -127,26 +127,36 @@ class Run:
         return data
 
     @torch.no_grad()
-    def _outputs(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+    def _outputs(
+        self, data: pd.DataFrame | np.ndarray | str | Path, source: str | None = None
+    ) -> np.ndarray:
         frame = self._inputs(data)
-        source = str(data) if isinstance(data, (str, Path)) else "data"
+        if source is None:
+            source = str(data) if isinstance(data, (str, Path)) else "data"
         x = torch.as_tensor(self.preprocessor.transform(frame, source=source))
         device = next(self.model.parameters()).device
         self.model.eval()
         return self.model.predict_chunks(x.to(device))[0].cpu().numpy()
 
-    def predict(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
-        """Predicted labels (classification) or values in the target's units (regression)."""
-        out = self._outputs(data)
+    def predict(
+        self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
+    ) -> np.ndarray:
+        """Predicted labels (classification) or values in the target's units (regression).
+
+        ``source`` names the data in error messages (default: the path, or "data").
+        """
+        out = self._outputs(data, source)
         if self.task == "classification":
             return self.target_encoder.decode(out.argmax(axis=1))
         return self.target_encoder.decode(out[:, 0])
 
-    def predict_proba(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+    def predict_proba(
+        self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
+    ) -> np.ndarray:
         """Class probabilities, columns in ``target_encoder.classes`` order."""
         if self.task != "classification":
             raise InputError("predict_proba needs a classification run.")
-        out = torch.as_tensor(self._outputs(data))
+        out = torch.as_tensor(self._outputs(data, source))
         return torch.softmax(out, dim=1).numpy()
 
 

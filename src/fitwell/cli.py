@@ -213,6 +213,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     frame, _ = read_file(args.data)
     expected = run.preprocessor.input_columns
+    missing = [c for c in expected if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{args.data}: missing column(s) {', '.join(repr(c) for c in missing)} that the "
+            "model was trained on."
+        )
     extra = [c for c in frame.columns if c not in expected and c != run.target]
     if extra:
         shown = ", ".join(repr(c) for c in extra[:10])
@@ -225,9 +231,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if len(frame) == 0:
         raise InputError(f"{args.data}: no data rows to predict.")
-    result = pd.DataFrame({"prediction": run.predict(frame)})
+    result = pd.DataFrame({"prediction": run.predict(frame, source=args.data)})
     if run.task == "classification":
-        proba = run.predict_proba(frame)
+        proba = run.predict_proba(frame, source=args.data)
         for i, c in enumerate(run.target_encoder.classes):
             result[f"proba_{c}"] = proba[:, i]
     if args.out:
