@@ -19,6 +19,7 @@ import torch
 import fitwell
 from fitwell.models import Architecture
 from fitwell.training import Callback, LoopSettings, MemberSettings, Trainer
+from fitwell.training.optim import PopulationOptimizer
 
 WEIGHT_ATOL = 2e-5
 WEIGHT_RTOL = 1e-5
@@ -200,3 +201,32 @@ def test_train_population_rejects_members_that_differ_in_shape() -> None:
         fitwell.train_population(
             [{"dataset": "iris", "hidden": (8,)}, {"dataset": "iris", "hidden": (16,)}]
         )
+
+
+def test_l2_gradient_added_by_the_optimizer_equals_autograd_of_the_penalty() -> None:
+    trainer = _trainer(MEMBERS)
+    penalty = trainer._l2_penalty()
+    assert penalty is not None
+    penalty.backward()
+    expected = [w.grad.clone() for w in trainer.model.weights]
+    for w in trainer.model.weights:
+        w.grad = torch.zeros_like(w)
+    trainer.optimizer.add_l2_gradient()
+    for w, grad in zip(trainer.model.weights, expected, strict=True):
+        torch.testing.assert_close(w.grad, grad)
+
+
+def test_set_lrs_switches_between_uniform_and_per_member_steps() -> None:
+    w = torch.nn.Parameter(torch.ones(2, 3, 4))
+    opt = PopulationOptimizer(
+        [w], [w], kind="sgd", lrs=torch.tensor([0.1, 0.1]), l1s=torch.zeros(2), momentum=0.0
+    )
+    opt.set_lrs(torch.tensor([0.1, 0.05]))
+    w.grad = torch.ones_like(w)
+    opt.step()
+    torch.testing.assert_close(w[0], torch.full((3, 4), 0.9))
+    torch.testing.assert_close(w[1], torch.full((3, 4), 0.95))
+    opt.set_lrs(torch.tensor([0.2, 0.2]))
+    assert opt.uniform_lr
+    opt.step()
+    torch.testing.assert_close(w[1], torch.full((3, 4), 0.75))

@@ -244,8 +244,10 @@ class Trainer:
         layout: tuple[list[int], torch.Tensor, torch.Tensor, list[bool]] | None = None
         if any(p > 0 for r in rates for p in r):
             per_unit = torch.tensor(
-                [[p for p, w in zip(r, self.arch.hidden, strict=True) for _ in range(w)]
-                 for r in rates],
+                [
+                    [p for p, w in zip(r, self.arch.hidden, strict=True) for _ in range(w)]
+                    for r in rates
+                ],
                 dtype=torch.float32,
                 device=self.device,
             ).unsqueeze(1)
@@ -254,6 +256,15 @@ class Trainer:
             layout = (drawers, per_unit, 1.0 / (1.0 - per_unit), used)
         self._dropout_cache = (key, layout)
         return layout
+
+    def _l2_penalty(self) -> torch.Tensor | None:
+        """The L2 term ``sum_k l2_k * sum W_k**2`` of the objective (training adds its gradient
+        directly, see :meth:`PopulationOptimizer.add_l2_gradient`)."""
+        l2 = self._member_tensor("l2")
+        if not bool(torch.any(l2 > 0)):
+            return None
+        sq = sum(w.pow(2).sum(dim=(1, 2)) for w in self.model.penalized_weights())
+        return (l2 * sq).sum()
 
     def _train_one_epoch(self) -> None:
         self.model.train()
@@ -265,7 +276,8 @@ class Trainer:
             [torch.randperm(n, generator=self.shuffle_generators[m]) for m in self.active]
         ).to(self.device)
         after_backward = [
-            cb for cb in self.callbacks
+            cb
+            for cb in self.callbacks
             if type(cb).on_after_backward is not Callback.on_after_backward
         ]
         batch_end = [
@@ -342,8 +354,10 @@ class Trainer:
             self.final_state[m] = self.member_state(m)
             self.epochs_run[m] = self.epoch
             self.stop_reasons.setdefault(
-                m, f"reached max_epochs ({self.max_epochs})" if not self.stop_training
-                else "training stopped by a callback"
+                m,
+                f"reached max_epochs ({self.max_epochs})"
+                if not self.stop_training
+                else "training stopped by a callback",
             )
         for cb in self.callbacks:
             cb.on_fit_end(self)

@@ -93,6 +93,14 @@ class PopulationOptimizer:
             return torch.optim.AdamW(groups, lr=lr, eps=ADAM_EPS, fused=fused)
         return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, fused=fused)
 
+    def set_lrs(self, lrs: torch.Tensor) -> None:
+        """Change members' learning rates in place (e.g. a guard halving one member's rate)."""
+        self.lrs = lrs
+        self._refresh()
+        lr = float(lrs[0]) if self.uniform_lr else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -149,7 +157,7 @@ class PopulationOptimizer:
 
     def keep_members(
         self,
-        mapping: dict[nn.Parameter, tuple[nn.Parameter, torch.Tensor]],
+        mapping: dict[torch.Tensor, tuple[nn.Parameter, torch.Tensor]],
         members: torch.Tensor,
     ) -> None:
         """Follow :meth:`PopulationMLP.keep_members`: slice state and rates to the kept members."""
