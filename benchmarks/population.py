@@ -86,7 +86,7 @@ def load_datasets(names: list[str], epochs_small: int, epochs_large: int) -> lis
             from fitwell.data.datasets import mnist1d_arrays
 
             x, y = mnist1d_arrays(100_000)  # generated locally; first 80k are mnist1d's train part
-            x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+            x, y = np.array(x, dtype=np.float32), np.array(y, dtype=np.int64)  # writable copies
             xt, xv = _standardize(x[:80_000], x[80_000:])
             out.append(Dataset(name, xt, y[:80_000], xv, y[80_000:], epochs_large))
         else:
