@@ -175,7 +175,8 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     problems: list[str] = []
     unknown = [k for k in values if k not in _FIELD_NAMES and k != "extra"]
     for name in unknown:
-        problems.append(f"unknown setting `{name}`.{did_you_mean(name, _FIELD_NAMES)}")
+        hint = did_you_mean(name, _FIELD_NAMES).strip().replace("Did", "did")
+        problems.append(f"unknown setting `{name}`" + (f" ({hint})" if hint else ""))
     raw = {k: v for k, v in values.items() if k in _FIELD_NAMES}
 
     if "hidden" in raw:
@@ -209,21 +210,21 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
                 raw[name] = int(v)
             except (TypeError, ValueError):
                 problems.append(f"`{name}` must be an integer; got {v!r}")
-    if problems:
-        raise InputError("invalid configuration: " + "; ".join(problems) + ".")
-
-    cfg = TrainConfig(**raw)
+    bad_fields = {name for name in raw if any(f"`{name}`" in p for p in problems)}
+    cfg = TrainConfig(**{k: v for k, v in raw.items() if k not in bad_fields})
     _check(cfg, problems)
     if problems:
-        raise InputError("invalid configuration: " + "; ".join(problems) + ".")
+        text = "; ".join(p.rstrip(".") if not p.endswith("?") else p for p in problems)
+        raise InputError("invalid configuration: " + text + ("" if text.endswith("?") else "."))
     return cfg
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]) -> None:
     if value not in choices:
+        hint = did_you_mean(value, choices).strip().replace("Did", "did")
         problems.append(
-            f"`{name}` must be one of {', '.join(choices)}; got {value!r}."
-            + did_you_mean(value, choices)
+            f"`{name}` must be one of {', '.join(choices)}; got {value!r}"
+            + (f" ({hint})" if hint else "")
         )
 
 
