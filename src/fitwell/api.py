@@ -289,6 +289,29 @@ def train_population(
     ``restarts`` adds that many members with seeds ``seed, seed+1, ...``. The member with the
     lowest validation loss is chosen, then the sealed test split is read once to score it.
     Every member's validation result is in ``run.metrics["population"]``.
+
+    Members train as one batched model (stacked weights), each ending where it would have ended
+    alone, up to float32 rounding; a member whose early stopping fires is dropped from the batch.
+
+    Parameters
+    ----------
+    configs : sequence of TrainConfig or dict
+        One entry per setting; all must share data, architecture, optimizer and epochs.
+    out, callbacks, progress
+        As in :func:`train`.
+
+    Examples
+    --------
+    An ``lr x l2`` sweep with 3 restarts per setting: 18 members, one batched run.
+
+    >>> configs = [
+    ...     {"dataset": "digits", "lr": lr, "l2": l2, "restarts": 3}
+    ...     for lr in (3e-4, 1e-3, 3e-3)
+    ...     for l2 in (0.0, 1e-4)
+    ... ]
+    >>> run = fitwell.train_population(configs)  # doctest: +SKIP
+    >>> run.metrics["population"][0]["lr"]  # doctest: +SKIP
+    0.0003
     """
     if not configs:
         raise InputError("train_population needs at least one configuration.")
