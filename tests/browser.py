@@ -88,8 +88,13 @@ class _Pipe:
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         self._next_id += 1
         msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
@@ -160,24 +165,31 @@ def visit(path: Path, *, binary: str, width: int = 1200, settle: float = 1.0) ->
         ]
         for domain in ("Page", "Runtime", "Log", "Network"):
             pipe.send(f"{domain}.enable", session=session)
-        pipe.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-                  session=session)
+        pipe.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         pipe.events.clear()
         pipe.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
         result.loaded = pipe.wait_for("Page.loadEventFired", timeout=60)
         pipe.drain(settle)
         result.title = pipe.send(
-            "Runtime.evaluate", {"expression": "document.title", "returnByValue": True},
+            "Runtime.evaluate",
+            {"expression": "document.title", "returnByValue": True},
             session=session,
         )["result"].get("value", "")
         metrics = pipe.send("Page.getLayoutMetrics", session=session)
         size = metrics.get("cssContentSize") or metrics["contentSize"]
         shot = pipe.send(
             "Page.captureScreenshot",
-            {"format": "png", "captureBeyondViewport": True,
-             "clip": {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1}},
-            session=session, timeout=60,
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1},
+            },
+            session=session,
+            timeout=60,
         )
         result.screenshot = base64.b64decode(shot["data"])
         for event in pipe.events:
@@ -196,3 +208,28 @@ def visit(path: Path, *, binary: str, width: int = 1200, settle: float = 1.0) ->
         pipe.close()
         shutil.rmtree(profile, ignore_errors=True)
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/browser.py REPORT.html SCREENSHOT.png``: check a page and save its picture."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.stderr.write("usage: python tests/browser.py PAGE.html SCREENSHOT.png\n")
+        return 2
+    binary = find_chromium()
+    if binary is None:
+        sys.stderr.write("error: chromium not found; `apt-get install chromium`\n")
+        return 2
+    page = visit(Path(args[0]), binary=binary)
+    Path(args[1]).write_bytes(page.screenshot)
+    print(
+        f"loaded={page.loaded} console_errors={page.console_errors} "
+        f"network={page.network_requests()}"
+    )
+    return 0 if page.loaded and not page.console_errors and not page.network_requests() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -360,13 +360,13 @@ def train_population(
                     title=f"{prepared.source}: learning curves (member {best.member})",
                 ),
             )
-            _write_report(folder)
+            _write_report(folder, run_dir.name)
         metrics["run_dir"] = str(run_dir)
     return Run(run_dir, metrics, history, model, prepared.preprocessor, prepared.target_encoder,
                prepared.target, extra={"fit": fit, "prepared": prepared})
 
 
-def _write_report(folder: Path) -> None:
+def _write_report(folder: Path, name: str) -> None:
     """Write report.html last, from the files just written (the loop never calls the report).
 
     A report that fails to render must not cost the user a trained model: warn and go on;
@@ -375,7 +375,7 @@ def _write_report(folder: Path) -> None:
     from fitwell.report import write_report
 
     try:
-        write_report(folder)
+        write_report(folder, name=name)
     except Exception as exc:  # any rendering fault; the trained run itself is fine
         import warnings
 

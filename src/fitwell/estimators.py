@@ -69,13 +69,23 @@ class _FitwellEstimator(BaseEstimator):
         """Validate through the library's own config so messages match the CLI's."""
         from fitwell.config import build_config
 
-        build_config({
-            "hidden": list(self.hidden), "activation": self.activation, "dropout": self.dropout,
-            "optimizer": self.optimizer, "lr": self.lr, "batch_size": self.batch_size,
-            "max_epochs": self.max_epochs, "l1": self.l1, "l2": self.l2,
-            "patience": self.patience, "restarts": self.restarts, "seed": self.random_state,
-            "device": self.device,
-        })
+        build_config(
+            {
+                "hidden": list(self.hidden),
+                "activation": self.activation,
+                "dropout": self.dropout,
+                "optimizer": self.optimizer,
+                "lr": self.lr,
+                "batch_size": self.batch_size,
+                "max_epochs": self.max_epochs,
+                "l1": self.l1,
+                "l2": self.l2,
+                "patience": self.patience,
+                "restarts": self.restarts,
+                "seed": self.random_state,
+                "device": self.device,
+            }
+        )
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(
                 f"`validation_fraction` must be in [0, 1); got {self.validation_fraction}. "
@@ -111,19 +121,34 @@ class _FitwellEstimator(BaseEstimator):
         x = (x - self.mean_) / self.scale_
         x_tr, y_tr, x_val, y_val = self._split(x, y)
         hidden = tuple(int(h) for h in self.hidden)
-        arch = Architecture(n_inputs=x.shape[1], hidden=hidden, n_outputs=n_outputs,
-                            activation=self.activation)
+        arch = Architecture(
+            n_inputs=x.shape[1], hidden=hidden, n_outputs=n_outputs, activation=self.activation
+        )
         drop = tuple(float(self.dropout) for _ in hidden)
         members = [
-            MemberSettings(seed=self.random_state + r, lr=self.lr, l1=self.l1, l2=self.l2,
-                           dropout=drop)
+            MemberSettings(
+                seed=self.random_state + r, lr=self.lr, l1=self.l1, l2=self.l2, dropout=drop
+            )
             for r in range(self.restarts)
         ]
-        loop = LoopSettings(optimizer=self.optimizer, batch_size=self.batch_size,
-                            max_epochs=self.max_epochs, patience=self.patience)
+        loop = LoopSettings(
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+        )
         device = torch.device(self.device)
-        trainer = Trainer(arch, members, loop, task=self._task, x_train=x_tr, y_train=y_tr,
-                          x_val=x_val, y_val=y_val, device=device)
+        trainer = Trainer(
+            arch,
+            members,
+            loop,
+            task=self._task,
+            x_train=x_tr,
+            y_train=y_tr,
+            x_val=x_val,
+            y_val=y_val,
+            device=device,
+        )
         fit = trainer.fit()
         best = fit.best_member
         if not best.finite:

@@ -82,8 +82,13 @@ def _findings(metrics: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
     order = {s: i for i, s in enumerate(SEVERITIES)}
     items = [f for f in found if isinstance(f, dict)]
-    return sorted(items, key=lambda f: (order.get(str(f.get("severity")), 9),
-                                        f.get("epoch") if isinstance(f.get("epoch"), int) else 0))
+    return sorted(
+        items,
+        key=lambda f: (
+            order.get(str(f.get("severity")), 9),
+            f.get("epoch") if isinstance(f.get("epoch"), int) else 0,
+        ),
+    )
 
 
 def _evidence_text(value: Any) -> str:
@@ -106,20 +111,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def report_context(run_dir: str | Path) -> dict[str, Any]:
-    """Everything the template shows, read from the run directory (charts rendered here)."""
+def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str, Any]:
+    """Everything the template shows, read from the run directory (charts rendered here).
+
+    ``name`` is the run's name when the folder is still a staging folder (default: its name).
+    """
     folder = Path(run_dir)
     if not folder.is_dir():
         raise InputError(f"{folder}: run directory does not exist.")
     metrics = runs.read_json(folder / runs.METRICS_FILE)
     if not isinstance(metrics, dict) or "task" not in metrics:
-        raise InputError(f"{folder / runs.METRICS_FILE}: not the metrics of a finished fitwell run.")
+        raise InputError(
+            f"{folder / runs.METRICS_FILE}: not the metrics of a finished fitwell run."
+        )
     score = str(metrics.get("score_name", "accuracy"))
     restarts = metrics.get("restarts") or {}
     best_member = int(restarts.get("best", 0) or 0)
     history = _read_history(folder / runs.HISTORY_FILE)
     ctx: dict[str, Any] = {
-        "run_name": folder.resolve().name,
+        "run_name": name or folder.resolve().name,
         "m": metrics,
         "score": score,
         "best_member": best_member,
@@ -129,15 +139,16 @@ def report_context(run_dir: str | Path) -> dict[str, Any]:
     patience_on = bool(metrics.get("restored_best_weights")) or metrics.get("stop_reason", "")
     ctx["curves"] = (
         charts.learning_curves(
-            history, member=best_member,
-            best_epoch=int(metrics.get("best_epoch") or 0) if patience_on else 0, score=score,
+            history,
+            member=best_member,
+            best_epoch=int(metrics.get("best_epoch") or 0) if patience_on else 0,
+            score=score,
         )
-        if history else None
+        if history
+        else None
     )
     last = [r for r in history if r["member"] == best_member]
-    ctx["final_gap"] = (
-        float(last[-1]["val_loss"] - last[-1]["train_loss"]) if last else None
-    )
+    ctx["final_gap"] = float(last[-1]["val_loss"] - last[-1]["train_loss"]) if last else None
 
     signals = _signals(folder)
     ctx["signals"] = signals
@@ -146,12 +157,15 @@ def report_context(run_dir: str | Path) -> dict[str, Any]:
         ctx["gradient_chart"] = charts.gradient_flow(signals["records"], layers, member=best_member)
         ctx["units_chart"] = charts.unit_fractions(signals["records"], layers, member=best_member)
         ctx["nonfinite_steps"] = sum(
-            int(r.get("nonfinite_steps") or 0) for r in signals["records"]
+            int(r.get("nonfinite_steps") or 0)
+            for r in signals["records"]
             if int(r.get("member", -1)) == best_member
         )
 
     scores = list(restarts.get("val_scores") or [])
-    ctx["restarts_chart"] = charts.restarts(scores, best=best_member, score=score) if scores else None
+    ctx["restarts_chart"] = (
+        charts.restarts(scores, best=best_member, score=score) if scores else None
+    )
     ctx["population"] = metrics.get("population") or []
 
     zeroed = [str(c) for c in metrics.get("l1_zeroed_features") or []]
@@ -170,11 +184,13 @@ def report_context(run_dir: str | Path) -> dict[str, Any]:
     detail = metrics.get("test_detail") or {}
     ctx["confusion_chart"] = (
         charts.confusion_matrix(detail["confusion_matrix"], list(detail.get("labels") or []))
-        if detail.get("confusion_matrix") else None
+        if detail.get("confusion_matrix")
+        else None
     )
     ctx["scatter_chart"] = (
         charts.predicted_vs_true(detail["y_true"], detail["y_pred"])
-        if detail.get("y_true") and detail.get("y_pred") else None
+        if detail.get("y_true") and detail.get("y_pred")
+        else None
     )
     config_path = folder / runs.CONFIG_FILE
     ctx["config_text"] = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
@@ -190,13 +206,13 @@ def render(ctx: dict[str, Any]) -> str:
     return env.from_string(template).render(**ctx)
 
 
-def build_report(run_dir: str | Path) -> str:
+def build_report(run_dir: str | Path, *, name: str | None = None) -> str:
     """The HTML of a finished run's report."""
-    return render(report_context(run_dir))
+    return render(report_context(run_dir, name=name))
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, *, name: str | None = None) -> Path:
     """(Re)write ``RUN_DIR/report.html`` atomically and return its path."""
     path = Path(run_dir) / REPORT_FILE
-    runs.write_atomic(path, build_report(run_dir))
+    runs.write_atomic(path, build_report(run_dir, name=name))
     return path

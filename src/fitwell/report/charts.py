@@ -48,9 +48,7 @@ def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
 
 
-def learning_curves(
-    rows: list[dict[str, Any]], *, member: int, best_epoch: int, score: str
-) -> str:
+def learning_curves(rows: list[dict[str, Any]], *, member: int, best_epoch: int, score: str) -> str:
     """Train vs. validation loss and score of the chosen member; the gap shaded, best epoch marked.
 
     Other members' validation losses are drawn faint, so the restart spread is visible too.
@@ -63,8 +61,12 @@ def learning_curves(
             if m == member:
                 continue
             own = [r for r in rows if int(r["member"]) == m]
-            ax.plot([r["epoch"] for r in own], _finite([r.get(f"val_{key}") for r in own]),
-                    color="0.82", lw=0.8)
+            ax.plot(
+                [r["epoch"] for r in own],
+                _finite([r.get(f"val_{key}") for r in own]),
+                color="0.82",
+                lw=0.8,
+            )
         own = [r for r in rows if int(r["member"]) == member]
         epochs = [r["epoch"] for r in own]
         train = _finite([r.get(f"train_{key}") for r in own])
@@ -73,7 +75,9 @@ def learning_curves(
         ax.plot(epochs, val, color="C1", label=f"validation {key}")
         ax.fill_between(epochs, train, val, color="C1", alpha=0.12, label="generalisation gap")
         if best_epoch > 0:
-            ax.axvline(best_epoch, color="C3", ls="--", lw=1.2, label=f"early stop: epoch {best_epoch}")
+            ax.axvline(
+                best_epoch, color="C3", ls="--", lw=1.2, label=f"early stop: epoch {best_epoch}"
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
@@ -84,12 +88,11 @@ def learning_curves(
     return to_data_uri(fig)
 
 
-def gradient_flow(
-    records: list[dict[str, Any]], layers: list[str], *, member: int
-) -> str | None:
+def gradient_flow(records: list[dict[str, Any]], layers: list[str], *, member: int) -> str | None:
     """Per-layer weight-gradient norm per epoch (log scale): the vanishing-gradient picture."""
-    own = sorted((r for r in records if int(r.get("member", -1)) == member),
-                 key=lambda r: int(r["epoch"]))
+    own = sorted(
+        (r for r in records if int(r.get("member", -1)) == member), key=lambda r: int(r["epoch"])
+    )
     if not own:
         return None
     plt = _pyplot()
@@ -109,12 +112,11 @@ def gradient_flow(
     return to_data_uri(fig)
 
 
-def unit_fractions(
-    records: list[dict[str, Any]], layers: list[str], *, member: int
-) -> str | None:
+def unit_fractions(records: list[dict[str, Any]], layers: list[str], *, member: int) -> str | None:
     """Dead and saturated unit fractions per hidden layer per epoch, where they were recorded."""
-    own = sorted((r for r in records if int(r.get("member", -1)) == member),
-                 key=lambda r: int(r["epoch"]))
+    own = sorted(
+        (r for r in records if int(r.get("member", -1)) == member), key=lambda r: int(r["epoch"])
+    )
     kinds = [k for k in ("dead_fraction", "saturated_fraction") if any(r.get(k) for r in own)]
     if not kinds:
         return None
@@ -153,8 +155,9 @@ def restarts(scores: Sequence[Any], *, best: int, score: str) -> str:
     return to_data_uri(fig)
 
 
-def feature_weights(names: list[str], magnitudes: list[float], zeroed: set[str],
-                    *, limit: int = 40) -> str:
+def feature_weights(
+    names: list[str], magnitudes: list[float], zeroed: set[str], *, limit: int = 40
+) -> str:
     """First-layer weight magnitude per input column (largest first); L1-zeroed ones in red."""
     plt = _pyplot()
     order = sorted(range(len(names)), key=lambda i: -magnitudes[i])
@@ -163,8 +166,11 @@ def feature_weights(names: list[str], magnitudes: list[float], zeroed: set[str],
     shown += [i for i in order[limit:] if names[i] in zeroed][: max(0, limit // 2)]
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(shown) + 1.2))
     ys = list(range(len(shown)))[::-1]
-    ax.barh(ys, [magnitudes[i] for i in shown],
-            color=["C3" if names[i] in zeroed else "C0" for i in shown])
+    ax.barh(
+        ys,
+        [magnitudes[i] for i in shown],
+        color=["C3" if names[i] in zeroed else "C0" for i in shown],
+    )
     ax.set_yticks(ys)
     ax.set_yticklabels([plain(names[i]) for i in shown], fontsize=7)
     ax.set_xlabel("sum of |first-layer weights| per input column (red: switched off by L1)")
@@ -184,8 +190,15 @@ def confusion_matrix(matrix: list[list[int]], labels: list[Any]) -> str:
     if n <= 25:
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                        color="white" if count > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if count > top / 2 else "black",
+                )
     names = [plain(label, 18) for label in labels]
     ax.set_xticks(range(n))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)

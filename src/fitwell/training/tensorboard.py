@@ -62,7 +62,8 @@ class TensorBoardLogger(Callback):
             return
         # Kept on the device and summed; read once per epoch so logging adds no sync per step.
         norms = [
-            w.grad.detach().flatten(1).norm(dim=1) if w.grad is not None
+            w.grad.detach().flatten(1).norm(dim=1)
+            if w.grad is not None
             else torch.zeros(w.shape[0], device=w.device)
             for w in trainer.model.weights
         ]
