@@ -18,6 +18,7 @@ PAYLOADS = [
     "javascript:alert(3)",
     "{{7*7}}",
     "--><svg onload=alert(4)><!--",
+    "température 温度 $x$",  # a script the font may lack, and mathtext dollars
 ]
 
 
@@ -40,6 +41,7 @@ def test_payloads_in_columns_labels_and_file_name_stay_text(tmp_path: Path) -> N
             PAYLOADS[2]: rng.normal(size=n),
             PAYLOADS[3]: rng.normal(size=n),
             PAYLOADS[4]: rng.normal(size=n),
+            PAYLOADS[5]: rng.normal(size=n),
         }
     )
     labels = np.array([PAYLOADS[1], PAYLOADS[3]])

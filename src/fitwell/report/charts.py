@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,13 +35,20 @@ def _pyplot() -> Any:
 
 
 def to_data_uri(fig: Any) -> str:
-    """Render a figure as a base64 SVG ``data:`` URI and close it."""
+    """Lay out and render a figure as a base64 SVG ``data:`` URI, then close it."""
     plt = _pyplot()
     buf = io.BytesIO()
-    # A fixed hash salt and no date keep the SVG identical for identical inputs.
-    with plt.rc_context({"svg.hashsalt": "fitwell"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    plt.close(fig)
+    try:
+        with warnings.catch_warnings():
+            # A column name in a script the font lacks draws as boxes; that is no reason to
+            # lose the report, so matplotlib's missing-glyph warning is not passed on.
+            warnings.filterwarnings("ignore", message=r".*[Gg]lyph .* missing from")
+            fig.tight_layout()
+            # A fixed hash salt and no date keep the SVG identical for identical inputs.
+            with plt.rc_context({"svg.hashsalt": "fitwell"}):
+                fig.savefig(buf, format="svg", metadata={"Date": None})
+    finally:
+        plt.close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -84,7 +92,6 @@ def learning_curves(rows: list[dict[str, Any]], *, member: int, best_epoch: int,
         ax.legend(fontsize=8)
     if len(members) > 1:
         axes[0].set_title("grey: validation loss of the other restarts", fontsize=8)
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
@@ -108,7 +115,6 @@ def gradient_flow(records: list[dict[str, Any]], layers: list[str], *, member: i
     ax.set_ylabel("gradient L2 norm (mean over steps)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=min(len(layers), 6))
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
@@ -133,25 +139,49 @@ def unit_fractions(records: list[dict[str, Any]], layers: list[str], *, member: 
         ax.set_title(kind.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
 def restarts(scores: Sequence[Any], *, best: int, score: str) -> str:
-    """Every member's validation score, the chosen one marked."""
+    """Every member's validation score as a dot, the chosen one marked; diverged ones flagged.
+
+    Dots on an axis fitted to the scores (not bars from zero), so a spread of a few points,
+    the thing restarts are about, is visible.
+    """
     plt = _pyplot()
     values = _finite(scores)
-    fig, ax = plt.subplots(figsize=(max(4.0, min(10.0, 0.5 * len(values) + 2)), 3.0))
-    colors = ["C3" if i == best else "C0" for i in range(len(values))]
-    ax.bar(range(len(values)), [0 if math.isnan(v) else v for v in values], color=colors)
-    for i, v in enumerate(values):
+    fig, ax = plt.subplots(figsize=(max(4.5, min(10.0, 0.45 * len(values) + 2.5)), 3.0))
+    xs = list(range(len(values)))
+    finite = [v for v in values if not math.isnan(v)]
+    ax.scatter(
+        [x for x in xs if x != best],
+        [values[x] for x in xs if x != best],
+        color="C0",
+        s=36,
+        label="restart",
+    )
+    if 0 <= best < len(values):
+        ax.scatter(
+            [best],
+            [values[best]],
+            color="C3",
+            s=90,
+            marker="*",
+            zorder=3,
+            label=f"chosen (member {best})",
+        )
+    low = min(finite) if finite else 0.0
+    for x, v in zip(xs, values, strict=True):
         if math.isnan(v):
-            ax.annotate("diverged", (i, 0), ha="center", va="bottom", fontsize=7, rotation=90)
-    ax.set_xticks(range(len(values)))
-    ax.set_xlabel("member (red: chosen on validation loss)")
+            ax.annotate("diverged", (x, low), ha="center", va="bottom", fontsize=7, rotation=90)
+    if finite:
+        pad = max(0.02 * abs(max(finite)), 0.1 * (max(finite) - min(finite)), 1e-3)
+        ax.set_ylim(min(finite) - pad, max(finite) + pad)
+    ax.set_xticks(xs)
+    ax.set_xlabel("member")
     ax.set_ylabel(f"validation {score}")
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    ax.legend(fontsize=8)
     return to_data_uri(fig)
 
 
@@ -173,9 +203,11 @@ def feature_weights(
     )
     ax.set_yticks(ys)
     ax.set_yticklabels([plain(names[i]) for i in shown], fontsize=7)
+    for tick, i in zip(ax.get_yticklabels(), shown, strict=True):
+        if names[i] in zeroed:
+            tick.set_color("C3")
     ax.set_xlabel("sum of |first-layer weights| per input column (red: switched off by L1)")
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
@@ -206,7 +238,6 @@ def confusion_matrix(matrix: list[list[int]], labels: list[Any]) -> str:
     ax.set_yticklabels(names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
@@ -224,5 +255,4 @@ def predicted_vs_true(y_true: Sequence[float], y_pred: Sequence[float]) -> str:
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return to_data_uri(fig)
