@@ -192,9 +192,12 @@ def test_regression_report_has_predicted_vs_true(tmp_path: Path) -> None:
     frame["price"] = 3 * frame["a"] - frame["b"] + rng.normal(scale=0.1, size=200)
     frame.to_csv(tmp_path / "reg.csv", index=False)
     fitwell.train(tmp_path / "reg.csv", target="price", out=tmp_path / "run", **FAST)
-    alts = _images(parse(tmp_path / "run" / REPORT_FILE))
+    page = parse(tmp_path / "run" / REPORT_FILE)
+    alts = _images(page)
     assert "predicted vs true values on the test split" in alts
     assert not any("confusion" in a for a in alts)
+    assert not any("every member" in a for a in alts)  # one member: a sentence, not a chart
+    assert "One member, no restarts: validation r2" in page.section_text()
 
 
 def test_report_of_a_missing_folder_is_one_error_line(tmp_path: Path) -> None:

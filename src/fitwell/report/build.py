@@ -163,8 +163,9 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         )
 
     scores = list(restarts.get("val_scores") or [])
+    # One member has no spread to show: the template states its score instead.
     ctx["restarts_chart"] = (
-        charts.restarts(scores, best=best_member, score=score) if scores else None
+        charts.restarts(scores, best=best_member, score=score) if len(scores) > 1 else None
     )
     ctx["population"] = metrics.get("population") or []
 

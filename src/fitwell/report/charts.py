@@ -114,7 +114,8 @@ def gradient_flow(records: list[dict[str, Any]], layers: list[str], *, member: i
     ax.set_xlabel("epoch")
     ax.set_ylabel("gradient L2 norm (mean over steps)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=min(len(layers), 6))
+    # Outside the axes: with many layers an inside legend hides the curves it explains.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_data_uri(fig)
 
 
@@ -153,9 +154,10 @@ def restarts(scores: Sequence[Any], *, best: int, score: str) -> str:
     fig, ax = plt.subplots(figsize=(max(4.5, min(10.0, 0.45 * len(values) + 2.5)), 3.0))
     xs = list(range(len(values)))
     finite = [v for v in values if not math.isnan(v)]
+    others = [x for x in xs if x != best and not math.isnan(values[x])]
     ax.scatter(
-        [x for x in xs if x != best],
-        [values[x] for x in xs if x != best],
+        others,
+        [values[x] for x in others],
         color="C0",
         s=36,
         label="restart",
