@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Callback",
+    "FitwellClassifier",
     "FitwellError",
+    "FitwellRegressor",
     "InputError",
     "Run",
     "TrainConfig",

@@ -79,8 +79,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="run directory to create (default runs/NAME-TIMESTAMP)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    g.add_argument("--tensorboard", metavar="DIR",
-                   help="also log curves, gradient norms and findings for TensorBoard here")
+    g.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also log curves, gradient norms and findings for TensorBoard here",
+    )
 
 
 _NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func", "tensorboard"}
