@@ -19,9 +19,14 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from fitwell.config import TrainConfig
 from fitwell.errors import TrainingFailed
 from fitwell.models import Architecture, PopulationMLP
 from fitwell.training import LoopSettings, MemberSettings, Trainer
+
+# The library's recommended recipe: the estimators' defaults follow `fitwell train`'s.
+_DEFAULTS = TrainConfig()
+_DROPOUT = float(_DEFAULTS.dropout) if isinstance(_DEFAULTS.dropout, (int, float)) else 0.0
 
 
 class _FitwellEstimator(BaseEstimator):
@@ -32,19 +37,19 @@ class _FitwellEstimator(BaseEstimator):
     def __init__(
         self,
         *,
-        hidden: tuple[int, ...] = (256, 256),
-        activation: str = "relu",
-        dropout: float = 0.0,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        max_epochs: int = 200,
-        l1: float = 0.0,
-        l2: float = 0.0,
-        patience: int = 20,
+        hidden: tuple[int, ...] = _DEFAULTS.hidden,
+        activation: str = _DEFAULTS.activation,
+        dropout: float = _DROPOUT,
+        optimizer: str = _DEFAULTS.optimizer,
+        lr: float = _DEFAULTS.lr,
+        batch_size: int = _DEFAULTS.batch_size,
+        max_epochs: int = _DEFAULTS.max_epochs,
+        l1: float = _DEFAULTS.l1,
+        l2: float = _DEFAULTS.l2,
+        patience: int = _DEFAULTS.patience,
         validation_fraction: float = 0.15,
-        restarts: int = 1,
-        scale: bool = True,
+        restarts: int = _DEFAULTS.restarts,
+        scale: bool = _DEFAULTS.scale,
         random_state: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -137,7 +142,9 @@ class _FitwellEstimator(BaseEstimator):
             max_epochs=self.max_epochs,
             patience=self.patience,
         )
-        device = torch.device(self.device)
+        from fitwell.api import resolve_device
+
+        device = resolve_device(self.device)
         trainer = Trainer(
             arch,
             members,
@@ -183,15 +190,18 @@ class _FitwellEstimator(BaseEstimator):
 class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
     """A fitwell MLP classifier (cross-entropy, Adam, early stopping on a held-out split).
 
+    Defaults are ``fitwell train``'s (see :class:`fitwell.TrainConfig`), so the estimator and
+    the CLI give the same recipe.
+
     Parameters
     ----------
     hidden : tuple of int, default (256, 256)
         Hidden layer widths.
     activation : str, default "relu"
-    dropout : float, default 0.0
+    dropout : float, default TrainConfig.dropout
         Drop probability of every hidden layer.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
-    lr : float, default 1e-3
+    lr : float, default TrainConfig.lr
     batch_size : int, default 64
     max_epochs : int, default 200
     l1, l2 : float, default 0.0
@@ -209,7 +219,7 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         Standardize features with the ``fit`` rows' mean and standard deviation.
     random_state : int, default 0
         Seeds initialisation, data order, dropout and the validation split.
-    device : str, default "cpu"
+    device : {"cpu", "cuda", "auto"}, default "cpu"
 
     Attributes
     ----------

@@ -136,13 +136,15 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         "fmt": _fmt,
         "evidence_text": _evidence_text,
     }
-    patience_on = bool(metrics.get("restored_best_weights")) or metrics.get("stop_reason", "")
+    # The dashed line marks the epoch whose weights were kept (restored best) or, when the last
+    # weights were kept, the best validation epoch for comparison.
     ctx["curves"] = (
         charts.learning_curves(
             history,
             member=best_member,
-            best_epoch=int(metrics.get("best_epoch") or 0) if patience_on else 0,
+            best_epoch=int(metrics.get("best_epoch") or 0),
             score=score,
+            restored=bool(metrics.get("restored_best_weights")),
         )
         if history
         else None

@@ -56,7 +56,9 @@ def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
 
 
-def learning_curves(rows: list[dict[str, Any]], *, member: int, best_epoch: int, score: str) -> str:
+def learning_curves(
+    rows: list[dict[str, Any]], *, member: int, best_epoch: int, score: str, restored: bool = True
+) -> str:
     """Train vs. validation loss and score of the chosen member; the gap shaded, best epoch marked.
 
     Other members' validation losses are drawn faint, so the restart spread is visible too.
@@ -83,9 +85,8 @@ def learning_curves(rows: list[dict[str, Any]], *, member: int, best_epoch: int,
         ax.plot(epochs, val, color="C1", label=f"validation {key}")
         ax.fill_between(epochs, train, val, color="C1", alpha=0.12, label="generalisation gap")
         if best_epoch > 0:
-            ax.axvline(
-                best_epoch, color="C3", ls="--", lw=1.2, label=f"early stop: epoch {best_epoch}"
-            )
+            label = f"kept: epoch {best_epoch}" if restored else f"best val: epoch {best_epoch}"
+            ax.axvline(best_epoch, color="C3", ls="--", lw=1.2, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
