@@ -20,17 +20,22 @@ _LAZY = {
     "InputError": "fitwell.errors",
     "FitwellError": "fitwell.errors",
     "TrainingFailed": "fitwell.errors",
+    "FitwellClassifier": "fitwell.estimators",
+    "FitwellRegressor": "fitwell.estimators",
 }
 
 if TYPE_CHECKING:
     from fitwell.api import Run, load_run, train, train_population
     from fitwell.config import TrainConfig, build_config
     from fitwell.errors import FitwellError, InputError, TrainingFailed
+    from fitwell.estimators import FitwellClassifier, FitwellRegressor
     from fitwell.training.callbacks import Callback
 
 __all__ = [
     "Callback",
+    "FitwellClassifier",
     "FitwellError",
+    "FitwellRegressor",
     "InputError",
     "Run",
     "TrainConfig",

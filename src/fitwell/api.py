@@ -409,6 +409,7 @@ def train_population(
                     title=f"{prepared.source}: learning curves (member {best.member})",
                 ),
             )
+            _write_report(folder, run_dir.name)
         metrics["run_dir"] = str(run_dir)
     return Run(
         run_dir,
@@ -420,6 +421,27 @@ def train_population(
         prepared.target,
         extra={"fit": fit, "prepared": prepared},
     )
+
+
+def _write_report(folder: Path, name: str) -> None:
+    """Write report.html last, from the files just written (the loop never calls the report).
+
+    A report that fails to render must not cost the user a trained model: warn and go on;
+    ``fitwell report RUN_DIR`` rebuilds it.
+    """
+    from fitwell.report import write_report
+
+    try:
+        write_report(folder, name=name)
+    except Exception as exc:  # any rendering fault; the trained run itself is fine
+        import warnings
+
+        warnings.warn(
+            f"report.html could not be written ({type(exc).__name__}: {exc}); "
+            "rebuild it with `fitwell report RUN_DIR`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _metrics(

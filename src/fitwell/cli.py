@@ -47,14 +47,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--hidden", help="hidden widths, e.g. 256,256 (empty for a linear model)")
     g.add_argument("--activation", help=" | ".join(ACTIVATIONS))
-    g.add_argument("--dropout", help="drop probability, one or one per hidden layer")
+    g.add_argument("--dropout", help="drop probability, one or one per hidden layer (default 0.2)")
     g.add_argument("--init", help=" | ".join(INITS))
     g.add_argument("--init-scale", type=float, help="multiplies the initial weight std")
     g.add_argument("--bias-init", type=float, help="initial value of hidden biases")
     g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", help=" | ".join(OPTIMIZERS))
-    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--lr", type=float, help="learning rate (default 3e-3)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)
@@ -79,9 +79,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="run directory to create (default runs/NAME-TIMESTAMP)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    g.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also log curves, gradient norms and findings for TensorBoard here",
+    )
 
 
-_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func"}
+_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func", "tensorboard"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="CSV, Parquet or .npz file with the same columns")
     p.add_argument("--out", help="write predictions to this CSV (default: stdout)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("report", help="(re)build report.html of a finished run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -123,7 +131,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.config, **settings)
     out = Path(args.out) if args.out else _default_out(cfg.to_dict())
     show = not (args.quiet or args.json)
-    run = train(config=cfg, out=out, progress=None if show else False)
+    callbacks: list[Any] = []
+    if args.tensorboard:
+        from fitwell.training.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(args.tensorboard))
+    run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+    for cb in callbacks:
+        cb.log_findings(run.metrics.get("findings") or [])
+        cb.close()
     m = run.metrics
     if args.json:
         print(json.dumps(summary_json(m), default=str))
@@ -245,6 +261,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_atomic(out, result.to_csv(index=False))
     else:
         sys.stdout.write(result.to_csv(index=False))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fitwell.report import write_report
+
+    print(write_report(args.run_dir))
     return EXIT_OK
 
 
