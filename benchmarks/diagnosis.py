@@ -142,7 +142,7 @@ def setups() -> list[Setup]:
         ("leakage/wine", HEALTHY, "wine"),
         ("underfitting/digits-2units", HEALTHY, "digits"),
         ("local_minimum/xor", {**lm, "hidden": (32, 32)}, "xor"),
-        ("mnist1d", {**HEALTHY, "max_epochs": 20}, "mnist1d"),
+        ("mnist1d", {**HEALTHY, "max_epochs": 10}, "mnist1d"),
     ]
     for of, settings, ds in twins:
         out.append(Setup(f"healthy/{of}", None, settings, ds, twin_of=of))

@@ -2,9 +2,9 @@
 
 What is recorded (the ``signals.json`` format): the mean L2 norm of each layer's weight gradient
 over the epoch's steps, each layer's weight norm, the update ratio ``||W_end - W_begin|| /
-||W_begin||`` over the epoch, the fraction of dead units (ReLU-like: pre-activation <= 0 on every
-training row) or saturated pre-activations (tanh/sigmoid: derivative below 1% of its maximum),
-and non-finite training losses. Gradient norms accumulate on the device, so recording costs no
+||W_begin||`` over the epoch, the fraction of dead units (ReLU-like: pre-activation > 0 on fewer
+than 1% of the training rows) or saturated pre-activations (tanh/sigmoid: derivative below 1% of
+its maximum), and non-finite training losses. Gradient norms accumulate on the device, so recording costs no
 host sync per step; the activation statistics ride on the loop's epoch-end evaluation pass.
 """
 
@@ -25,6 +25,8 @@ SIGNALS_VERSION = 1
 # |pre-activation| beyond which the activation's derivative is below 1% of its maximum:
 # tanh'(x) = 1 - tanh(x)^2 < 0.01 for |x| > 2.99; sigmoid'(x) / 0.25 < 0.01 for |x| > 5.29.
 SATURATION_THRESHOLD = {"tanh": 2.99, "sigmoid": 5.29}
+# A unit that fires on fewer than 1% of the training rows is dead: it passes (almost) no gradient.
+DEAD_ACTIVE_RATE = 0.01
 # Activations whose units can "die": zero output and zero gradient for negative inputs.
 RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "selu")
 # A training loss this many times the member's first-step loss counts as diverged: no stable
@@ -55,6 +57,7 @@ class SignalProbe(Callback):
         self._steps = 0
         self._start_weights: list[torch.Tensor] = []
         self._alive: list[torch.Tensor | None] = []
+        self._unit_rows: list[int] = []
         self._saturated: list[torch.Tensor | None] = []
         self._seen_rows: list[int] = []
         self._nonfinite: dict[int, int] = {}
@@ -128,6 +131,7 @@ class SignalProbe(Callback):
 
     def _reset_activation_stats(self, n_hidden: int) -> None:
         self._alive = [None] * n_hidden
+        self._unit_rows = [0] * n_hidden
         self._saturated = [None] * n_hidden
         self._seen_rows = [0] * n_hidden
 
@@ -135,9 +139,10 @@ class SignalProbe(Callback):
         """Called on the epoch-end evaluation pass over the training rows: ``pre [K, N, H]``."""
         with torch.no_grad():
             if self.activation in RELU_LIKE:
-                alive = (pre > 0).any(dim=1)
+                active = (pre > 0).sum(dim=1).double()  # rows on which each unit fires
                 prev = self._alive[layer]
-                self._alive[layer] = alive if prev is None else prev | alive
+                self._alive[layer] = active if prev is None else prev + active
+                self._unit_rows[layer] += pre.shape[1]
             threshold = SATURATION_THRESHOLD.get(self.activation)
             if threshold is not None:
                 sat = (pre.abs() >= threshold).sum(dim=(1, 2)).double()
@@ -192,7 +197,11 @@ class SignalProbe(Callback):
     def _dead_fractions(self) -> list[list[float]] | None:
         if self.activation not in RELU_LIKE or any(a is None for a in self._alive):
             return None
-        return [(1.0 - a.float().mean(dim=1)).tolist() for a in self._alive if a is not None]
+        return [
+            (a / max(rows, 1) < DEAD_ACTIVE_RATE).double().mean(dim=1).tolist()
+            for a, rows in zip(self._alive, self._unit_rows, strict=True)
+            if a is not None
+        ]
 
     def _saturated_fractions(self) -> list[list[float]] | None:
         if self.activation not in SATURATION_THRESHOLD or any(s is None for s in self._saturated):

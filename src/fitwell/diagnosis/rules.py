@@ -10,20 +10,20 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
   a gradient step that would replace the weights many times over).
 - ``SATURATED_FRACTION``: more than half the pre-activations where tanh/sigmoid's derivative is
   below 1% of its peak (DeepDiagnosis uses > 50%).
-- ``DEAD_FRACTION``: at least 70% of a layer's ReLU units never active on the training rows
-  (DeepDiagnosis / AutoTrainer use 70%).
+- ``DEAD_FRACTION``: at least 70% of a layer's ReLU units fire on fewer than 1% of the training
+  rows (DeepDiagnosis / AutoTrainer use 70%).
 - ``LR_TOO_HIGH_UPDATE``: the weights move by more than their own norm within one epoch, with
   loss spikes (a batch loss 3x the epoch's mean), a validation loss jumping up by 25% from one
   epoch to the next, or a training loss twice the loss at the first step (training made it worse).
-- ``SLOW_UPDATE``: the weights move by less than 0.1% of their norm per epoch at the start of
-  training, where a working optimizer moves them most.
+- ``SLOW_UPDATE``: the weights move by less than 0.1% of their norm per epoch in each of the
+  first epochs (up to 3), where a working optimizer moves them most.
 - ``OVERFIT_RISE``: validation loss 5% above its minimum while the training loss kept falling;
   or (``OVERFIT_MIN_RISE``, ``OVERFIT_MEMORIZE``) 1% above it while the training loss halved.
 - ``UNDERFIT_MARGIN``: the network scores below a ridge-regularized linear model on both train
   and validation rows by 0.05 (accuracy or R^2): it cannot even match a linear fit.
 - ``LOCAL_MINIMUM_RECOVERY`` / ``LOCAL_MINIMUM_ERROR_RATIO``: a restart recovers less than half
-  of the best restart's gain over the trivial baseline, or has twice its error, and trails the best by more than validation noise (2 standard errors of
-  a difference).
+  of the best restart's gain over the trivial baseline, or has twice its error, and trails the
+  best by more than validation noise (2 standard errors of a difference).
 - ``NO_SIGNAL_SE``: the chosen model's validation score is within 2 standard errors of the
   trivial baseline.
 - ``LEAKAGE_FRACTION``: 5% or more of the test rows also appear in the training rows.
@@ -206,10 +206,25 @@ def _median_so_far(records: Sequence[dict[str, Any]], key: str) -> list[tuple[in
 
 
 def activation_findings(
-    records: Sequence[dict[str, Any]], layers: Sequence[str], activation: str
+    records: Sequence[dict[str, Any]],
+    layers: Sequence[str],
+    activation: str,
+    *,
+    dead_layers: Sequence[str] | None = None,
+    saturated_layers: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Saturated tanh/sigmoid units and dead ReLU units, held over most epochs so far."""
+    """Saturated tanh/sigmoid units and dead ReLU units, held over most epochs so far.
+
+    ``dead_layers`` / ``saturated_layers`` name the entries of ``dead_fraction`` /
+    ``saturated_fraction`` (default: ``layers`` in order, i.e. the hidden layers).
+    """
     out: list[dict] = []
+    dead_names = list(dead_layers) if dead_layers is not None else list(layers)
+    sat_names = list(saturated_layers) if saturated_layers is not None else list(layers)
+
+    def name(names: list[str], at: int) -> str | None:
+        return names[at] if at < len(names) else None
+
     for epoch, med, at in _median_so_far(records, "saturated_fraction"):
         if med > SATURATED_FRACTION:
             out.append(
@@ -219,7 +234,7 @@ def activation_findings(
                     "scale the inputs (drop --no-scale), set init_scale to 1, or switch activation "
                     "to relu",
                     epoch=epoch,
-                    layer=layers[at],
+                    layer=name(sat_names, at),
                     member=records[0]["member"],
                     saturated_fraction=med,
                     threshold=SATURATED_FRACTION,
@@ -235,7 +250,7 @@ def activation_findings(
                     "warning",
                     "set bias_init to 0, lower lr, or switch activation to leaky_relu",
                     epoch=epoch,
-                    layer=layers[at],
+                    layer=name(dead_names, at),
                     member=records[0]["member"],
                     dead_fraction=med,
                     threshold=DEAD_FRACTION,
@@ -286,7 +301,7 @@ def learning_rate_findings(records: Sequence[dict[str, Any]], lr: float | None) 
             )
             break
     start = [max(_finite(r.get("update_ratio")) or [0.0]) for r in records[:3]]
-    if len(records) >= 2 and start and statistics.median(start) < SLOW_UPDATE:
+    if len(records) >= 2 and start and max(start) < SLOW_UPDATE:
         first = records[0].get("train_loss")
         last = records[-1].get("train_loss")
         raise_to = f" to {lr * 100:g}" if lr else " by 100x"
@@ -297,7 +312,7 @@ def learning_rate_findings(records: Sequence[dict[str, Any]], lr: float | None) 
                 f"raise lr{raise_to}",
                 epoch=records[min(len(records), 3) - 1]["epoch"],
                 member=records[0]["member"],
-                update_ratio=statistics.median(start),
+                update_ratio=max(start),
                 threshold=SLOW_UPDATE,
                 train_loss_first=first,
                 train_loss_last=last,
@@ -307,14 +322,22 @@ def learning_rate_findings(records: Sequence[dict[str, Any]], lr: float | None) 
 
 
 def signal_findings(
-    records: Sequence[dict[str, Any]], layers: Sequence[str], activation: str, lr: float | None
+    records: Sequence[dict[str, Any]],
+    layers: Sequence[str],
+    activation: str,
+    lr: float | None,
+    *,
+    dead_layers: Sequence[str] | None = None,
+    saturated_layers: Sequence[str] | None = None,
 ) -> list[dict]:
     """Every rule that reads per-epoch signals of one member (faults 1-7 except divergence)."""
     records = sorted(records, key=lambda r: r["epoch"])
     if not records:
         return []
     out = gradient_findings(records, layers)
-    out += activation_findings(records, layers, activation)
+    out += activation_findings(
+        records, layers, activation, dead_layers=dead_layers, saturated_layers=saturated_layers
+    )
     out += learning_rate_findings(records, lr)
     codes = {f["code"]: f for f in out}
     dead, high = codes.get("dead_relu"), codes.get("lr_too_high")
@@ -396,7 +419,7 @@ def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> 
     model_epoch = ctx.model_epoch if ctx.model_epoch is not None else last_epoch
     model_val = dict(val).get(model_epoch, last)
     advice = "set l2 to 1e-3 or dropout to 0.2, and keep early stopping on (patience 20)"
-    evidence = {
+    evidence: dict[str, Any] = {
         "best_val_loss": best,
         "best_epoch": best_epoch,
         "last_val_loss": last,
@@ -548,7 +571,8 @@ def leakage_findings(ctx: RunContext) -> list[dict]:
         finding(
             "leakage",
             severity,
-            "remove duplicate rows before splitting (or split by group) so the test score is honest",
+            "remove duplicate rows before splitting (or split by group) so the test score is "
+            "honest",
             duplicated_test_rows=ctx.test_duplicates,
             test_rows=ctx.n_test,
             fraction=fraction,
