@@ -4,8 +4,9 @@ What is recorded (the ``signals.json`` format): the mean L2 norm of each layer's
 over the epoch's steps, each layer's weight norm, the update ratio ``||W_end - W_begin|| /
 ||W_begin||`` over the epoch, the fraction of dead units (ReLU-like: pre-activation > 0 on fewer
 than 1% of the training rows) or saturated pre-activations (tanh/sigmoid: derivative below 1% of
-its maximum), and non-finite training losses. Gradient norms accumulate on the device, so recording costs no
-host sync per step; the activation statistics ride on the loop's epoch-end evaluation pass.
+its maximum), and non-finite training losses. Gradient norms accumulate on the device, so
+recording costs no host sync per step; the activation statistics ride on the loop's epoch-end
+evaluation pass.
 """
 
 from __future__ import annotations
