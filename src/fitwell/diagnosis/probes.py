@@ -4,9 +4,9 @@ What is recorded (the ``signals.json`` format): the mean L2 norm of each layer's
 over the epoch's steps, each layer's weight norm, the update ratio ``||W_end - W_begin|| /
 ||W_begin||`` over the epoch, the fraction of dead units (ReLU-like: pre-activation > 0 on fewer
 than 1% of the training rows) or saturated pre-activations (tanh/sigmoid: derivative below 1% of
-its maximum), and non-finite training losses. Gradient norms accumulate on the device, so
-recording costs no host sync per step; the activation statistics ride on the loop's epoch-end
-evaluation pass.
+its maximum), and non-finite training losses. Gradient norms accumulate on the device; the only
+host read per step is one comparison of the step's losses with their limit (divergence is caught
+the step it happens); the activation statistics ride on the loop's epoch-end evaluation pass.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class SignalProbe(Callback):
         self.first_loss: dict[int, float] = {}
         self._grad_sum: torch.Tensor | None = None
         self._steps = 0
+        self._limit = None
         self._start_weights: list[torch.Tensor] = []
         self._alive: list[torch.Tensor | None] = []
         self._unit_rows: list[int] = []
@@ -64,6 +65,7 @@ class SignalProbe(Callback):
         self._nonfinite: dict[int, int] = {}
         self._batch_max: torch.Tensor | None = None
         self._batch_sum: torch.Tensor | None = None
+        self._limit: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------ hooks
     def on_fit_begin(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -78,6 +80,7 @@ class SignalProbe(Callback):
         self._batch_max = torch.zeros(k, device=trainer.device)
         self._batch_sum = torch.zeros(k, device=trainer.device)
         self._steps = 0
+        self._limit = None
         self._start_weights = [w.detach().clone() for w in weights]
         self._nonfinite = {}
         self._reset_activation_stats(len(trainer.arch.hidden))
@@ -97,8 +100,12 @@ class SignalProbe(Callback):
         if self._steps == 1 and trainer.epoch == 0:
             for pos, m in enumerate(trainer.active):
                 self.first_loss.setdefault(m, float(losses[pos]))
+            self._limit = None  # now known: rebuild the limit from the first losses
         # One cheap check per step: divergence is caught the step it happens.
-        if bool(torch.isfinite(losses).all()) and not self._any_exploded(trainer, losses):
+        if self._limit is None or self._limit.shape != losses.shape:
+            self._limit = self._loss_limit(trainer, losses.device)
+        # ``not (loss <= limit)`` is also true for NaN: one comparison, one host read per step.
+        if bool((losses <= self._limit).all()):
             return
         values = losses.tolist()
         for pos, m in enumerate(trainer.active):
@@ -122,13 +129,9 @@ class SignalProbe(Callback):
         if all(m in self.divergence for m in trainer.active):
             trainer.stop_training = True
 
-    def _any_exploded(self, trainer: Trainer, losses: torch.Tensor) -> bool:
-        if not self.first_loss:
-            return False
-        first = torch.tensor(
-            [self.first_loss.get(m, math.inf) for m in trainer.active], device=losses.device
-        )
-        return bool((losses > EXPLODING_LOSS_FACTOR * first.clamp_min(1e-12)).any())
+    def _loss_limit(self, trainer: Trainer, device: torch.device) -> torch.Tensor:
+        first = [self.first_loss.get(m, math.inf) for m in trainer.active]
+        return EXPLODING_LOSS_FACTOR * torch.tensor(first, device=device).clamp_min(1e-12)
 
     def _reset_activation_stats(self, n_hidden: int) -> None:
         self._alive = [None] * n_hidden
