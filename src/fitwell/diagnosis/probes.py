@@ -56,7 +56,6 @@ class SignalProbe(Callback):
         self.first_loss: dict[int, float] = {}
         self._grad_sum: torch.Tensor | None = None
         self._steps = 0
-        self._limit = None
         self._start_weights: list[torch.Tensor] = []
         self._alive: list[torch.Tensor | None] = []
         self._unit_rows: list[int] = []
