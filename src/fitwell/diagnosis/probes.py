@@ -54,7 +54,8 @@ class SignalProbe(Callback):
         self.records: list[dict[str, Any]] = []
         self.divergence: dict[int, dict[str, Any]] = {}
         self.first_loss: dict[int, float] = {}
-        self._grad_sum: torch.Tensor | None = None
+        self._grad_steps = torch.zeros(0)
+        self._loss_steps = torch.zeros(0)
         self._steps = 0
         self._start_weights: list[torch.Tensor] = []
         self._alive: list[torch.Tensor | None] = []
@@ -62,8 +63,6 @@ class SignalProbe(Callback):
         self._saturated: list[torch.Tensor | None] = []
         self._seen_rows: list[int] = []
         self._nonfinite: dict[int, int] = {}
-        self._batch_max: torch.Tensor | None = None
-        self._batch_sum: torch.Tensor | None = None
         self._limit: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------ hooks
@@ -75,9 +74,11 @@ class SignalProbe(Callback):
     def on_epoch_begin(self, trainer: Trainer, **kwargs: Any) -> None:
         k = len(trainer.active)
         weights = trainer.model.weights
-        self._grad_sum = torch.zeros(k, len(weights), device=trainer.device)
-        self._batch_max = torch.zeros(k, device=trainer.device)
-        self._batch_sum = torch.zeros(k, device=trainer.device)
+        steps = -(-len(trainer.x_train) // trainer.loop.batch_size)
+        # Per-step values go into preallocated rows (one copy per step, no host sync); the
+        # epoch's mean and max are taken once at its end.
+        self._grad_steps = torch.zeros(steps, len(weights), k, device=trainer.device)
+        self._loss_steps = torch.zeros(steps, k, device=trainer.device)
         self._steps = 0
         self._limit = None
         self._start_weights = [w.detach().clone() for w in weights]
@@ -86,15 +87,16 @@ class SignalProbe(Callback):
 
     def on_after_backward(self, trainer: Trainer, **kwargs: Any) -> None:
         losses: torch.Tensor = kwargs["losses"].detach()
-        assert self._grad_sum is not None and self._batch_max is not None
-        assert self._batch_sum is not None
-        norms = [
-            w.grad.flatten(1).norm(dim=1) if w.grad is not None else torch.zeros_like(losses)
-            for w in trainer.model.weights
-        ]
-        self._grad_sum += torch.stack(norms, dim=1)
-        self._batch_max = torch.maximum(self._batch_max, losses)
-        self._batch_sum += losses
+        grads = [w.grad for w in trainer.model.weights]
+        step = self._steps
+        if step < len(self._loss_steps) and all(g is not None for g in grads):
+            present = [g for g in grads if g is not None]
+            if len(losses) == 1:  # K = 1: one fused kernel for every layer's norm
+                torch.stack(torch._foreach_norm(present), out=self._grad_steps[step, :, 0])
+            else:
+                norms = [torch.linalg.vector_norm(g, dim=(1, 2)) for g in present]
+                torch.stack(norms, out=self._grad_steps[step])
+            self._loss_steps[step].copy_(losses)
         self._steps += 1
         if self._steps == 1 and trainer.epoch == 0:
             for pos, m in enumerate(trainer.active):
@@ -155,11 +157,9 @@ class SignalProbe(Callback):
 
     def on_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         logs: dict[int, dict[str, float]] = kwargs["logs"]
-        assert self._grad_sum is not None and self._batch_max is not None
-        assert self._batch_sum is not None
-        steps = max(self._steps, 1)
+        steps = min(max(self._steps, 1), len(self._loss_steps))
         with torch.no_grad():
-            grad = (self._grad_sum / steps).tolist()
+            grad = self._grad_steps[:steps].mean(dim=0).T.tolist()
             w_now = [w.detach().flatten(1) for w in trainer.model.weights]
             w_start = [w.flatten(1) for w in self._start_weights]
             weight_norm = torch.stack([w.norm(dim=1) for w in w_now], dim=1).tolist()
@@ -172,8 +172,8 @@ class SignalProbe(Callback):
             ).tolist()
             dead = self._dead_fractions()
             saturated = self._saturated_fractions()
-            batch_max = self._batch_max.tolist()
-            batch_mean = (self._batch_sum / steps).tolist()
+            batch_max = self._loss_steps[:steps].max(dim=0).values.tolist()
+            batch_mean = self._loss_steps[:steps].mean(dim=0).tolist()
         for pos, m in enumerate(trainer.active):
             row = logs.get(m, {})
             self.records.append(
