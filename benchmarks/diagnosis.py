@@ -30,7 +30,7 @@ import torch
 from fitwell.api import train
 from fitwell.diagnosis import probes
 from fitwell.diagnosis.context import build_context
-from fitwell.diagnosis.rules import first_detection
+from fitwell.diagnosis.findings import first_detection
 from fitwell.errors import TrainingFailed
 
 EARLY_CODES = {

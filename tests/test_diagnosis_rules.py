@@ -7,7 +7,8 @@ import math
 import pytest
 
 from fitwell.diagnosis import rules
-from fitwell.diagnosis.rules import RunContext, diagnose
+from fitwell.diagnosis.findings import diagnose, first_detection
+from fitwell.diagnosis.rules import RunContext
 
 LAYERS = ["hidden1", "hidden2", "hidden3", "output"]
 
@@ -268,7 +269,7 @@ def test_leakage_by_share_of_test_rows_seen_in_training(dups: int, severity: str
 def test_first_detection_replays_the_run() -> None:
     records = [rec(1)] + [rec(e, dead_fraction=[0.0, 0.9, 0.9]) for e in range(2, 6)]
     history = curve([1.0 / e for e in range(1, 6)], [1.1 / e for e in range(1, 6)])
-    first = rules.first_detection(records, history, ctx(), layers=LAYERS, activation="relu")
+    first = first_detection(records, history, ctx(), layers=LAYERS, activation="relu")
     assert first == {"dead_relu": 3}  # median over epochs 1..3 first reaches 0.7 at epoch 3
 
 

@@ -4,6 +4,7 @@
 """
 
 from fitwell.diagnosis.doctor import Doctor
-from fitwell.diagnosis.rules import CODES, diagnose
+from fitwell.diagnosis.findings import diagnose
+from fitwell.diagnosis.rules import CODES
 
 __all__ = ["CODES", "Doctor", "diagnose"]

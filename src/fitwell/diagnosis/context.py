@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from fitwell.diagnosis.rules import RunContext, diagnose
+from fitwell.diagnosis.findings import diagnose
+from fitwell.diagnosis.rules import RunContext
 
 SIGNALS_FILE = "signals.json"
 # Ridge strength of the linear reference, on standardized features (scikit-learn Ridge's default).
