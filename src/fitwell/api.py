@@ -23,6 +23,8 @@ from fitwell import runs
 from fitwell.config import PER_MEMBER_FIELDS, TrainConfig, build_config, load_toml, to_toml
 from fitwell.data import PreparedData, Preprocessor, load_table, prepare
 from fitwell.data.preparation import TargetEncoder
+from fitwell.diagnosis.context import SIGNALS_FILE, diagnose_fit
+from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import InputError, TrainingFailed
 from fitwell.metrics import regression_report, score_name
 from fitwell.models import Architecture, PopulationMLP
@@ -340,7 +342,8 @@ def train_population(
         for r in range(c.restarts):
             members.append(_member_settings(c, c.seed + r))
             origin.append(i)
-    all_callbacks = list(callbacks)
+    probe = SignalProbe()
+    all_callbacks = [probe, *callbacks]
     if progress is None or progress:
         all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
     torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
@@ -359,11 +362,22 @@ def train_population(
     fit = trainer.fit()
     train_seconds = time.perf_counter() - started
     best = fit.best_member
-    if not best.finite:
-        raise TrainingFailed(
+    restored = bool(cfg.restore_best and cfg.patience > 0)
+    signals = diagnose_fit(
+        fit,
+        prepared,
+        probe,
+        lr=cfg.lr,
+        restored_best=restored,
+        events=getattr(trainer, "events", []),
+    )
+    if not best.finite or len(probe.divergence) == len(fit.members):
+        failed = TrainingFailed(
             "training diverged: no member has finite weights and validation loss "
             f"({best.stop_reason or 'non-finite values'}). Lower the learning rate."
         )
+        failed.findings = signals["findings"]  # the CLI prints them with the error
+        raise failed
     model = _single_member_model(arch, {k: v.to(device) for k, v in best.state.items()})
     model.to(device)
     # Every choice is made: read the sealed test split, once.
@@ -383,6 +397,7 @@ def train_population(
         threads,
         train_seconds,
     )
+    metrics["findings"] = signals["findings"]
     history = pd.DataFrame(fit.history)
     meta = {
         "architecture": arch.to_json(),
@@ -396,6 +411,7 @@ def train_population(
             runs.save_model(folder, best.state, meta)
             runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
             runs.write_json(folder / runs.METRICS_FILE, metrics)
+            runs.write_json(folder / SIGNALS_FILE, signals)
             runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
             from fitwell.plots import curves_png
 
@@ -419,7 +435,7 @@ def train_population(
         prepared.preprocessor,
         prepared.target_encoder,
         prepared.target,
-        extra={"fit": fit, "prepared": prepared},
+        extra={"fit": fit, "prepared": prepared, "signals": signals},
     )
 
 

@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)build report.html of a finished run")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("doctor", help="print the findings of a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -131,12 +135,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.config, **settings)
     out = Path(args.out) if args.out else _default_out(cfg.to_dict())
     show = not (args.quiet or args.json)
+    from fitwell.errors import TrainingFailed
+
     callbacks: list[Any] = []
     if args.tensorboard:
         from fitwell.training.tensorboard import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(args.tensorboard))
-    run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+    try:
+        run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+    except TrainingFailed as exc:  # divergence: the findings travel with the error
+        for cb in callbacks:
+            cb.log_findings(exc.findings or [])
+            cb.close()
+        if args.json:
+            from fitwell.runs import json_safe
+
+            error = " ".join(str(exc).split())
+            print(json.dumps(json_safe({"error": error, "findings": exc.findings})))
+        elif not args.quiet:
+            print_findings(exc.findings, stderr=True)
+        raise
     for cb in callbacks:
         cb.log_findings(run.metrics.get("findings") or [])
         cb.close()
@@ -211,12 +230,47 @@ def print_summary(m: dict[str, Any]) -> None:
             f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
             + (f" … (+{more})" if more > 0 else "")
         )
-    for f in m.get("findings", []):
-        console.print(
-            f"[yellow]{f.get('severity', 'info')}[/] {f.get('code')}: {f.get('advice', '')}"
-        )
+    print_findings(m.get("findings", []))
     if m.get("run_dir"):
         console.print(f"run directory: {m['run_dir']}")
+
+
+def print_findings(findings: list[dict[str, Any]], *, stderr: bool = False) -> None:
+    """One line per finding: severity, code, where, advice, and the evidence that triggered it."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True, stderr=stderr)
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in findings:
+        severity = str(f.get("severity", "info"))
+        where = ", ".join(
+            f"{k} {f[k]}" for k in ("epoch", "layer", "member") if f.get(k) is not None
+        )
+        evidence = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in (f.get("evidence") or {}).items()
+            if not isinstance(v, list)
+        )
+        console.print(
+            f"[{colour.get(severity, 'yellow')}]{severity}[/] [bold]{f.get('code')}[/]"
+            + (f" ({where})" if where else "")
+            + f": {f.get('advice', '')}"
+            + (f" [dim]· {evidence}[/]" if evidence else "")
+        )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from fitwell.diagnosis.context import findings_from_files
+    from fitwell.runs import json_safe
+
+    findings = findings_from_files(args.run_dir)
+    if args.json:
+        print(json.dumps(json_safe({"run_dir": args.run_dir, "findings": findings})))
+    elif findings:
+        print_findings(findings)
+    else:
+        print("no findings: training looks healthy")
+    return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
