@@ -73,6 +73,13 @@ class PopulationOptimizer:
             return torch.optim.AdamW(groups, lr=lr, eps=ADAM_EPS, fused=fused)
         return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, fused=fused)
 
+    def set_lrs(self, lrs: torch.Tensor) -> None:
+        """Change members' learning rates in place (the non-finite guard halves one)."""
+        self.lrs = lrs
+        lr = float(lrs[0]) if self.uniform_lr else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
