@@ -9,6 +9,7 @@ failed and stopped. Every retry is an event in ``trainer.events`` and a count in
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -77,25 +78,27 @@ class NonFiniteGuard(Callback):
         bad = nonfinite_members(losses, tensors, k)
         if not bool(bad.any()):
             return
-        for pos in torch.flatnonzero(bad).tolist():
-            self._handle(trainer, pos, losses)
+        for pos in torch.nonzero(bad).flatten().tolist():
+            value = float(losses[pos])
+            what = "loss" if not math.isfinite(value) else "gradient or weights"
+            self._handle(trainer, pos, what=what, loss=value, step=self._step)
 
-    def _handle(self, trainer: Trainer, pos: int, losses: torch.Tensor) -> None:
+    def _handle(
+        self, trainer: Trainer, pos: int, *, what: str, loss: float, step: int | None
+    ) -> None:
         member = trainer.active[pos]
         self._restore(trainer, pos)
         if member in trainer.failed_members:
             return  # already given up; keep it at its last good state until it is removed
         n = self.retries.get(member, 0) + 1
         self.retries[member] = n
-        loss = float(losses[pos])
-        what = "loss" if not torch.isfinite(losses[pos]) else "gradient or weights"
         event = {
             "kind": "nonfinite",
-            "epoch": trainer.epoch + 1,
-            "step": self._step,
+            "epoch": trainer.epoch + (1 if step is not None else 0),
+            "step": step,
             "member": member,
             "what": what,
-            "loss": loss if torch.isfinite(losses[pos]) else str(loss),
+            "loss": loss if math.isfinite(loss) else str(loss),
         }
         if n <= self.max_retries:
             settings = trainer.members[member]
@@ -104,8 +107,9 @@ class NonFiniteGuard(Callback):
             trainer.optimizer.set_lrs(trainer._member_tensor("lr"))
             trainer.events.append({**event, "action": "rollback_halve_lr", "lr": lr, "retry": n})
             return
+        where = f"step {step}" if step is not None else "the end-of-epoch evaluation"
         reason = (
-            f"non-finite {what} at epoch {trainer.epoch + 1}, step {self._step}, after "
+            f"non-finite {what} at epoch {event['epoch']}, {where}, after "
             f"{self.max_retries} rollbacks with halved learning rate (last lr "
             f"{trainer.members[member].lr:.3g})"
         )
@@ -151,6 +155,26 @@ class NonFiniteGuard(Callback):
 
     def on_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         logs: dict[int, dict[str, float]] = kwargs["logs"]
+        # Weights can stay finite while their outputs overflow: the eval loss is checked too.
+        bad = [
+            m for m, row in logs.items()
+            if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"]))
+        ]
+        for m in bad:
+            row = logs[m]
+            loss = row["val_loss"] if math.isfinite(row["train_loss"]) else row["train_loss"]
+            self._handle(trainer, trainer.position(m), what="evaluation loss", loss=loss,
+                         step=None)
+        if bad:
+            # Report the rolled-back state, so the history never shows a model that is gone.
+            train = trainer.evaluate(trainer.x_train, trainer.y_train)
+            val = trainer.evaluate(trainer.x_val, trainer.y_val)
+            for m in bad:
+                pos = trainer.position(m)
+                logs[m]["train_loss"], logs[m][f"train_{trainer.score}"] = (
+                    float(train[0][pos]), float(train[1][pos]))
+                logs[m]["val_loss"], logs[m][f"val_{trainer.score}"] = (
+                    float(val[0][pos]), float(val[1][pos]))
         for member, row in logs.items():
             row["nonfinite_retries"] = self.retries.get(member, 0)
             row["lr"] = trainer.members[member].lr

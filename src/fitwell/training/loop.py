@@ -126,7 +126,7 @@ class Trainer:
             patience=loop.patience, min_delta=loop.min_delta, restore_best=loop.restore_best
         )
         self.nonfinite_guard = NonFiniteGuard()
-        self.callbacks: list[Callback] = [self.early_stopping, self.nonfinite_guard, *callbacks]
+        self.callbacks: list[Callback] = [self.nonfinite_guard, self.early_stopping, *callbacks]
         self.max_epochs = loop.max_epochs
         self.epoch = 0
         self.stop_training = False
