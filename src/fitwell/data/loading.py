@@ -111,6 +111,13 @@ def _read_csv(p: Path) -> pd.DataFrame:
     except csv.Error as exc:
         raise InputError(f"{name}: cannot parse the header ({exc}).") from None
     header = [h.strip() for h in header]
+    if len(header) == 1:
+        for other, label in ((";", "';'-separated"), ("\t", "tab-separated"), ("|", "'|'-separated")):
+            if other != sep and other in header[0]:
+                raise InputError(
+                    f"{name}: the header is one column {header[0][:60]!r}; the file looks "
+                    f"{label}. fitwell reads comma-separated .csv and tab-separated .tsv files."
+                )
     seen: set[str] = set()
     for col in header:
         if col == "":
@@ -231,6 +238,13 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                 )
             continue
         if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
+            nested = series.map(lambda v: not _is_scalar_cell(v)).to_numpy(dtype=bool)
+            if nested.any():
+                row = int(np.flatnonzero(nested)[0])
+                raise InputError(
+                    f"{src}: column {col!r} holds a {type(series.iloc[row]).__name__} in data row "
+                    f"{row}; cells must be numbers or text."
+                )
             share, parsed = _numeric_mostly(series)
             # A column that is almost all numbers holds a typo, not a category.
             if share >= 0.9 and share < 1.0:
@@ -251,6 +265,11 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
             continue
         if not isinstance(series.dtype, pd.CategoricalDtype):
             raise InputError(f"{src}: column {col!r} has unsupported type {series.dtype}.")
+
+
+def _is_scalar_cell(value: object) -> bool:
+    """Numbers, text, booleans and missing values; not lists, dicts, bytes or arrays."""
+    return value is None or isinstance(value, (str, int, float, bool, np.generic))
 
 
 def check_finite_number(value: float, what: str) -> None:
