@@ -117,7 +117,8 @@ class Preprocessor:
                 blocks.append(col[:, None])
             else:
                 text = series.astype(object).where(series.notna(), spec.fill).astype(str)
-                codes = pd.Categorical(text, categories=spec.categories).codes
+                # get_indexer: -1 for a category unseen in training (pd.Categorical would warn).
+                codes = pd.Index(spec.categories).get_indexer(text)
                 onehot = np.zeros((len(frame), len(spec.categories)))
                 known = codes >= 0
                 onehot[np.flatnonzero(known), codes[known]] = 1.0
