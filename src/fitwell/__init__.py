@@ -28,7 +28,18 @@ if TYPE_CHECKING:
     from fitwell.errors import FitwellError, InputError, TrainingFailed
     from fitwell.training.callbacks import Callback
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "Callback",
+    "FitwellError",
+    "InputError",
+    "Run",
+    "TrainConfig",
+    "TrainingFailed",
+    "build_config",
+    "load_run",
+    "train",
+    "train_population",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,7 +46,9 @@ def configure_threads(threads: int | None) -> int:
     return n
 
 
-def make_config(config: TrainConfig | dict | str | Path | None = None, **settings: Any) -> TrainConfig:
+def make_config(
+    config: TrainConfig | dict | str | Path | None = None, **settings: Any
+) -> TrainConfig:
     """Merge a config (object, dict or TOML path) with keyword settings; validate once."""
     if isinstance(config, TrainConfig):
         base = config.to_dict()
@@ -125,26 +127,36 @@ class Run:
         return data
 
     @torch.no_grad()
-    def _outputs(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+    def _outputs(
+        self, data: pd.DataFrame | np.ndarray | str | Path, source: str | None = None
+    ) -> np.ndarray:
         frame = self._inputs(data)
-        source = str(data) if isinstance(data, (str, Path)) else "data"
+        if source is None:
+            source = str(data) if isinstance(data, (str, Path)) else "data"
         x = torch.as_tensor(self.preprocessor.transform(frame, source=source))
         device = next(self.model.parameters()).device
         self.model.eval()
         return self.model.predict_chunks(x.to(device))[0].cpu().numpy()
 
-    def predict(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
-        """Predicted labels (classification) or values in the target's units (regression)."""
-        out = self._outputs(data)
+    def predict(
+        self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
+    ) -> np.ndarray:
+        """Predicted labels (classification) or values in the target's units (regression).
+
+        ``source`` names the data in error messages (default: the path, or "data").
+        """
+        out = self._outputs(data, source)
         if self.task == "classification":
             return self.target_encoder.decode(out.argmax(axis=1))
         return self.target_encoder.decode(out[:, 0])
 
-    def predict_proba(self, data: pd.DataFrame | np.ndarray | str | Path) -> np.ndarray:
+    def predict_proba(
+        self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
+    ) -> np.ndarray:
         """Class probabilities, columns in ``target_encoder.classes`` order."""
         if self.task != "classification":
             raise InputError("predict_proba needs a classification run.")
-        out = torch.as_tensor(self._outputs(data))
+        out = torch.as_tensor(self._outputs(data, source))
         return torch.softmax(out, dim=1).numpy()
 
 
@@ -172,7 +184,9 @@ def load_run(run_dir: str | Path) -> Run:
     model = _single_member_model(arch, saved.state)
     for name, tensor in saved.state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise InputError(f"{folder / runs.MODEL_FILE}: tensor {name!r} holds non-finite values.")
+            raise InputError(
+                f"{folder / runs.MODEL_FILE}: tensor {name!r} holds non-finite values."
+            )
     metrics_path = folder / runs.METRICS_FILE
     metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
     history_path = folder / runs.HISTORY_FILE
@@ -180,14 +194,14 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(folder, metrics, history, model, pre, enc, target)
 
 
-def l1_zeroed_features(
-    first_layer: torch.Tensor, pre: Preprocessor
-) -> tuple[list[str], list[str]]:
+def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[list[str], list[str]]:
     """Input columns (and encoded features) whose every first-layer weight is exactly zero."""
     norms = first_layer.detach().abs().reshape(first_layer.shape[-2], -1).sum(dim=1).cpu().numpy()
     encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
     columns = [
-        col for col, idx in pre.encoded_groups().items() if idx and all(norms[i] == 0.0 for i in idx)
+        col
+        for col, idx in pre.encoded_groups().items()
+        if idx and all(norms[i] == 0.0 for i in idx)
     ]
     return columns, encoded
 
@@ -367,8 +381,20 @@ def _finish(
     # Every choice is made: read the sealed test split, once.
     test, test_detail = _test_metrics(model, prepared, device)
     zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)
-    metrics = _metrics(cfg, cfgs, origin, fit, prepared, test, test_detail, zeroed_cols,
-                       zeroed_encoded, device, threads, train_seconds)
+    metrics = _metrics(
+        cfg,
+        cfgs,
+        origin,
+        fit,
+        prepared,
+        test,
+        test_detail,
+        zeroed_cols,
+        zeroed_encoded,
+        device,
+        threads,
+        train_seconds,
+    )
     history = pd.DataFrame(fit.history)
     meta = {
         "architecture": arch.to_json(),
@@ -399,8 +425,16 @@ def _finish(
         )
         session.finish()
         metrics["run_dir"] = str(run_dir)
-    return Run(run_dir, metrics, history, model, prepared.preprocessor, prepared.target_encoder,
-               prepared.target, extra={"fit": fit, "prepared": prepared})
+    return Run(
+        run_dir,
+        metrics,
+        history,
+        model,
+        prepared.preprocessor,
+        prepared.target_encoder,
+        prepared.target,
+        extra={"fit": fit, "prepared": prepared},
+    )
 
 
 def _metrics(

@@ -37,8 +37,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", help="target column")
     g.add_argument("--task", help=f"{' | '.join(TASKS)} (default auto)")
     g.add_argument("--split", help="train,val,test fractions (default 0.7,0.15,0.15)")
-    g.add_argument("--no-scale", dest="scale", action="store_const", const=False,
-                   help="do not standardize numeric columns")
+    g.add_argument(
+        "--no-scale",
+        dest="scale",
+        action="store_const",
+        const=False,
+        help="do not standardize numeric columns",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--hidden", help="hidden widths, e.g. 256,256 (empty for a linear model)")
     g.add_argument("--activation", help=" | ".join(ACTIVATIONS))
@@ -57,8 +62,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--l2", type=float, help="L2 strength: adds l2*sum W^2")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     g.add_argument("--min-delta", type=float, help="smallest validation-loss improvement")
-    g.add_argument("--no-restore-best", dest="restore_best", action="store_const", const=False,
-                   help="keep the last weights instead of the best validation epoch's")
+    g.add_argument(
+        "--no-restore-best",
+        dest="restore_best",
+        action="store_const",
+        const=False,
+        help="keep the last weights instead of the best validation epoch's",
+    )
     g.add_argument("--restarts", type=int, help="random restarts trained together; best kept")
     g.add_argument("--target-score", type=float, help="exit 1 if the test score is below it")
     g.add_argument("--seed", type=int)
@@ -113,9 +123,7 @@ def _default_out(settings: dict[str, Any]) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from fitwell.api import make_config, train
 
-    settings = {
-        k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None
-    }
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     cfg = make_config(args.config, **settings)
     out = Path(args.out) if args.out else _default_out(cfg.to_dict())
     show = not (args.quiet or args.json)
@@ -134,19 +142,21 @@ def summary_json(m: dict[str, Any]) -> dict[str, Any]:
     """The stable ``--json`` contract of ``fitwell train``."""
     from fitwell.runs import json_safe
 
-    return json_safe({
-        "run_dir": m.get("run_dir"),
-        "task": m["task"],
-        "test": m["test"],
-        "best_epoch": m["best_epoch"],
-        "epochs_run": m["epochs_run"],
-        "stop_reason": m["stop_reason"],
-        "restarts": {"val_scores": m["restarts"]["val_scores"], "best": m["restarts"]["best"]},
-        "l1_zeroed_features": m["l1_zeroed_features"],
-        "findings": m["findings"],
-        "target_score": m["target_score"],
-        "target_met": m["target_met"],
-    })
+    return json_safe(
+        {
+            "run_dir": m.get("run_dir"),
+            "task": m["task"],
+            "test": m["test"],
+            "best_epoch": m["best_epoch"],
+            "epochs_run": m["epochs_run"],
+            "stop_reason": m["stop_reason"],
+            "restarts": {"val_scores": m["restarts"]["val_scores"], "best": m["restarts"]["best"]},
+            "l1_zeroed_features": m["l1_zeroed_features"],
+            "findings": m["findings"],
+            "target_score": m["target_score"],
+            "target_met": m["target_met"],
+        }
+    )
 
 
 def print_summary(m: dict[str, Any]) -> None:
@@ -164,8 +174,9 @@ def print_summary(m: dict[str, Any]) -> None:
     if m["task"] == "classification":
         line = f"test accuracy [bold]{test['accuracy']:.4f}[/] (loss {test['loss']:.4f})"
     else:
-        line = (f"test r2 [bold]{test['r2']:.4f}[/] · rmse {test['rmse']:.4g} · "
-                f"mae {test['mae']:.4g}")
+        line = (
+            f"test r2 [bold]{test['r2']:.4f}[/] · rmse {test['rmse']:.4g} · mae {test['mae']:.4g}"
+        )
     if m["target_score"] is not None:
         ok = "[green]met[/]" if m["target_met"] else "[red]missed[/]"
         line += f" · target {m['target_score']:g} {ok}"
@@ -184,10 +195,14 @@ def print_summary(m: dict[str, Any]) -> None:
     if m["l1_zeroed_features"]:
         names = ", ".join(m["l1_zeroed_features"][:20])
         more = len(m["l1_zeroed_features"]) - 20
-        console.print(f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
-                      + (f" … (+{more})" if more > 0 else ""))
+        console.print(
+            f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
+            + (f" … (+{more})" if more > 0 else "")
+        )
     for f in m.get("findings", []):
-        console.print(f"[yellow]{f.get('severity', 'info')}[/] {f.get('code')}: {f.get('advice', '')}")
+        console.print(
+            f"[yellow]{f.get('severity', 'info')}[/] {f.get('code')}: {f.get('advice', '')}"
+        )
     if m.get("run_dir"):
         console.print(f"run directory: {m['run_dir']}")
 
@@ -221,18 +236,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     frame, _ = read_file(args.data)
     run.preprocessor.transform(frame, source=str(args.data))  # errors name the file
     expected = run.preprocessor.input_columns
+    missing = [c for c in expected if c not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{args.data}: missing column(s) {', '.join(repr(c) for c in missing)} that the "
+            "model was trained on."
+        )
     extra = [c for c in frame.columns if c not in expected and c != run.target]
     if extra:
         shown = ", ".join(repr(c) for c in extra[:10])
         sys.stderr.write(f"note: ignoring {len(extra)} extra column(s): {shown}\n")
     unknown = run.preprocessor.unknown_categories(frame)
     for col, n in unknown.items():
-        sys.stderr.write(f"note: column {col!r} has {n} value(s) unseen in training; "
-                         "they encode as no category\n")
-    labels = run.predict(frame) if len(frame) else []
-    result = pd.DataFrame({"prediction": labels})
-    if run.task == "classification" and len(frame):
-        proba = run.predict_proba(frame)
+        sys.stderr.write(
+            f"note: column {col!r} has {n} value(s) unseen in training; "
+            "they encode as no category\n"
+        )
+    if len(frame) == 0:
+        raise InputError(f"{args.data}: no data rows to predict.")
+    result = pd.DataFrame({"prediction": run.predict(frame, source=args.data)})
+    if run.task == "classification":
+        proba = run.predict_proba(frame, source=args.data)
         for i, c in enumerate(run.target_encoder.classes):
             result[f"proba_{c}"] = proba[:, i]
     if args.out:

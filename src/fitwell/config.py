@@ -160,7 +160,9 @@ def _as_tuple(value: Any, cast: type, name: str, problems: list[str]) -> tuple |
     try:
         return tuple(cast(p) for p in parts)
     except (TypeError, ValueError):
-        problems.append(f"`{name}` must be a comma-separated list of {cast.__name__}; got {value!r}")
+        problems.append(
+            f"`{name}` must be a comma-separated list of {cast.__name__}; got {value!r}"
+        )
         return None
 
 
@@ -220,7 +222,8 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
 def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]) -> None:
     if value not in choices:
         problems.append(
-            f"`{name}` must be one of {', '.join(choices)}; got {value!r}.{did_you_mean(value, choices)}"
+            f"`{name}` must be one of {', '.join(choices)}; got {value!r}."
+            + did_you_mean(value, choices)
         )
 
 
@@ -237,7 +240,9 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     if len(cfg.split) != 3 or any(not (0 <= s < 1) for s in cfg.split):
         problems.append(f"`split` must be three fractions in [0, 1); got {cfg.split}")
     elif not math.isclose(sum(cfg.split), 1.0, abs_tol=1e-6):
-        problems.append(f"`split` fractions must add up to 1; got {cfg.split} (sum {sum(cfg.split):g})")
+        problems.append(
+            f"`split` fractions must add up to 1; got {cfg.split} (sum {sum(cfg.split):g})"
+        )
     elif cfg.split[0] <= 0 or cfg.split[1] <= 0 or cfg.split[2] <= 0:
         problems.append(f"`split` needs train, validation and test rows; got {cfg.split}")
     if any(h <= 0 for h in cfg.hidden):
@@ -245,7 +250,8 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     drops = cfg.dropout_per_layer()
     if not isinstance(cfg.dropout, (int, float)) and len(drops) != len(cfg.hidden):
         problems.append(
-            f"`dropout` needs one value or one per hidden layer ({len(cfg.hidden)}); got {cfg.dropout}"
+            "`dropout` needs one value or one per hidden layer "
+            f"({len(cfg.hidden)}); got {cfg.dropout}"
         )
     if any(not (0 <= p < 1) for p in drops):
         problems.append(f"`dropout` must be in [0, 1); got {cfg.dropout}. Use 0 to disable dropout")

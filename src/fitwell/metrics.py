@@ -22,7 +22,9 @@ def member_losses(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> to
     if targets.dim() == 1:
         targets = targets.expand(k, b)
     if task == "classification":
-        per_row = F.cross_entropy(outputs.reshape(k * b, c), targets.reshape(k * b), reduction="none")
+        per_row = F.cross_entropy(
+            outputs.reshape(k * b, c), targets.reshape(k * b), reduction="none"
+        )
         return per_row.view(k, b).mean(dim=1)
     return ((outputs.squeeze(-1) - targets) ** 2).mean(dim=1)
 

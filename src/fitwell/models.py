@@ -97,7 +97,7 @@ def init_std(activation: str, init: str, scale: float, fan_in: int, fan_out: int
         raise InputError(f"unknown init {init!r}.{did_you_mean(init, INITS)}")
     if init == "normal":
         return scale
-    gain = nn.init.calculate_gain(_GAIN_NAME[activation])
+    gain = nn.init.calculate_gain(_GAIN_NAME[activation])  # type: ignore[arg-type]
     if init == "auto":
         init = "xavier" if activation in ("tanh", "sigmoid") else "kaiming"
     if init == "xavier":
@@ -148,8 +148,9 @@ class PopulationMLP(nn.Module):
         return list(self.weights)
 
     @torch.no_grad()
-    def initialize(self, seeds: Sequence[int], *, init: str, init_scale: float,
-                   bias_init: float) -> None:
+    def initialize(
+        self, seeds: Sequence[int], *, init: str, init_scale: float, bias_init: float
+    ) -> None:
         """Draw every member's weights from its own seed, so a member is reproducible alone."""
         if len(seeds) != self.n_members:
             raise ValueError(f"need {self.n_members} seeds, got {len(seeds)}")
@@ -183,8 +184,9 @@ class PopulationMLP(nn.Module):
             if on_preactivation is not None:
                 on_preactivation(layer, h)
             h = self.act(h)
-            if dropout_masks is not None and dropout_masks[layer] is not None:
-                h = h * dropout_masks[layer]
+            mask = dropout_masks[layer] if dropout_masks is not None else None
+            if mask is not None:
+                h = h * mask
         return h
 
     def _batch_norm(self, layer: int, h: torch.Tensor) -> torch.Tensor:
@@ -208,21 +210,20 @@ class PopulationMLP(nn.Module):
         widest = max([*self.arch.hidden, self.arch.n_outputs, 1])
         rows = max(1, _EVAL_CHUNK_ELEMENTS // (self.n_members * widest))
         outs = [
-            self(x[i : i + rows], on_preactivation=on_preactivation)
-            for i in range(0, len(x), rows)
+            self(x[i : i + rows], on_preactivation=on_preactivation) for i in range(0, len(x), rows)
         ]
         return torch.cat(outs, dim=1) if outs else x.new_zeros(self.n_members, 0, 1)
 
     @torch.no_grad()
     def keep_members(
         self, members: torch.Tensor
-    ) -> dict[nn.Parameter, tuple[nn.Parameter, torch.Tensor]]:
+    ) -> dict[torch.Tensor, tuple[nn.Parameter, torch.Tensor]]:
         """Drop every member not in ``members`` (indices into the current population).
 
         Returns ``{old_param: (new_param, row_index)}`` so optimizer state can be sliced the same
         way. Used to stop paying for members whose early stopping has fired.
         """
-        mapping: dict[nn.Parameter, tuple[nn.Parameter, torch.Tensor]] = {}
+        mapping: dict[torch.Tensor, tuple[nn.Parameter, torch.Tensor]] = {}
         for plist in (self.weights, self.biases):
             for i, p in enumerate(plist):
                 new = nn.Parameter(p.detach()[members].clone())

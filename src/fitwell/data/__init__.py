@@ -1,4 +1,4 @@
-"""Data: load and validate a table, encode the target, split (test sealed), preprocess on train rows."""
+"""Data: load and validate a table, encode the target, split (test sealed), fit preprocessing."""
 
 from fitwell.data.loading import Table, load_table
 from fitwell.data.preparation import PreparedData, prepare

@@ -146,10 +146,12 @@ def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
-def prepare(table: Table, *, task: str, split: tuple[float, float, float], seed: int,
-            scale: bool) -> PreparedData:
+def prepare(
+    table: Table, *, task: str, split: tuple[float, float, float], seed: int, scale: bool
+) -> PreparedData:
     """Infer the task, encode the target, split the rows and fit preprocessing on train rows."""
-    assert table.target is not None  # load_table(require_target=True) guarantees it
+    if table.target is None:
+        raise InputError(f"{table.source}: no target column given; use `--target COLUMN`.")
     frame = table.frame.reset_index(drop=True)
     target = frame[table.target]
     features = frame.drop(columns=[table.target])

@@ -117,11 +117,11 @@ class Preprocessor:
                 blocks.append(col[:, None])
             else:
                 text = series.astype(object).where(series.notna(), spec.fill).astype(str)
-                # get_indexer: -1 for a category unseen in training (pd.Categorical would warn).
-                codes = pd.Index(spec.categories).get_indexer(text)
+                lookup = {c: i for i, c in enumerate(spec.categories)}
+                codes = text.map(lookup)
+                known = codes.notna().to_numpy()
                 onehot = np.zeros((len(frame), len(spec.categories)))
-                known = codes >= 0
-                onehot[np.flatnonzero(known), codes[known]] = 1.0
+                onehot[np.flatnonzero(known), codes[known].astype(int).to_numpy()] = 1.0
                 blocks.append(onehot)
         if not blocks:
             return np.zeros((len(frame), 0), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Callbacks: a small protocol the training loop calls, and the built-in early stopping and progress.
+"""Callbacks: the small protocol the training loop calls; built-in early stopping and progress.
 
 Every hook takes the trainer plus ``**kwargs``. A callback stops training by setting
 ``trainer.stop_training = True`` (or stops one population member with ``trainer.stop_member``),

@@ -261,7 +261,8 @@ class Trainer:
             [torch.randperm(n, generator=self.shuffle_generators[m]) for m in self.active]
         ).to(self.device)
         after_backward = [
-            cb for cb in self.callbacks
+            cb
+            for cb in self.callbacks
             if type(cb).on_after_backward is not Callback.on_after_backward
         ]
         batch_end = [
@@ -303,7 +304,9 @@ class Trainer:
                 hook(layer, pre)
 
         for start in range(0, len(x), _EVAL_ROWS):
-            out = self.model(x[start : start + _EVAL_ROWS], on_preactivation=on_pre if hooks else None)
+            out = self.model(
+                x[start : start + _EVAL_ROWS], on_preactivation=on_pre if hooks else None
+            )
             acc.add(out, y[start : start + _EVAL_ROWS])
         return acc.result()
 
@@ -339,8 +342,10 @@ class Trainer:
             self.final_state[m] = self.member_state(m)
             self.epochs_run[m] = self.epoch
             self.stop_reasons.setdefault(
-                m, f"reached max_epochs ({self.max_epochs})" if not self.stop_training
-                else "training stopped by a callback"
+                m,
+                f"reached max_epochs ({self.max_epochs})"
+                if not self.stop_training
+                else "training stopped by a callback",
             )
         for cb in self.callbacks:
             cb.on_fit_end(self)

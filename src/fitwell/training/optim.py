@@ -36,7 +36,7 @@ class PopulationOptimizer:
     def __init__(
         self,
         params: Sequence[nn.Parameter],
-        penalized: Sequence[nn.Parameter],
+        penalized: Sequence[torch.Tensor],
         *,
         kind: str,
         lrs: torch.Tensor,
@@ -59,7 +59,9 @@ class PopulationOptimizer:
     def uniform_lr(self) -> bool:
         return bool(torch.all(self.lrs == self.lrs[0]))
 
-    def _make(self, params: list[nn.Parameter], penalized: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def _make(
+        self, params: list[nn.Parameter], penalized: list[torch.Tensor]
+    ) -> torch.optim.Optimizer:
         lr = float(self.lrs[0]) if self.uniform_lr else 1.0
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
         if self.kind == "sgd":
@@ -117,7 +119,7 @@ class PopulationOptimizer:
 
     def keep_members(
         self,
-        mapping: dict[nn.Parameter, tuple[nn.Parameter, torch.Tensor]],
+        mapping: dict[torch.Tensor, tuple[nn.Parameter, torch.Tensor]],
         members: torch.Tensor,
     ) -> None:
         """Follow :meth:`PopulationMLP.keep_members`: slice state and rates to the kept members."""
