@@ -10,8 +10,9 @@ import pytest
 
 from fitwell import api, runs
 
-SETTINGS: dict[str, Any] = dict(target="label", hidden=(8, 8), max_epochs=4, dropout=0.2,
-                                batch_size=32)
+SETTINGS: dict[str, Any] = dict(
+    target="label", hidden=(8, 8), max_epochs=4, dropout=0.2, batch_size=32
+)
 
 
 def _weights(run: Path) -> bytes:
@@ -25,7 +26,9 @@ def _metrics(run: Path) -> dict[str, Any]:
     return m
 
 
-@pytest.mark.parametrize("extra", [{}, {"restarts": 3, "threads": 2}], ids=["single", "population-2-threads"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"restarts": 3, "threads": 2}], ids=["single", "population-2-threads"]
+)
 def test_same_seed_gives_bitwise_equal_runs(
     tmp_path: Path, mixed_csv: Path, extra: dict[str, Any]
 ) -> None:

@@ -42,8 +42,7 @@ def _predict(run: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> tuple
 def _reseal(run: Path) -> None:
     """Recompute the checksums, as an attacker who edits the files would."""
     manifest = {n: runs.sha256_file(run / n) for n in (runs.MODEL_FILE, runs.MODEL_META)}
-    (run / runs.MANIFEST_FILE).write_text(json.dumps({"format": "fitwell-run",
-                                                      "sha256": manifest}))
+    (run / runs.MANIFEST_FILE).write_text(json.dumps({"format": "fitwell-run", "sha256": manifest}))
 
 
 def _one_error(rc: int, err: str, *words: str) -> None:
@@ -55,7 +54,10 @@ def _one_error(rc: int, err: str, *words: str) -> None:
 
 @pytest.mark.parametrize("reseal", [False, True])
 def test_pickle_payload_as_model_is_refused_and_never_runs(
-    run_dir: Path, mixed_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    run_dir: Path,
+    mixed_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     reseal: bool,
 ) -> None:
     marker = tmp_path / "pwned"
@@ -141,8 +143,14 @@ def test_no_unpickling_anywhere_in_the_source() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", ["../../../etc/evil.csv", "/tmp/../..//x/.. ..csv", "a/b/../../c/$(rm -rf).csv",
-             "..\\..\\win.csv", "...csv"]
+    "data",
+    [
+        "../../../etc/evil.csv",
+        "/tmp/../..//x/.. ..csv",
+        "a/b/../../c/$(rm -rf).csv",
+        "..\\..\\win.csv",
+        "...csv",
+    ],
 )
 def test_default_run_name_cannot_escape_runs_folder(
     data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -162,8 +170,21 @@ def test_out_that_is_a_symlink_is_refused(
     elsewhere.mkdir()
     link = tmp_path / "link"
     link.symlink_to(elsewhere)
-    rc = main(["train", str(mixed_csv), "--target", "label", "--out", str(link), "--quiet",
-               "--max-epochs", "1", "--hidden", "2"])
+    rc = main(
+        [
+            "train",
+            str(mixed_csv),
+            "--target",
+            "label",
+            "--out",
+            str(link),
+            "--quiet",
+            "--max-epochs",
+            "1",
+            "--hidden",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     _one_error(rc, err, "symbolic link")
     assert list(elsewhere.iterdir()) == []

@@ -44,8 +44,19 @@ def test_train_refuses_malformed_input(
     path = materialize(case, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "out"
-    rc = main(["train", *_args(case, path), "--out", str(out), "--max-epochs", "2",
-               "--hidden", "4", "--quiet"])
+    rc = main(
+        [
+            "train",
+            *_args(case, path),
+            "--out",
+            str(out),
+            "--max-epochs",
+            "2",
+            "--hidden",
+            "4",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     _check(case, rc, captured.err, path)
     assert captured.out == ""
@@ -57,11 +68,29 @@ def test_train_refuses_malformed_input(
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("run")
     data = folder / "train.csv"
-    data.write_text("a,b,label\n" + "".join(
-        f"{i * 0.5},{(i * 7) % 5},{'yes' if i % 2 else 'no'}\n" for i in range(40)))
+    data.write_text(
+        "a,b,label\n"
+        + "".join(f"{i * 0.5},{(i * 7) % 5},{'yes' if i % 2 else 'no'}\n" for i in range(40))
+    )
     run = folder / "run"
-    assert main(["train", str(data), "--target", "label", "--out", str(run),
-                 "--max-epochs", "2", "--hidden", "4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--target",
+                "label",
+                "--out",
+                str(run),
+                "--max-epochs",
+                "2",
+                "--hidden",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return run
 
 

@@ -43,9 +43,18 @@ def _trainer(k: int, callbacks: list[Callback], lr: float = 0.01, epochs: int = 
     y = (x[:, 0] > 0).astype(np.int64)
     arch = Architecture(n_inputs=3, hidden=(5,), n_outputs=2)
     members = [MemberSettings(seed=s, lr=lr) for s in range(k)]
-    return Trainer(arch, members, LoopSettings(max_epochs=epochs, batch_size=32, patience=0),
-                   task="classification", x_train=x, y_train=y, x_val=x[:32], y_val=y[:32],
-                   device=torch.device("cpu"), callbacks=callbacks)
+    return Trainer(
+        arch,
+        members,
+        LoopSettings(max_epochs=epochs, batch_size=32, patience=0),
+        task="classification",
+        x_train=x,
+        y_train=y,
+        x_val=x[:32],
+        y_val=y[:32],
+        device=torch.device("cpu"),
+        callbacks=callbacks,
+    )
 
 
 def test_nonfinite_members_matches_elementwise_oracle() -> None:
@@ -55,8 +64,10 @@ def test_nonfinite_members_matches_elementwise_oracle() -> None:
     flat = torch.ones(3 * 6)  # batch-norm layout: member-major
     flat[2 * 6 + 1] = float("nan")
     got = nonfinite_members(losses, [w, flat], 3)
-    oracle = [not (torch.isfinite(w[m]).all() and torch.isfinite(flat[m * 6:(m + 1) * 6]).all())
-              for m in range(3)]
+    oracle = [
+        not (torch.isfinite(w[m]).all() and torch.isfinite(flat[m * 6 : (m + 1) * 6]).all())
+        for m in range(3)
+    ]
     assert got.tolist() == oracle == [False, True, True]
     assert nonfinite_members(torch.tensor([float("nan"), 0.0]), [], 2).tolist() == [True, False]
 
@@ -121,9 +132,27 @@ def test_in_a_population_only_the_faulty_member_is_touched() -> None:
 def test_diverging_cli_run_exits_3_and_writes_no_model(
     tmp_path: Path, mixed_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(["train", str(mixed_csv), "--target", "label", "--optimizer", "sgd", "--lr", "1e6",
-               "--init-scale", "30", "--hidden", "16,16", "--max-epochs", "6", "--quiet",
-               "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "train",
+            str(mixed_csv),
+            "--target",
+            "label",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e6",
+            "--init-scale",
+            "30",
+            "--hidden",
+            "16,16",
+            "--max-epochs",
+            "6",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 3, err
     assert err.startswith("error: training diverged") and "3 rollbacks" in err
@@ -131,8 +160,14 @@ def test_diverging_cli_run_exits_3_and_writes_no_model(
 
 
 def test_recovered_run_is_finite_and_recorded(tmp_path: Path) -> None:
-    run = api.train(dataset="diabetes", hidden=(32, 32), optimizer="sgd", lr=0.5, max_epochs=3,
-                    out=tmp_path / "out")
+    run = api.train(
+        dataset="diabetes",
+        hidden=(32, 32),
+        optimizer="sgd",
+        lr=0.5,
+        max_epochs=3,
+        out=tmp_path / "out",
+    )
     assert run.history["nonfinite_retries"].max() >= 1
     assert math.isfinite(run.metrics["test"]["r2"])
     loaded = api.load_run(tmp_path / "out")

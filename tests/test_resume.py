@@ -66,7 +66,11 @@ def _interrupted(out: Path, at: int, **settings: Any) -> None:
     "extra",
     [
         {},
-        {"restarts": 3, "dropout": 0.3, "lr": 0.01},  # a population; members stop at different epochs
+        {
+            "restarts": 3,
+            "dropout": 0.3,
+            "lr": 0.01,
+        },  # a population; members stop at different epochs
         {"batch_norm": True, "optimizer": "sgd", "l1": 1e-3, "l2": 1e-3},
     ],
     ids=["single", "population-dropout", "batchnorm-sgd-l1-l2"],
@@ -112,7 +116,9 @@ def test_corrupt_newest_checkpoint_falls_back_with_one_warning(
     api.train(out=tmp_path / "a", **settings)
     _interrupted(tmp_path / "b", 4, **settings)
     _corrupt(tmp_path / "b" / CHECKPOINT_DIR / "epoch-0003", how)
-    with pytest.warns(CheckpointWarning, match="epoch-0003 is unusable.*falling back to epoch-0002"):
+    with pytest.warns(
+        CheckpointWarning, match="epoch-0003 is unusable.*falling back to epoch-0002"
+    ):
         resume(tmp_path / "b")
     assert_same_run(tmp_path / "a", tmp_path / "b")
     state = json.loads((tmp_path / "b" / runs.RUN_STATE_FILE).read_text())
@@ -206,8 +212,11 @@ def _spawn(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
-        [sys.executable, "-m", "fitwell.cli", *args], cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "fitwell.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -227,8 +236,21 @@ def _wait_for(predicate: Any, proc: subprocess.Popen[bytes], timeout: float = 30
     return False
 
 
-KILL_ARGS = ["--hidden", "32,32", "--max-epochs", "12", "--patience", "0", "--batch-size", "16",
-             "--dropout", "0.1", "--seed", "5", "--quiet"]
+KILL_ARGS = [
+    "--hidden",
+    "32,32",
+    "--max-epochs",
+    "12",
+    "--patience",
+    "0",
+    "--batch-size",
+    "16",
+    "--dropout",
+    "0.1",
+    "--seed",
+    "5",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")

@@ -346,8 +346,9 @@ def train_population(
         session = RunSession.open(out, cfgs, prepared, resume=resume)
         session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
     try:
-        return _finish(cfg, cfgs, origin, trainer, prepared, arch, device, threads, started,
-                       session)
+        return _finish(
+            cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session
+        )
     except FitwellError:
         if session is not None:
             session.abandon()

@@ -211,12 +211,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from fitwell.resume import resume
 
     settings = {
-        k: v for k, v in vars(args).items()
+        k: v
+        for k, v in vars(args).items()
         if k not in _NOT_SETTINGS | {"run_dir", "data"} and v is not None
     }
     show = not (args.quiet or args.json)
-    run = resume(args.run_dir, data=args.data, progress=None if show else False,
-                 warn=lambda msg: sys.stderr.write(f"warning: {msg}\n"), **settings)
+
+    def warn(msg: str) -> None:
+        sys.stderr.write(f"warning: {msg}\n")
+
+    run = resume(
+        args.run_dir, data=args.data, progress=None if show else False, warn=warn, **settings
+    )
     m = run.metrics
     if args.json:
         print(json.dumps(summary_json(m), default=str))

@@ -198,8 +198,15 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
             raw["target_score"] = float(raw["target_score"])
         except (TypeError, ValueError):
             problems.append(f"`target_score` must be a number; got {raw['target_score']!r}")
-    for name in ("batch_size", "max_epochs", "patience", "restarts", "seed", "threads",
-                 "checkpoint_every"):
+    for name in (
+        "batch_size",
+        "max_epochs",
+        "patience",
+        "restarts",
+        "seed",
+        "threads",
+        "checkpoint_every",
+    ):
         if raw.get(name) is not None:
             v = raw[name]
             if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):

@@ -106,8 +106,11 @@ class RunSession:
                     f"now {new!r}. Resume with the original settings or start a new run."
                 )
             old_fp = state.get("fingerprint", {})
-            for key, label in (("data_file_sha256", "data"), ("arrays_sha256", "data"),
-                               ("test_rows", "data")):
+            for key, label in (
+                ("data_file_sha256", "data"),
+                ("arrays_sha256", "data"),
+                ("test_rows", "data"),
+            ):
                 if old_fp.get(key) != fp[key]:
                     source = cfgs[0].data or cfgs[0].dataset
                     raise InputError(
@@ -225,7 +228,9 @@ def resume(
     try:
         cfgs = [build_config(c) for c in state["configs"]]
     except InputError as exc:
-        raise InputError(f"{folder / runs.RUN_STATE_FILE}: stored settings are invalid ({exc})")
+        raise InputError(
+            f"{folder / runs.RUN_STATE_FILE}: stored settings are invalid ({exc})"
+        ) from None
     stored_path = cfgs[0].data
     if data is not None:
         cfgs = [c.replace(data=str(data)) for c in cfgs]

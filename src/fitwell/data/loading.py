@@ -112,7 +112,11 @@ def _read_csv(p: Path) -> pd.DataFrame:
         raise InputError(f"{name}: cannot parse the header ({exc}).") from None
     header = [h.strip() for h in header]
     if len(header) == 1:
-        for other, label in ((";", "';'-separated"), ("\t", "tab-separated"), ("|", "'|'-separated")):
+        for other, label in (
+            (";", "';'-separated"),
+            ("\t", "tab-separated"),
+            ("|", "'|'-separated"),
+        ):
             if other != sep and other in header[0]:
                 raise InputError(
                     f"{name}: the header is one column {header[0][:60]!r}; the file looks "

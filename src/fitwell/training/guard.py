@@ -73,8 +73,9 @@ class NonFiniteGuard(Callback):
         self._step += 1
         losses: torch.Tensor = kwargs["losses"]
         k = len(trainer.active)
-        tensors = [p for p in trainer.optimizer.params]
-        tensors += [p.grad for p in trainer.optimizer.params if p.grad is not None]
+        params = trainer.optimizer.params
+        tensors: list[torch.Tensor] = [p.detach() for p in params]
+        tensors += [p.grad for p in params if p.grad is not None]
         bad = nonfinite_members(losses, tensors, k)
         if not bool(bad.any()):
             return
@@ -157,14 +158,14 @@ class NonFiniteGuard(Callback):
         logs: dict[int, dict[str, float]] = kwargs["logs"]
         # Weights can stay finite while their outputs overflow: the eval loss is checked too.
         bad = [
-            m for m, row in logs.items()
+            m
+            for m, row in logs.items()
             if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"]))
         ]
         for m in bad:
             row = logs[m]
             loss = row["val_loss"] if math.isfinite(row["train_loss"]) else row["train_loss"]
-            self._handle(trainer, trainer.position(m), what="evaluation loss", loss=loss,
-                         step=None)
+            self._handle(trainer, trainer.position(m), what="evaluation loss", loss=loss, step=None)
         if bad:
             # Report the rolled-back state, so the history never shows a model that is gone.
             train = trainer.evaluate(trainer.x_train, trainer.y_train)
@@ -172,9 +173,13 @@ class NonFiniteGuard(Callback):
             for m in bad:
                 pos = trainer.position(m)
                 logs[m]["train_loss"], logs[m][f"train_{trainer.score}"] = (
-                    float(train[0][pos]), float(train[1][pos]))
+                    float(train[0][pos]),
+                    float(train[1][pos]),
+                )
                 logs[m]["val_loss"], logs[m][f"val_{trainer.score}"] = (
-                    float(val[0][pos]), float(val[1][pos]))
+                    float(val[0][pos]),
+                    float(val[1][pos]),
+                )
         for member, row in logs.items():
             row["nonfinite_retries"] = self.retries.get(member, 0)
             row["lr"] = trainer.members[member].lr

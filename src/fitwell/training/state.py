@@ -32,9 +32,7 @@ def _from_member(data: dict[str, dict[str, torch.Tensor]]) -> dict[int, dict[str
 
 def trainer_state(trainer: Trainer) -> dict[str, Any]:
     """Snapshot the trainer at an epoch boundary (no step in flight)."""
-    callbacks = [
-        {"class": type(cb).__name__, "state": cb.state_dict()} for cb in trainer.callbacks
-    ]
+    callbacks = [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in trainer.callbacks]
     opt = trainer.optimizer.state_dict()
     return {
         "version": STATE_VERSION,
