@@ -1,0 +1,206 @@
+"""Kill `fitwell train` with SIGKILL at random moments, resume, compare with an unkilled run.
+
+Prints how many kills resumed to a bitwise-equal run (weights, history, metrics without the wall
+times) and how many epochs had to be redone. Kill moments are drawn uniformly over the span from the
+moment the run directory appears to the end of the reference run (timed from the directory's
+appearance in each trial), so they land in training steps, evaluation, checkpoint writes and the
+final file writes alike.
+
+    python benchmarks/stress_resume.py            # 20 kills
+    python benchmarks/stress_resume.py --quick    # 3 kills on a smaller run, for a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TIMING_FIELDS = ("train_seconds", "finished_at", "run_dir")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fitwell.cli", *args]
+
+
+def _metrics(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    for key in TIMING_FIELDS:
+        m.pop(key, None)
+    return m
+
+
+def same_run(a: Path, b: Path) -> bool:
+    files = ("model.safetensors", "history.csv", "model.json", "config.toml")
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in files) and _metrics(
+        a
+    ) == _metrics(b)
+
+
+def _epochs_on_disk(run: Path) -> tuple[int, bool]:
+    """Newest epoch with a checkpoint on disk (complete or being written), and whether a write
+    was in flight."""
+    folder = run / "checkpoints"
+    newest, writing = -1, False
+    if folder.is_dir():
+        for child in folder.iterdir():
+            m = re.match(r"^(?:\.tmp-)?epoch-(\d+)", child.name)
+            if m:
+                newest = max(newest, int(m.group(1)))
+                writing = writing or child.name.startswith(".tmp-")
+    return newest, writing
+
+
+def reference(work: Path, args: list[str]) -> tuple[float, float]:
+    """Run once uninterrupted; return (seconds until the run directory exists, total seconds)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        _cli("train", *args, "--out", "reference"),
+        cwd=work,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    appeared = None
+    while proc.poll() is None:
+        if appeared is None and (work / "reference" / "run_state.json").exists():
+            appeared = time.monotonic() - start
+        time.sleep(0.002)
+    total = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"reference run failed: {proc.stderr.read() if proc.stderr else ''}")
+    return (appeared if appeared is not None else 0.0), total
+
+
+def trial(work: Path, args: list[str], name: str, kill_at: float) -> dict:
+    proc = subprocess.Popen(
+        _cli("train", *args, "--out", name),
+        cwd=work,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Startup time swings with machine load; time the kill from the run directory's appearance.
+    marker = work / name / "run_state.json"
+    while proc.poll() is None and not marker.exists():
+        time.sleep(0.001)
+    appeared = time.monotonic()
+    while proc.poll() is None and time.monotonic() - appeared < kill_at:
+        time.sleep(0.001)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = work / name
+    on_disk, writing = _epochs_on_disk(run)
+    result = {"kill_at_s": round(kill_at, 3), "killed": killed, "during_checkpoint_write": writing}
+    if not (run / "run_state.json").exists():
+        result.update(outcome="killed before the run directory existed", equal=False, redone=0)
+        return result
+    state = json.loads((run / "run_state.json").read_text())
+    if state["status"] != "finished":
+        res = subprocess.run(
+            _cli("resume", name, "--quiet"), cwd=work, env=_env(), capture_output=True, text=True
+        )
+        if res.returncode != 0:
+            result.update(outcome=f"resume failed: {res.stderr.strip()}", equal=False, redone=0)
+            return result
+        state = json.loads((run / "run_state.json").read_text())
+        resumed_from = state["resumes"][-1]["from_epoch"]
+        result["resumed_from"] = resumed_from
+        result["redone"] = max(0, on_disk - resumed_from)
+        result["outcome"] = "resumed"
+    else:
+        result.update(outcome="finished before the kill", redone=0)
+    result["equal"] = same_run(work / "reference", run)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="3 kills on a smaller run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    opts = parser.parse_args()
+    trials = 3 if opts.quick else opts.trials
+    epochs = "6" if opts.quick else "15"
+    args = [
+        "--dataset",
+        "digits",
+        "--hidden",
+        "64,64",
+        "--max-epochs",
+        epochs,
+        "--patience",
+        "5",
+        "--dropout",
+        "0.1",
+        "--batch-size",
+        "32",
+        "--seed",
+        "1",
+        "--quiet",
+    ]
+    work = Path(tempfile.mkdtemp(prefix="fitwell-stress-"))
+    rng = random.Random(opts.seed)
+    try:
+        t_dir, t_total = reference(work, args)
+        print(f"reference run: directory after {t_dir:.2f} s, finished after {t_total:.2f} s")
+        results = []
+        for i in range(trials):
+            kill_at = rng.uniform(0.0, t_total - t_dir)
+            r = trial(work, args, f"trial-{i:02d}", kill_at)
+            results.append(r)
+            print(
+                f"  kill {i + 1:2d} at {r['kill_at_s']:6.2f} s: {r['outcome']}, "
+                f"bitwise equal {r['equal']}, epochs redone {r['redone']}"
+                + (" (during a checkpoint write)" if r["during_checkpoint_write"] else "")
+            )
+        resumed = [r for r in results if r["outcome"] == "resumed"]
+        equal = sum(r["equal"] for r in results)
+        redone = [r["redone"] for r in resumed]
+        print()
+        print(
+            f"command: python benchmarks/stress_resume.py --trials {trials}"
+            + (" --quick" if opts.quick else "")
+            + f" --seed {opts.seed}"
+        )
+        print(
+            f"kills: {trials}; resumed: {len(resumed)}; bitwise equal to the uninterrupted run: "
+            f"{equal}/{trials}"
+        )
+        print(
+            f"kills during a checkpoint write: {sum(r['during_checkpoint_write'] for r in results)}"
+        )
+        if redone:
+            print(
+                f"epochs redone: max {max(redone)}, total {sum(redone)} over {len(redone)} "
+                f"resumes (a partly trained in-flight epoch is always retrained, not counted)"
+            )
+    finally:
+        if opts.keep:
+            print(f"work folder: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
