@@ -157,6 +157,8 @@ def main() -> None:
         "32",
         "--seed",
         "1",
+        "--device",
+        "cpu",
         "--quiet",
     ]
     work = Path(tempfile.mkdtemp(prefix="fitwell-stress-"))
