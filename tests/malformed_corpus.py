@@ -66,7 +66,7 @@ def train_cases() -> list[Case]:
     big = _good_frame()
     return [
         Case("empty file", "empty.csv", b""),
-        Case("blank lines only", "blank.csv", b"\n\n\n"),
+        Case("blank lines only", "blank.csv", b"\n\n\n", ["empty"]),
         Case("header only", "header_only.csv", _csv("")),
         Case("header and blank lines", "header_blank.csv", _csv("\n\n")),
         Case("one row", "one_row.csv", _csv("1,2,yes\n")),
@@ -234,7 +234,9 @@ def train_cases() -> list[Case]:
             ["'x1'", "row 13"],
             ["{f}"],
         ),
-        Case("not a zip .npz", "fake.npz", b"this is not a zip archive" * 4, ["npz"], ["{f}"]),
+        Case(
+            "not a zip .npz", "fake.npz", b"this is not a zip archive" * 4, ["not a .npz"], ["{f}"]
+        ),
         Case("directory as data", "a_folder.csv", None, ["not a regular file"]),
     ]
 

@@ -26,7 +26,7 @@ from fitwell.errors import InputError
 if TYPE_CHECKING:
     from fitwell.api import Run
     from fitwell.data import PreparedData
-    from fitwell.training import Trainer
+    from fitwell.training import Callback, Trainer
 
 RUN_STATE_FORMAT = "fitwell-run-state"
 
@@ -200,6 +200,7 @@ def resume(
     run_dir: str | Path,
     *,
     data: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
     progress: bool | None = False,
     warn: Callable[[str], None] | None = None,
     **settings: Any,
@@ -212,6 +213,8 @@ def resume(
         The run directory of the interrupted ``train``.
     data : path, optional
         The data file, if it moved; its content must be unchanged.
+    callbacks : sequence of Callback
+        The extra callbacks the interrupted run had (their state is restored by class name).
     progress : bool or None, default False
         Progress bar as in :func:`fitwell.api.train`.
     warn : callable, optional
@@ -250,4 +253,6 @@ def resume(
                     f"{stored.get(key)!r}, now {given!r}. Resume with the original settings or "
                     "start a new run."
                 )
-    return train_population(cfgs, out=folder, progress=progress, resume=True, warn=warn)
+    return train_population(
+        cfgs, out=folder, callbacks=callbacks, progress=progress, resume=True, warn=warn
+    )

@@ -75,6 +75,10 @@ def read_file(path: str | Path) -> tuple[pd.DataFrame, str | None]:
     if p.stat().st_size == 0:
         raise InputError(f"{name}: file is empty.")
     if suffix == ".npz":
+        import zipfile
+
+        if not zipfile.is_zipfile(p):  # else np.load would try it as a (pickled) .npy file
+            raise InputError(f"{name}: not a .npz archive (a .npz file is a zip of arrays).")
         return _read_npz(p), "y"
     if suffix in (".parquet", ".pq"):
         try:
@@ -100,6 +104,8 @@ def _read_csv(p: Path) -> pd.DataFrame:
             f"{name}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
             "save the file as UTF-8."
         ) from None
+    if not text.strip():
+        raise InputError(f"{name}: file is empty (only blank lines).")
     if "\x00" in text:
         raise InputError(f"{name}: contains NUL bytes; is it a binary file?")
     sep = "\t" if p.suffix.lower() == ".tsv" else ","
@@ -221,7 +227,7 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                 row = int(np.flatnonzero(inf)[0])
                 raise InputError(
                     f"{src}: target column {table.target!r} has a non-finite value "
-                    f"{target.iloc[row]!r} in data row {row}."
+                    f"{float(target.iloc[row])} in data row {row}."
                 )
     features = [c for c in cols if c != table.target]
     if not features:
