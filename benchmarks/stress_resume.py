@@ -1,10 +1,10 @@
 """Kill `fitwell train` with SIGKILL at random moments, resume, compare with an unkilled run.
 
 Prints how many kills resumed to a bitwise-equal run (weights, history, metrics without the wall
-times) and how many epochs had to be redone. Kill moments are drawn uniformly over the span from the
-moment the run directory appears to the end of the reference run (timed from the directory's
-appearance in each trial), so they land in training steps, evaluation, checkpoint writes and the
-final file writes alike.
+times) and how many epochs had to be redone. Each kill picks a random epoch, waits for that
+epoch's checkpoint to appear, then waits a random 0-1.2 epoch-lengths more (measured on the
+reference run), so kills land in training steps, evaluation, checkpoint writes and the final file
+writes alike, whatever the machine's load does to startup time.
 
     python benchmarks/stress_resume.py            # 20 kills
     python benchmarks/stress_resume.py --quick    # 3 kills on a smaller run, for a smoke check
@@ -89,7 +89,8 @@ def reference(work: Path, args: list[str]) -> tuple[float, float]:
     return (appeared if appeared is not None else 0.0), total
 
 
-def trial(work: Path, args: list[str], name: str, kill_at: float) -> dict:
+def trial(work: Path, args: list[str], name: str, anchor: int, delay: float) -> dict:
+    """Start a run, wait until checkpoint ``anchor`` exists, wait ``delay`` more, SIGKILL it."""
     proc = subprocess.Popen(
         _cli("train", *args, "--out", name),
         cwd=work,
@@ -97,20 +98,24 @@ def trial(work: Path, args: list[str], name: str, kill_at: float) -> dict:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # Startup time swings with machine load; time the kill from the run directory's appearance.
-    marker = work / name / "run_state.json"
+    # Startup time swings with machine load, so kills are timed from an epoch's checkpoint.
+    marker = work / name / "checkpoints" / f"epoch-{anchor:04d}"
     while proc.poll() is None and not marker.exists():
-        time.sleep(0.001)
-    appeared = time.monotonic()
-    while proc.poll() is None and time.monotonic() - appeared < kill_at:
-        time.sleep(0.001)
+        time.sleep(0.0005)
+    seen = time.monotonic()
+    while proc.poll() is None and time.monotonic() - seen < delay:
+        time.sleep(0.0005)
     killed = proc.poll() is None
     if killed:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     run = work / name
     on_disk, writing = _epochs_on_disk(run)
-    result = {"kill_at_s": round(kill_at, 3), "killed": killed, "during_checkpoint_write": writing}
+    result = {
+        "kill_at": f"epoch {anchor} + {delay:.2f} s",
+        "killed": killed,
+        "during_checkpoint_write": writing,
+    }
     if not (run / "run_state.json").exists():
         result.update(outcome="killed before the run directory existed", equal=False, redone=0)
         return result
@@ -126,7 +131,7 @@ def trial(work: Path, args: list[str], name: str, kill_at: float) -> dict:
         resumed_from = state["resumes"][-1]["from_epoch"]
         result["resumed_from"] = resumed_from
         result["redone"] = max(0, on_disk - resumed_from)
-        result["outcome"] = "resumed"
+        result["outcome"] = f"resumed from epoch {resumed_from}"
     else:
         result.update(outcome="finished before the kill", redone=0)
     result["equal"] = same_run(work / "reference", run)
@@ -165,18 +170,27 @@ def main() -> None:
     rng = random.Random(opts.seed)
     try:
         t_dir, t_total = reference(work, args)
-        print(f"reference run: directory after {t_dir:.2f} s, finished after {t_total:.2f} s")
+        ref_epochs = json.loads((work / "reference" / "metrics.json").read_text())["epochs_run"]
+        per_epoch = (t_total - t_dir) / max(ref_epochs, 1)
+        print(
+            f"reference run: directory after {t_dir:.2f} s, finished after {t_total:.2f} s, "
+            f"{ref_epochs} epochs (~{per_epoch:.2f} s each incl. startup share)"
+        )
         results = []
         for i in range(trials):
-            kill_at = rng.uniform(0.0, t_total - t_dir)
-            r = trial(work, args, f"trial-{i:02d}", kill_at)
+            # A random epoch, then a random moment within about one epoch after its checkpoint:
+            # training steps, evaluation, checkpoint writes and the final writes all get hit.
+            anchor = rng.randrange(0, ref_epochs)
+            delay = rng.uniform(0.0, 1.2 * per_epoch)
+            r = trial(work, args, f"trial-{i:02d}", anchor, delay)
             results.append(r)
             print(
-                f"  kill {i + 1:2d} at {r['kill_at_s']:6.2f} s: {r['outcome']}, "
+                f"  kill {i + 1:2d} at {r['kill_at']}: {r['outcome']}, "
                 f"bitwise equal {r['equal']}, epochs redone {r['redone']}"
-                + (" (during a checkpoint write)" if r["during_checkpoint_write"] else "")
+                + (" (during a checkpoint write)" if r["during_checkpoint_write"] else ""),
+                flush=True,
             )
-        resumed = [r for r in results if r["outcome"] == "resumed"]
+        resumed = [r for r in results if r["outcome"].startswith("resumed")]
         equal = sum(r["equal"] for r in results)
         redone = [r["redone"] for r in resumed]
         print()
