@@ -41,6 +41,16 @@ def nonfinite_members(
     return ~torch.isfinite(total)
 
 
+def any_nonfinite(tensors: list[torch.Tensor]) -> bool:
+    """Whether any element of any tensor is NaN or infinite.
+
+    The max-abs norm propagates NaN, keeps +-inf and cannot overflow; ``_foreach_norm`` computes
+    it for all tensors in one call, so the per-step price is small.
+    """
+    norms = torch._foreach_norm([t.detach() for t in tensors], float("inf"))
+    return not bool(torch.isfinite(torch.stack(norms)).all())
+
+
 class NonFiniteGuard(Callback):
     """Per-step non-finite check with rollback, learning-rate halving and bounded retries.
 
@@ -74,6 +84,10 @@ class NonFiniteGuard(Callback):
         losses: torch.Tensor = kwargs["losses"]
         k = len(trainer.active)
         params = trainer.optimizer.params
+        # A non-finite gradient reaches the weights in the step just taken (SGD, Adam and the L1
+        # step all propagate NaN/inf), so the fast check reads the loss and the weights only.
+        if not any_nonfinite([losses, *params]):
+            return
         tensors: list[torch.Tensor] = [p.detach() for p in params]
         tensors += [p.grad for p in params if p.grad is not None]
         bad = nonfinite_members(losses, tensors, k)
