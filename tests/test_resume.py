@@ -97,6 +97,16 @@ def test_trainer_state_round_trips_through_json_and_safetensors() -> None:
     assert back["b"][0] == 1 and back["b"][2] != back["b"][2] and back["d"] == "x"
 
 
+def test_callback_state_with_numpy_values_and_int_keys_is_checkpointable() -> None:
+    import numpy as np
+
+    data, tensors = split_tensors({"cb": {3: np.float32(1.5), "arr": np.arange(4)}})
+    back = join_tensors(json.loads(json.dumps(data)), tensors)
+    assert back["cb"]["3"] == 1.5 and back["cb"]["arr"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="cb/x"):
+        split_tensors({"cb": {"x": object()}})
+
+
 def _corrupt(folder: Path, how: str) -> None:
     target = folder / "tensors.safetensors"
     data = target.read_bytes()

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from fitwell.errors import InputError
@@ -61,14 +62,24 @@ def split_tensors(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         if isinstance(value, dict):
             out = {}
             for k, v in value.items():
-                if not isinstance(k, str):
-                    raise TypeError(f"state keys must be strings; got {k!r} at {path!r}")
-                out[k] = walk(v, f"{path}/{k}" if path else k)
+                if not isinstance(k, (str, int)) or isinstance(k, bool):
+                    raise TypeError(f"state keys must be strings or ints; got {k!r} at {path!r}")
+                key = str(k)  # JSON semantics: int keys come back as strings
+                out[key] = walk(v, f"{path}/{key}" if path else key)
             return out
         if isinstance(value, (list, tuple)):
             return [walk(v, f"{path}/{i}") for i, v in enumerate(value)]
+        if isinstance(value, np.ndarray):
+            return walk(torch.from_numpy(np.ascontiguousarray(value)), path)
+        if isinstance(value, np.generic):
+            value = value.item()
         if isinstance(value, float) and not math.isfinite(value):
             return {"__float__": repr(value)}
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise TypeError(
+                f"cannot checkpoint a {type(value).__name__} at {path!r}: state must be "
+                "tensors, arrays or JSON values"
+            )
         return value
 
     return walk(state, ""), tensors
