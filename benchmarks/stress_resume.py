@@ -46,11 +46,13 @@ def _metrics(run: Path) -> dict:
     return m
 
 
-def same_run(a: Path, b: Path) -> bool:
+def differing(a: Path, b: Path) -> list[str]:
+    """Names of the files (or ``metrics``) that differ between two finished runs."""
     files = ("model.safetensors", "history.csv", "model.json", "config.toml")
-    return all((a / f).read_bytes() == (b / f).read_bytes() for f in files) and _metrics(
-        a
-    ) == _metrics(b)
+    out = [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()]
+    if _metrics(a) != _metrics(b):
+        out.append("metrics.json")
+    return out
 
 
 def _epochs_on_disk(run: Path) -> tuple[int, bool]:
@@ -134,7 +136,8 @@ def trial(work: Path, args: list[str], name: str, anchor: int, delay: float) -> 
         result["outcome"] = f"resumed from epoch {resumed_from}"
     else:
         result.update(outcome="finished before the kill", redone=0)
-    result["equal"] = same_run(work / "reference", run)
+    result["differs"] = differing(work / "reference", run)
+    result["equal"] = not result["differs"]
     return result
 
 
@@ -187,6 +190,7 @@ def main() -> None:
             print(
                 f"  kill {i + 1:2d} at {r['kill_at']}: {r['outcome']}, "
                 f"bitwise equal {r['equal']}, epochs redone {r['redone']}"
+                + (f" (differs: {', '.join(r['differs'])})" if r.get("differs") else "")
                 + (" (during a checkpoint write)" if r["during_checkpoint_write"] else ""),
                 flush=True,
             )

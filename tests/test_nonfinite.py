@@ -169,6 +169,8 @@ def test_recovered_run_is_finite_and_recorded(tmp_path: Path) -> None:
         out=tmp_path / "out",
     )
     assert run.history["nonfinite_retries"].max() >= 1
+    events = run.metrics["nonfinite_events"]
+    assert events and events[0]["action"] == "rollback_halve_lr" and events[0]["lr"] == 0.25
     assert math.isfinite(run.metrics["test"]["r2"])
     loaded = api.load_run(tmp_path / "out")
     assert all(bool(torch.isfinite(p).all()) for p in loaded.model.parameters())

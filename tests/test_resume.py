@@ -303,3 +303,29 @@ def test_sigkill_then_resume_is_bitwise_equal(
     assert_same_run(folder / "reference", out)
     state = json.loads((out / runs.RUN_STATE_FILE).read_text())
     assert state["resumes"][0]["from_epoch"] >= (3 if moment == "after-epoch-3" else 1)
+
+
+@pytest.mark.parametrize("call", [2, 4, 6, 8, 9])
+def test_kill_during_final_writes_resumes_bitwise_equal(
+    tmp_path: Path, mixed_csv: Path, monkeypatch: pytest.MonkeyPatch, call: int
+) -> None:
+    """Interrupt the n-th atomic write (1: run state; 2-8: final files; 9: the finished marker)."""
+    settings = {"data": mixed_csv, "target": "label", **SETTINGS}
+    api.train(out=tmp_path / "a", **settings)
+    real = runs.write_atomic
+    calls = {"n": 0}
+
+    def flaky(path: Path, data: bytes | str) -> None:
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(runs, "write_atomic", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(out=tmp_path / "b", **settings)
+    monkeypatch.setattr(runs, "write_atomic", real)
+    with pytest.raises(InputError):
+        api.load_run(tmp_path / "b")  # not finished: never loadable half-written
+    resume(tmp_path / "b")
+    assert_same_run(tmp_path / "a", tmp_path / "b")

@@ -396,6 +396,8 @@ def _finish(
         threads,
         train_seconds,
     )
+    # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
+    metrics["nonfinite_events"] = list(trainer.events)
     history = pd.DataFrame(fit.history)
     meta = {
         "architecture": arch.to_json(),
