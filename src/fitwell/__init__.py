@@ -17,20 +17,28 @@ _LAZY = {
     "TrainConfig": "fitwell.config",
     "build_config": "fitwell.config",
     "Callback": "fitwell.training.callbacks",
+    "Doctor": "fitwell.diagnosis.doctor",
     "InputError": "fitwell.errors",
     "FitwellError": "fitwell.errors",
     "TrainingFailed": "fitwell.errors",
+    "FitwellClassifier": "fitwell.estimators",
+    "FitwellRegressor": "fitwell.estimators",
 }
 
 if TYPE_CHECKING:
     from fitwell.api import Run, load_run, train, train_population
     from fitwell.config import TrainConfig, build_config
+    from fitwell.diagnosis.doctor import Doctor
     from fitwell.errors import FitwellError, InputError, TrainingFailed
+    from fitwell.estimators import FitwellClassifier, FitwellRegressor
     from fitwell.training.callbacks import Callback
 
 __all__ = [
     "Callback",
+    "Doctor",
+    "FitwellClassifier",
     "FitwellError",
+    "FitwellRegressor",
     "InputError",
     "Run",
     "TrainConfig",

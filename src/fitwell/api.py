@@ -23,6 +23,8 @@ from fitwell import runs
 from fitwell.config import PER_MEMBER_FIELDS, TrainConfig, build_config, load_toml, to_toml
 from fitwell.data import PreparedData, Preprocessor, load_table, prepare
 from fitwell.data.preparation import TargetEncoder
+from fitwell.diagnosis.context import SIGNALS_FILE, diagnose_fit
+from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import FitwellError, InputError, TrainingFailed
 from fitwell.metrics import regression_report, score_name
 from fitwell.models import Architecture, PopulationMLP
@@ -292,6 +294,29 @@ def train_population(
     lowest validation loss is chosen, then the sealed test split is read once to score it.
     Every member's validation result is in ``run.metrics["population"]``.
 
+    Members train as one batched model (stacked weights), each ending where it would have ended
+    alone, up to float32 rounding; a member whose early stopping fires is dropped from the batch.
+
+    Parameters
+    ----------
+    configs : sequence of TrainConfig or dict
+        One entry per setting; all must share data, architecture, optimizer and epochs.
+    out, callbacks, progress
+        As in :func:`train`.
+
+    Examples
+    --------
+    An ``lr x l2`` sweep with 3 restarts per setting: 18 members, one batched run.
+
+    >>> configs = [
+    ...     {"dataset": "digits", "lr": lr, "l2": l2, "restarts": 3}
+    ...     for lr in (3e-4, 1e-3, 3e-3)
+    ...     for l2 in (0.0, 1e-4)
+    ... ]
+    >>> run = fitwell.train_population(configs)  # doctest: +SKIP
+    >>> run.metrics["population"][0]["lr"]  # doctest: +SKIP
+    0.0003
+
     ``out`` is created once every input is validated and checkpointed while training
     (``checkpoint_every``); ``resume=True`` continues the unfinished run in ``out`` instead (see
     :func:`fitwell.resume.resume`, which also checks that data and settings are unchanged).
@@ -323,7 +348,8 @@ def train_population(
         for r in range(c.restarts):
             members.append(_member_settings(c, c.seed + r))
             origin.append(i)
-    all_callbacks = list(callbacks)
+    probe = SignalProbe()
+    all_callbacks = [probe, *callbacks]
     if progress is None or progress:
         all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
     torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
@@ -347,7 +373,7 @@ def train_population(
         session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
     try:
         return _finish(
-            cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session
+            cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session, probe
         )
     except FitwellError:
         if session is not None:
@@ -366,17 +392,29 @@ def _finish(
     threads: int,
     started: float,
     session: Any,
+    probe: SignalProbe,
 ) -> Run:
     """Train, choose the member, open the test split once and write the run's final files."""
     out = session.folder if session is not None else None
     fit = trainer.fit()
     train_seconds = time.perf_counter() - started
     best = fit.best_member
-    if not best.finite:
-        raise TrainingFailed(
+    restored = bool(cfg.restore_best and cfg.patience > 0)
+    signals = diagnose_fit(
+        fit,
+        prepared,
+        probe,
+        lr=cfg.lr,
+        restored_best=restored,
+        events=getattr(trainer, "events", []),
+    )
+    if not best.finite or len(probe.divergence) == len(fit.members):
+        failed = TrainingFailed(
             "training diverged: no member has finite weights and validation loss "
             f"({best.stop_reason or 'non-finite values'}). Lower the learning rate."
         )
+        failed.findings = signals["findings"]  # the CLI prints them with the error
+        raise failed
     model = _single_member_model(arch, {k: v.to(device) for k, v in best.state.items()})
     model.to(device)
     # Every choice is made: read the sealed test split, once.
@@ -396,6 +434,7 @@ def _finish(
         threads,
         train_seconds,
     )
+    metrics["findings"] = signals["findings"]
     # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
     metrics["nonfinite_events"] = list(trainer.events)
     history = pd.DataFrame(fit.history)
@@ -413,6 +452,7 @@ def _finish(
         runs.save_model(folder, best.state, meta)
         runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
         runs.write_json(folder / runs.METRICS_FILE, metrics)
+        runs.write_json(folder / SIGNALS_FILE, signals)
         runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
         from fitwell.plots import curves_png
 
@@ -426,6 +466,7 @@ def _finish(
                 title=f"{prepared.source}: learning curves (member {best.member})",
             ),
         )
+        _write_report(folder, run_dir.name)
         session.finish()
         metrics["run_dir"] = str(run_dir)
     return Run(
@@ -436,8 +477,29 @@ def _finish(
         prepared.preprocessor,
         prepared.target_encoder,
         prepared.target,
-        extra={"fit": fit, "prepared": prepared},
+        extra={"fit": fit, "prepared": prepared, "signals": signals},
     )
+
+
+def _write_report(folder: Path, name: str) -> None:
+    """Write report.html last, from the files just written (the loop never calls the report).
+
+    A report that fails to render must not cost the user a trained model: warn and go on;
+    ``fitwell report RUN_DIR`` rebuilds it.
+    """
+    from fitwell.report import write_report
+
+    try:
+        write_report(folder, name=name)
+    except Exception as exc:  # any rendering fault; the trained run itself is fine
+        import warnings
+
+        warnings.warn(
+            f"report.html could not be written ({type(exc).__name__}: {exc}); "
+            "rebuild it with `fitwell report RUN_DIR`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _metrics(

@@ -47,14 +47,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--hidden", help="hidden widths, e.g. 256,256 (empty for a linear model)")
     g.add_argument("--activation", help=" | ".join(ACTIVATIONS))
-    g.add_argument("--dropout", help="drop probability, one or one per hidden layer")
+    g.add_argument("--dropout", help="drop probability, one or one per hidden layer (default 0.2)")
     g.add_argument("--init", help=" | ".join(INITS))
     g.add_argument("--init-scale", type=float, help="multiplies the initial weight std")
     g.add_argument("--bias-init", type=float, help="initial value of hidden biases")
     g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", help=" | ".join(OPTIMIZERS))
-    g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    g.add_argument("--lr", type=float, help="learning rate (default 3e-3)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)
@@ -79,9 +79,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="run directory to create (default runs/NAME-TIMESTAMP)")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    g.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also log curves, gradient norms and findings for TensorBoard here",
+    )
 
 
-_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func"}
+_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func", "tensorboard"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="CSV, Parquet or .npz file with the same columns")
     p.add_argument("--out", help="write predictions to this CSV (default: stdout)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("report", help="(re)build report.html of a finished run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("doctor", help="print the findings of a finished run")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -127,7 +139,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(args.config, **settings)
     out = Path(args.out) if args.out else _default_out(cfg.to_dict())
     show = not (args.quiet or args.json)
-    run = train(config=cfg, out=out, progress=None if show else False)
+    from fitwell.errors import TrainingFailed
+
+    callbacks: list[Any] = []
+    if args.tensorboard:
+        from fitwell.training.tensorboard import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(args.tensorboard))
+    try:
+        run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+    except TrainingFailed as exc:  # divergence: the findings travel with the error
+        for cb in callbacks:
+            cb.log_findings(exc.findings or [])
+            cb.close()
+        if args.json:
+            from fitwell.runs import json_safe
+
+            error = " ".join(str(exc).split())
+            print(json.dumps(json_safe({"error": error, "findings": exc.findings})))
+        elif not args.quiet:
+            print_findings(exc.findings, stderr=True)
+        raise
+    for cb in callbacks:
+        cb.log_findings(run.metrics.get("findings") or [])
+        cb.close()
     m = run.metrics
     if args.json:
         print(json.dumps(summary_json(m), default=str))
@@ -199,10 +234,7 @@ def print_summary(m: dict[str, Any]) -> None:
             f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
             + (f" … (+{more})" if more > 0 else "")
         )
-    for f in m.get("findings", []):
-        console.print(
-            f"[yellow]{f.get('severity', 'info')}[/] {f.get('code')}: {f.get('advice', '')}"
-        )
+    print_findings(m.get("findings", []))
     if m.get("run_dir"):
         console.print(f"run directory: {m['run_dir']}")
 
@@ -229,6 +261,44 @@ def cmd_resume(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print_summary(m)
     return EXIT_TARGET_MISSED if m.get("target_met") is False else EXIT_OK
+
+
+def print_findings(findings: list[dict[str, Any]], *, stderr: bool = False) -> None:
+    """One line per finding: severity, code, where, advice, and the evidence that triggered it."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True, stderr=stderr)
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in findings:
+        severity = str(f.get("severity", "info"))
+        where = ", ".join(
+            f"{k} {f[k]}" for k in ("epoch", "layer", "member") if f.get(k) is not None
+        )
+        evidence = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in (f.get("evidence") or {}).items()
+            if not isinstance(v, list)
+        )
+        console.print(
+            f"[{colour.get(severity, 'yellow')}]{severity}[/] [bold]{f.get('code')}[/]"
+            + (f" ({where})" if where else "")
+            + f": {f.get('advice', '')}"
+            + (f" [dim]· {evidence}[/]" if evidence else "")
+        )
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from fitwell.diagnosis.context import findings_from_files
+    from fitwell.runs import json_safe
+
+    findings = findings_from_files(args.run_dir)
+    if args.json:
+        print(json.dumps(json_safe({"run_dir": args.run_dir, "findings": findings})))
+    elif findings:
+        print_findings(findings)
+    else:
+        print("no findings: training looks healthy")
+    return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -274,6 +344,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_atomic(out, result.to_csv(index=False))
     else:
         sys.stdout.write(result.to_csv(index=False))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fitwell.report import write_report
+
+    print(write_report(args.run_dir))
     return EXIT_OK
 
 

@@ -35,6 +35,11 @@ PER_MEMBER_FIELDS = ("seed", "lr", "l1", "l2", "dropout")
 class TrainConfig:
     """Everything that decides a training run. Defaults are the recommended recipe.
 
+    The default recipe (two hidden layers of 256 ReLU units, dropout 0.2, Adam at 3e-3, batch 64,
+    early stopping with patience 20 and the best weights restored) was chosen on MNIST-1D,
+    digits, breast cancer, wine, iris, diabetes and penguins against scikit-learn's MLP defaults
+    (``benchmarks/defaults.py``).
+
     Parameters
     ----------
     data : str or None
@@ -52,7 +57,7 @@ class TrainConfig:
     hidden : tuple of int, default (256, 256)
         Hidden layer widths.
     activation : str, default "relu"
-    dropout : float or tuple of float, default 0.0
+    dropout : float or tuple of float, default 0.2
         Drop probability, one for all hidden layers or one per hidden layer.
     init : {"auto", "xavier", "kaiming", "normal"}, default "auto"
         ``auto``: Kaiming for ReLU-like activations, Xavier for tanh/sigmoid, LeCun for SELU.
@@ -62,7 +67,7 @@ class TrainConfig:
         Constant initial value of every hidden bias.
     batch_norm : bool, default False
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
-    lr : float, default 1e-3
+    lr : float, default 3e-3
     momentum : float, default 0.9
         SGD only.
     batch_size : int, default 64
@@ -101,13 +106,13 @@ class TrainConfig:
     scale: bool = True
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
-    dropout: float | tuple[float, ...] = 0.0
+    dropout: float | tuple[float, ...] = 0.2
     init: str = "auto"
     init_scale: float = 1.0
     bias_init: float = 0.0
     batch_norm: bool = False
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 3e-3
     momentum: float = 0.9
     batch_size: int = 64
     max_epochs: int = 200
@@ -174,7 +179,8 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     problems: list[str] = []
     unknown = [k for k in values if k not in _FIELD_NAMES and k != "extra"]
     for name in unknown:
-        problems.append(f"unknown setting `{name}`.{did_you_mean(name, _FIELD_NAMES)}")
+        hint = did_you_mean(name, _FIELD_NAMES).strip().replace("Did", "did")
+        problems.append(f"unknown setting `{name}`" + (f" ({hint})" if hint else ""))
     raw = {k: v for k, v in values.items() if k in _FIELD_NAMES}
 
     if "hidden" in raw:
@@ -216,21 +222,21 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
                 raw[name] = int(v)
             except (TypeError, ValueError):
                 problems.append(f"`{name}` must be an integer; got {v!r}")
-    if problems:
-        raise InputError("invalid configuration: " + "; ".join(problems) + ".")
-
-    cfg = TrainConfig(**raw)
+    bad_fields = {name for name in raw if any(f"`{name}`" in p for p in problems)}
+    cfg = TrainConfig(**{k: v for k, v in raw.items() if k not in bad_fields})
     _check(cfg, problems)
     if problems:
-        raise InputError("invalid configuration: " + "; ".join(problems) + ".")
+        text = "; ".join(p.rstrip(".") if not p.endswith("?") else p for p in problems)
+        raise InputError("invalid configuration: " + text + ("" if text.endswith("?") else "."))
     return cfg
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]) -> None:
     if value not in choices:
+        hint = did_you_mean(value, choices).strip().replace("Did", "did")
         problems.append(
-            f"`{name}` must be one of {', '.join(choices)}; got {value!r}."
-            + did_you_mean(value, choices)
+            f"`{name}` must be one of {', '.join(choices)}; got {value!r}"
+            + (f" ({hint})" if hint else "")
         )
 
 

@@ -23,6 +23,10 @@ class TrainingFailed(FitwellError, RuntimeError):
 
     exit_code = 3
 
+    def __init__(self, *args: object, findings: list[dict] | None = None) -> None:
+        super().__init__(*args)
+        self.findings: list[dict] = list(findings or [])
+
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean `x`?' for the closest valid choice, or '' when none is close."""

@@ -23,6 +23,7 @@ from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.optim import PopulationOptimizer
 
 _EVAL_ROWS = 8192
+_EVAL_ELEMENTS = 1 << 24  # activations per eval chunk (64 MiB of float32)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class Trainer:
             kind=loop.optimizer,
             lrs=self._member_tensor("lr"),
             l1s=self._member_tensor("l1"),
+            l2s=self._member_tensor("l2"),
             momentum=loop.momentum,
         )
 
@@ -225,28 +227,57 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- training
     def _dropout_masks(self, batch: int) -> list[torch.Tensor | None] | None:
-        rates = [self.members[m].dropout for m in self.active]
-        if not any(p > 0 for r in rates for p in r):
+        """Per-member masks ``[K, batch, width]`` (scaled by ``1 / (1 - p)``) for each hidden layer.
+
+        Each member with any dropout draws one ``[batch, sum(hidden)]`` uniform block per step
+        from its own generator, whatever the others do, so its masks are the ones it would draw
+        alone. The comparison with the rates and the scaling are one batched operation.
+        """
+        layout = self._dropout_layout()
+        if layout is None:
             return None
+        drawers, rates, scale, used = layout
+        k, total = len(self.active), sum(self.arch.hidden)
+        u = torch.ones(k, batch, total, device=self.device)
+        for pos in drawers:
+            gen = self.dropout_generators[self.active[pos]]
+            u[pos] = torch.rand(batch, total, generator=gen, device=self.device)
+        mask = torch.where(u >= rates, scale, 0.0)
         masks: list[torch.Tensor | None] = []
+        offset = 0
         for layer, width in enumerate(self.arch.hidden):
-            if not any(r[layer] > 0 for r in rates):
-                masks.append(None)
-                continue
-            per_member = []
-            for m, r in zip(self.active, rates, strict=True):
-                p = r[layer]
-                if p > 0:
-                    u = torch.rand(
-                        batch, width, generator=self.dropout_generators[m], device=self.device
-                    )
-                    per_member.append((u >= p).float() / (1.0 - p))
-                else:
-                    per_member.append(torch.ones(batch, width, device=self.device))
-            masks.append(torch.stack(per_member))
+            masks.append(mask[:, :, offset : offset + width] if used[layer] else None)
+            offset += width
         return masks
 
+    def _dropout_layout(
+        self,
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor, list[bool]] | None:
+        """Rates ``[K, 1, sum(hidden)]`` of the active members, cached until members change."""
+        key = tuple(self.active)
+        cached = getattr(self, "_dropout_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rates = [self.members[m].dropout or (0.0,) * len(self.arch.hidden) for m in self.active]
+        layout: tuple[list[int], torch.Tensor, torch.Tensor, list[bool]] | None = None
+        if any(p > 0 for r in rates for p in r):
+            per_unit = torch.tensor(
+                [
+                    [p for p, w in zip(r, self.arch.hidden, strict=True) for _ in range(w)]
+                    for r in rates
+                ],
+                dtype=torch.float32,
+                device=self.device,
+            ).unsqueeze(1)
+            drawers = [pos for pos, r in enumerate(rates) if any(p > 0 for p in r)]
+            used = [any(r[layer] > 0 for r in rates) for layer in range(len(self.arch.hidden))]
+            layout = (drawers, per_unit, 1.0 / (1.0 - per_unit), used)
+        self._dropout_cache = (key, layout)
+        return layout
+
     def _l2_penalty(self) -> torch.Tensor | None:
+        """The L2 term ``sum_k l2_k * sum W_k**2`` of the objective (training adds its gradient
+        directly, see :meth:`PopulationOptimizer.add_l2_gradient`)."""
         l2 = self._member_tensor("l2")
         if not bool(torch.any(l2 > 0)):
             return None
@@ -257,6 +288,8 @@ class Trainer:
         self.model.train()
         n = len(self.x_train)
         b = self.loop.batch_size
+        # One shuffle per member from its own generator (on the CPU, so a member shuffles alike
+        # on every device); the batch is gathered by index: no DataLoader, no per-row Python.
         perms = torch.stack(
             [torch.randperm(n, generator=self.shuffle_generators[m]) for m in self.active]
         ).to(self.device)
@@ -268,24 +301,20 @@ class Trainer:
         batch_end = [
             cb for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end
         ]
-        use_l2 = any(self.members[m].l2 > 0 for m in self.active)
-        use_dropout = any(p > 0 for m in self.active for p in self.members[m].dropout)
+        use_dropout = self._dropout_layout() is not None
+        model, optimizer, task = self.model, self.optimizer, self.task
+        x_train, y_train = self.x_train, self.y_train
         for start in range(0, n, b):
             idx = perms[:, start : start + b]
-            xb, yb = self.x_train[idx], self.y_train[idx]
             masks = self._dropout_masks(idx.shape[1]) if use_dropout else None
-            out = self.model(xb, dropout_masks=masks)
-            losses = member_losses(self.task, out, yb)
-            total = losses.sum()
-            if use_l2:
-                penalty = self._l2_penalty()
-                if penalty is not None:
-                    total = total + penalty
-            self.optimizer.zero_grad()
-            total.backward()
+            losses = member_losses(task, model(x_train[idx], dropout_masks=masks), y_train[idx])
+            optimizer.zero_grad()
+            losses.sum().backward()
+            # L2 goes straight into the gradients (= autograd of l2 * sum W**2): no extra graph.
+            optimizer.add_l2_gradient()
             for cb in after_backward:
                 cb.on_after_backward(self, losses=losses)
-            self.optimizer.step()
+            optimizer.step()
             for cb in batch_end:
                 cb.on_batch_end(self, losses=losses.detach())
             if self.stop_training:
@@ -303,11 +332,12 @@ class Trainer:
             for hook in hooks:
                 hook(layer, pre)
 
-        for start in range(0, len(x), _EVAL_ROWS):
-            out = self.model(
-                x[start : start + _EVAL_ROWS], on_preactivation=on_pre if hooks else None
-            )
-            acc.add(out, y[start : start + _EVAL_ROWS])
+        # Rows per chunk shrink as K x width grows, so K = 64 wide members stay in bounded memory.
+        widest = max([*self.arch.hidden, self.arch.n_outputs, 1])
+        rows = max(1, min(_EVAL_ROWS, _EVAL_ELEMENTS // (len(self.active) * widest)))
+        for start in range(0, len(x), rows):
+            out = self.model(x[start : start + rows], on_preactivation=on_pre if hooks else None)
+            acc.add(out, y[start : start + rows])
         return acc.result()
 
     def fit(self) -> FitResult:

@@ -28,28 +28,46 @@ def _member_view(values: torch.Tensor, param: torch.Tensor, n_members: int) -> t
 
 
 class PopulationOptimizer:
-    """One optimizer over stacked parameters, with per-member ``lr`` and ``l1``.
+    """One optimizer over stacked parameters, with per-member ``lr``, ``l1`` and ``l2``.
 
-    ``penalized`` are the weight matrices the L1 proximal step acts on.
+    ``penalized`` are the weight matrices the L1 proximal step and the L2 gradient act on. Which
+    members use which penalty is read once here (and again when members are removed), so a step
+    never waits on the device to decide what to do.
     """
 
     def __init__(
         self,
-        params: Sequence[nn.Parameter],
+        params: Sequence[torch.Tensor],
         penalized: Sequence[torch.Tensor],
         *,
         kind: str,
         lrs: torch.Tensor,
         l1s: torch.Tensor,
+        l2s: torch.Tensor | None = None,
         momentum: float = 0.9,
     ) -> None:
         self.kind = kind
         self.momentum = momentum
         self.lrs = lrs
         self.l1s = l1s
+        self.l2s = torch.zeros_like(lrs) if l2s is None else l2s
         self.params = list(params)
         self.penalized = list(penalized)
+        self._refresh()
         self.optimizer = self._make(self.params, self.penalized)
+
+    def _refresh(self) -> None:
+        """Cache host-side flags and per-parameter views of the member settings (one sync)."""
+        lrs = self.lrs.tolist()
+        self._uniform_lr = all(lr == lrs[0] for lr in lrs)
+        self._any_l1 = any(v > 0 for v in self.l1s.tolist())
+        self._any_l2 = any(v > 0 for v in self.l2s.tolist())
+        k = self.n_members
+        self._lr_views = [_member_view(self.lrs, p, k) for p in self.params]
+        self._l1_views = [_member_view(self.lrs * self.l1s, w, k) for w in self.penalized]
+        self._l2_views = [_member_view(2.0 * self.l2s, w, k) for w in self.penalized]
+        # Where the pre-step values are kept when members' rates differ (reused every step).
+        self._before = [] if self._uniform_lr else [torch.empty_like(p) for p in self.params]
 
     @property
     def n_members(self) -> int:
@@ -57,10 +75,10 @@ class PopulationOptimizer:
 
     @property
     def uniform_lr(self) -> bool:
-        return bool(torch.all(self.lrs == self.lrs[0]))
+        return self._uniform_lr
 
     def _make(
-        self, params: list[nn.Parameter], penalized: list[torch.Tensor]
+        self, params: list[torch.Tensor], penalized: list[torch.Tensor]
     ) -> torch.optim.Optimizer:
         lr = float(self.lrs[0]) if self.uniform_lr else 1.0
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
@@ -76,8 +94,9 @@ class PopulationOptimizer:
         return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, fused=fused)
 
     def set_lrs(self, lrs: torch.Tensor) -> None:
-        """Change members' learning rates in place (the non-finite guard halves one)."""
+        """Change members' learning rates in place (e.g. a guard halving one member's rate)."""
         self.lrs = lrs
+        self._refresh()
         lr = float(lrs[0]) if self.uniform_lr else 1.0
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -86,16 +105,36 @@ class PopulationOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
+    def add_l2_gradient(self) -> None:
+        """Add the gradient of ``l2 * sum W**2`` (``2 * l2 * W``) to each weight's gradient.
+
+        The same gradient autograd would give for the penalty added to the loss, without building
+        that graph every step. Call it right after ``backward`` so gradient readers see it.
+        """
+        if not self._any_l2:
+            return
+        grads, weights, scales = [], [], []
+        for w, scale in zip(self.penalized, self._l2_views, strict=True):
+            if w.grad is not None:
+                grads.append(w.grad)
+                weights.append(w)
+                scales.append(scale)
+        if grads:
+            torch._foreach_addcmul_(grads, weights, scales)
+
+    @torch.no_grad()
     def step(self) -> None:
-        if self.uniform_lr:
+        if self._uniform_lr:
             self.optimizer.step()
         else:
-            before = [p.detach().clone() for p in self.params]
+            # Every supported update is linear in lr: step with lr = 1, then move each member
+            # only lr_k of the way (foreach kernels: a few launches, no per-tensor Python).
+            torch._foreach_copy_(self._before, self.params)
             self.optimizer.step()
-            for old, p in zip(before, self.params, strict=True):
-                old.lerp_(p, _member_view(self.lrs, p, self.n_members))
-                p.copy_(old)
-        if bool(torch.any(self.l1s > 0)):
+            torch._foreach_sub_(self.params, self._before)
+            torch._foreach_mul_(self.params, self._lr_views)
+            torch._foreach_add_(self.params, self._before)
+        if self._any_l1:
             self._l1_proximal_step()
 
     @torch.no_grad()
@@ -106,14 +145,13 @@ class PopulationOptimizer:
         per-weight scale ``sqrt(v_hat) + eps`` (the prox in Adam's diagonal metric), so weights
         whose gradients are tiny, such as those reading noise features, reach exactly zero.
         """
-        for w in self.penalized:
-            thresh = _member_view(self.lrs * self.l1s, w, self.n_members)
+        for w, thresh in zip(self.penalized, self._l1_views, strict=True):
             if self.kind != "sgd":
                 state = self.optimizer.state.get(w)
                 if state and "exp_avg_sq" in state:
                     beta2 = self.optimizer.param_groups[0]["betas"][1]
-                    step = float(state["step"])
-                    v_hat = state["exp_avg_sq"] / (1 - beta2**step)
+                    # `step` may live on the device: keep the bias correction there (no sync).
+                    v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
                     thresh = thresh / (v_hat.sqrt() + ADAM_EPS)
             w.copy_(torch.sign(w) * torch.clamp(w.abs() - thresh, min=0.0))
 
@@ -126,8 +164,11 @@ class PopulationOptimizer:
         old_state = self.optimizer.state
         self.lrs = self.lrs[members]
         self.l1s = self.l1s[members]
-        self.params = [mapping[p][0] for p in self.params]
-        self.penalized = [mapping[p][0] for p in self.penalized]
+        self.l2s = self.l2s[members]
+        new_of = {id(old): new for old, (new, _) in mapping.items()}
+        self.params = [new_of[id(p)] for p in self.params]
+        self.penalized = [new_of[id(p)] for p in self.penalized]
+        self._refresh()
         self.optimizer = self._make(self.params, self.penalized)
         for old, (new, rows) in mapping.items():
             if old not in old_state:

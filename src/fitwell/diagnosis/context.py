@@ -1,0 +1,198 @@
+"""What the rules compare a run against: trivial and linear references, restart groups, leakage.
+
+Built once after training from the in-memory data (``context_from_fit``), stored in
+``signals.json["context"]`` so ``fitwell doctor RUN_DIR`` re-derives the same findings from the
+run's files alone (``findings_from_files``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitwell.diagnosis.findings import diagnose
+from fitwell.diagnosis.rules import RunContext
+
+SIGNALS_FILE = "signals.json"
+# Ridge strength of the linear reference, on standardized features (scikit-learn Ridge's default).
+LINEAR_RIDGE = 1.0
+# Above this many features the closed-form reference is skipped (it would cost more than training).
+LINEAR_MAX_FEATURES = 2048
+
+
+def baseline_val_score(task: str, y_train: np.ndarray, y_val: np.ndarray) -> float:
+    """Validation score of the trivial predictor: majority training class, or training mean."""
+    if len(y_val) == 0:
+        return math.nan
+    if task == "classification":
+        majority = int(np.bincount(np.asarray(y_train, dtype=np.int64)).argmax())
+        return float(np.mean(np.asarray(y_val) == majority))
+    y_val = np.asarray(y_val, dtype=float)
+    ss_tot = float(((y_val - y_val.mean()) ** 2).sum())
+    ss_res = float(((y_val - float(np.mean(y_train))) ** 2).sum())
+    return 1.0 - ss_res / max(ss_tot, 1e-12)
+
+
+def linear_reference(
+    task: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+) -> tuple[float | None, float | None]:
+    """Train and validation score of a closed-form ridge model (one-hot targets for classes).
+
+    A network that scores below this on both splits cannot even match a linear fit: underfitting.
+    """
+    n, d = x_train.shape
+    if n == 0 or len(y_val) == 0 or d > LINEAR_MAX_FEATURES:
+        return None, None
+    x = np.asarray(x_train, dtype=np.float64)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    if task == "classification":
+        classes = int(max(np.max(y_train), np.max(y_val))) + 1
+        t = np.eye(classes)[np.asarray(y_train, dtype=np.int64)]
+    else:
+        t = np.asarray(y_train, dtype=np.float64)[:, None]
+    t_mean = t.mean(axis=0)
+    gram = xc.T @ xc + LINEAR_RIDGE * np.eye(d)
+    coef = np.linalg.solve(gram, xc.T @ (t - t_mean))
+
+    def score(xs: np.ndarray, ys: np.ndarray) -> float:
+        pred = (np.asarray(xs, dtype=np.float64) - mean) @ coef + t_mean
+        if task == "classification":
+            return float(np.mean(pred.argmax(axis=1) == np.asarray(ys)))
+        ys = np.asarray(ys, dtype=np.float64)
+        ss_tot = float(((ys - ys.mean()) ** 2).sum())
+        return 1.0 - float(((ys - pred[:, 0]) ** 2).sum()) / max(ss_tot, 1e-12)
+
+    return score(x_train, y_train), score(x_val, y_val)
+
+
+def restart_groups(members: Sequence[dict[str, Any]], score: str) -> list[list[tuple[int, float]]]:
+    """Members that differ only in seed, grouped: ``[(member, val_score), ...]`` per group."""
+    groups: dict[tuple, list[tuple[int, float]]] = {}
+    for m in members:
+        key = (m["lr"], m["l1"], m["l2"], tuple(m["dropout"]))
+        value = m.get(f"val_{score}")
+        groups.setdefault(key, []).append(
+            (int(m["member"]), float(value) if value is not None else math.nan)
+        )
+    return [g for g in groups.values() if len(g) >= 2]
+
+
+def build_context(doc: dict[str, Any]) -> RunContext:
+    """A :class:`RunContext` from the JSON-able ``signals.json["context"]`` document."""
+    return RunContext(
+        task=doc["task"],
+        member=int(doc.get("member", 0)),
+        model_epoch=doc.get("model_epoch"),
+        restored_best=bool(doc.get("restored_best", False)),
+        lr=doc.get("lr"),
+        n_val=int(doc.get("n_val", 0)),
+        baseline_val_score=doc.get("baseline_val_score"),
+        linear_train_score=doc.get("linear_train_score"),
+        linear_val_score=doc.get("linear_val_score"),
+        restart_groups=[
+            [(int(m), float("nan") if s is None else float(s)) for m, s in g]
+            for g in doc.get("restart_groups", [])
+        ],
+        test_duplicates=int(doc.get("test_duplicates", 0)),
+        n_test=int(doc.get("n_test", 0)),
+        divergence={int(k): dict(v) for k, v in doc.get("divergence", {}).items()},
+        all_members=[int(m) for m in doc.get("all_members", [])],
+        events=list(doc.get("events", [])),
+    )
+
+
+def findings_from_signals(signals: dict[str, Any], history: Sequence[dict[str, Any]]) -> list:
+    """Findings from a ``signals.json`` document (with its ``context``) and history rows."""
+    ctx = build_context(signals["context"])
+    return diagnose(
+        signals.get("records", []),
+        history,
+        ctx,
+        layers=signals.get("layers", []),
+        activation=str(signals.get("activation", "relu")),
+    )
+
+
+def findings_from_files(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Re-derive the findings of a finished run from its ``signals.json`` and ``history.csv``."""
+    import pandas as pd
+
+    from fitwell.errors import InputError
+    from fitwell.runs import HISTORY_FILE, read_json
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: run directory does not exist.")
+    signals = read_json(folder / SIGNALS_FILE)
+    if not isinstance(signals, dict) or "context" not in signals:
+        raise InputError(f"{folder / SIGNALS_FILE}: not a fitwell signals file (no `context`).")
+    history_path = folder / HISTORY_FILE
+    rows: list[dict[str, Any]] = []
+    if history_path.exists():
+        frame = pd.read_csv(history_path)
+        rows = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in frame.to_dict(orient="records")
+        ]
+    return findings_from_signals(signals, rows)
+
+
+def diagnose_fit(
+    fit: Any,
+    prepared: Any,
+    probe: Any,
+    *,
+    lr: float,
+    restored_best: bool,
+    events: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """The ``signals.json`` document of a finished fit, with its context and findings.
+
+    ``fit`` is a ``FitResult``, ``prepared`` the ``PreparedData`` and ``probe`` the
+    ``SignalProbe`` that watched training. The sealed test split is not opened: leakage is judged
+    from the duplicate count ``prepare`` computed on row hashes.
+    """
+    best = fit.best_member
+    task = prepared.task
+    score = "accuracy" if task == "classification" else "r2"
+    lin_train, lin_val = linear_reference(
+        task, prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val
+    )
+    members = [
+        {
+            "member": m.member,
+            "lr": m.settings.lr,
+            "l1": m.settings.l1,
+            "l2": m.settings.l2,
+            "dropout": list(m.settings.dropout),
+            f"val_{score}": m.val_score if math.isfinite(m.val_score) else None,
+        }
+        for m in fit.members
+    ]
+    model_epoch = best.best_epoch if restored_best and best.best_epoch > 0 else best.epochs_run
+    context = {
+        "task": task,
+        "member": best.member,
+        "model_epoch": model_epoch,
+        "restored_best": restored_best,
+        "lr": lr,
+        "n_val": int(len(prepared.y_val)),
+        "baseline_val_score": baseline_val_score(task, prepared.y_train, prepared.y_val),
+        "linear_train_score": lin_train,
+        "linear_val_score": lin_val,
+        "restart_groups": restart_groups(members, score),
+        "test_duplicates": int(prepared.train_test_duplicates),
+        "n_test": int(prepared.test.n_rows),
+        "divergence": {str(m): d for m, d in probe.divergence.items()},
+        "all_members": [m.member for m in fit.members],
+        "events": [dict(e) for e in events],
+    }
+    doc = probe.signals()
+    doc["context"] = context
+    doc["findings"] = findings_from_signals(doc, fit.history)
+    return doc

@@ -1,0 +1,288 @@
+"""The doctor for any PyTorch model: standard hooks on a user's own ``nn.Module`` and optimizer.
+
+    with fitwell.Doctor(model, optimizer) as doc:
+        for epoch in range(epochs):
+            ...  # the user's own loop: forward, loss.backward(), optimizer.step()
+            doc.end_epoch(train_loss=train_loss, val_loss=val_loss)
+    for f in doc.findings():
+        print(f["severity"], f["code"], f["advice"])
+
+It records the same signals as fitwell's own training loop (see :mod:`fitwell.diagnosis.probes`)
+and applies the same rules (:mod:`fitwell.diagnosis.rules`). Layers are the modules that own a
+weight with two or more dimensions (``Linear``, ``Conv*``), in registration order; activation
+statistics come from activation *modules* (``nn.ReLU``, ``nn.Tanh``, ...): activations called as
+functions (``F.relu``) are invisible to hooks and are not measured.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from fitwell.diagnosis.probes import (
+    DEAD_ACTIVE_RATE,
+    EXPLODING_LOSS_FACTOR,
+    SATURATION_THRESHOLD,
+)
+from fitwell.diagnosis.rules import (
+    RunContext,
+    divergence_findings,
+    no_signal_findings,
+    overfitting_findings,
+    signal_findings,
+)
+
+# Weights whose change over one epoch is 1000x their norm have blown up (healthy: < 1).
+EXPLODING_WEIGHT_RATIO = 1e3
+_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SELU, nn.CELU, nn.SiLU)
+_SATURATING = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+
+
+class Doctor:
+    """Watch a user's model and optimizer; report findings with evidence and advice.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module (MLP, CNN, ...). Nothing about it is changed; hooks are removed on exit.
+    optimizer : torch.optim.Optimizer
+        The optimizer that steps ``model``'s parameters; its step is where gradients are read.
+    task : {"classification", "regression"}, default "classification"
+        Only used with ``baseline_val_score`` (for the ``no_signal`` rule).
+    baseline_val_score : float, optional
+        Validation score (accuracy or R^2) of a trivial predictor, e.g. the majority class.
+        With it, and ``val_score`` given to :meth:`end_epoch`, ``no_signal`` can be reported.
+    n_val : int, default 0
+        Validation rows, for the standard error in the ``no_signal`` rule.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        task: str = "classification",
+        baseline_val_score: float | None = None,
+        n_val: int = 0,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.task = task
+        self.baseline_val_score = baseline_val_score
+        self.n_val = n_val
+        self.layers: list[str] = []
+        self._weights: list[nn.Parameter] = []
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
+                self.layers.append(name or type(module).__name__)
+                self._weights.append(weight)
+        self._acts: list[tuple[str, nn.Module, str]] = []
+        for name, module in model.named_modules():
+            if isinstance(module, _RELU_LIKE):
+                self._acts.append((name, module, "relu"))
+            for cls, kind in _SATURATING.items():
+                if isinstance(module, cls):
+                    self._acts.append((name, module, kind))
+        self.activation = self._acts[0][2] if self._acts else "relu"
+        self.records: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.divergence: dict[int, dict[str, Any]] = {}
+        self._handles: list[Any] = []
+        self._first_loss: float | None = None
+        self._reset_epoch()
+
+    # --------------------------------------------------------------------------- attach
+    def __enter__(self) -> Doctor:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        """Register the hooks (``with Doctor(...)`` does this for you)."""
+        if self._handles:
+            return
+        self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+        for index, (_, module, kind) in enumerate(self._acts):
+            self._handles.append(module.register_forward_hook(self._activation_hook(index, kind)))
+
+    def detach(self) -> None:
+        """Remove every hook; the model and optimizer are as they were."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # --------------------------------------------------------------------------- hooks
+    def _reset_epoch(self) -> None:
+        device = self._weights[0].device if self._weights else torch.device("cpu")
+        self._grad_sum = torch.zeros(len(self._weights), device=device)
+        self._nonfinite = torch.zeros((), device=device)
+        self._steps = 0
+        self._start = [w.detach().clone() for w in self._weights]
+        self._alive: list[torch.Tensor | None] = [None] * len(self._acts)
+        self._act_calls = [0] * len(self._acts)
+        self._sat_count = [0.0] * len(self._acts)
+        self._sat_total = [0] * len(self._acts)
+
+    @torch.no_grad()
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        norms = [
+            w.grad.norm() if w.grad is not None else torch.zeros((), device=w.device)
+            for w in self._weights
+        ]
+        if norms:
+            stacked = torch.stack([n.to(self._grad_sum.device) for n in norms])
+            self._grad_sum += stacked
+            self._nonfinite += (~torch.isfinite(stacked)).any().float()
+        self._steps += 1
+
+    def _activation_hook(self, index: int, kind: str) -> Any:
+        threshold = SATURATION_THRESHOLD.get(kind)
+
+        @torch.no_grad()
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            pre = inputs[0] if inputs else None
+            if not isinstance(pre, torch.Tensor) or pre.dim() < 1:
+                return
+            if threshold is None:
+                # A unit is a feature (dense) or a channel (conv): dimension 1.
+                units = pre.transpose(0, 1).reshape(pre.shape[1], -1) if pre.dim() > 1 else pre
+                active = (units > 0).double().mean(dim=-1)
+                prev = self._alive[index]
+                if prev is None or prev.shape != active.shape:
+                    self._alive[index], self._act_calls[index] = active, 1
+                else:
+                    self._alive[index] = prev + active
+                    self._act_calls[index] += 1
+            else:
+                self._sat_count[index] += float((pre.abs() >= threshold).sum())
+                self._sat_total[index] += pre.numel()
+
+        return hook
+
+    # --------------------------------------------------------------------------- per epoch
+    def end_epoch(
+        self,
+        *,
+        train_loss: float,
+        val_loss: float | None = None,
+        train_score: float | None = None,
+        val_score: float | None = None,
+    ) -> None:
+        """Close one epoch: give its training (and validation) loss; scores are optional.
+
+        Use the mean loss over the epoch's batches, or better an eval-mode pass over the
+        training rows, measured the same way as the validation loss.
+        """
+        epoch = len(self.history) + 1
+        steps = max(self._steps, 1)
+        with torch.no_grad():
+            grad = (self._grad_sum / steps).tolist()
+            weight_norm = [float(w.detach().norm()) for w in self._weights]
+            update = [
+                float((w.detach() - s).norm() / s.norm().clamp_min(1e-12))
+                for w, s in zip(self._weights, self._start, strict=True)
+            ]
+        nonfinite = int(float(self._nonfinite))
+        if self._first_loss is None and math.isfinite(train_loss):
+            self._first_loss = float(train_loss)
+        exploded = (
+            self._first_loss is not None
+            and math.isfinite(train_loss)
+            and train_loss > EXPLODING_LOSS_FACTOR * max(self._first_loss, 1e-12)
+        )
+        # The doctor sees no per-step loss in a user's loop: weights that grew by three orders
+        # of magnitude within one epoch are the step-level blow-up it can see.
+        blown = max(update, default=0.0) > EXPLODING_WEIGHT_RATIO or not all(
+            math.isfinite(u) for u in update
+        )
+        if (nonfinite or not math.isfinite(train_loss) or exploded or blown) and (
+            0 not in self.divergence
+        ):
+            self.divergence[0] = {
+                "epoch": epoch,
+                "loss": float(train_loss),
+                "nonfinite_steps": nonfinite,
+                "first_loss": self._first_loss,
+                "max_update_ratio": max(update, default=0.0),
+            }
+        relu = [
+            None if a is None else a / max(n, 1)
+            for a, n, (_, _, k) in zip(self._alive, self._act_calls, self._acts, strict=True)
+            if k == "relu"
+        ]
+        dead = (
+            [float((a < DEAD_ACTIVE_RATE).double().mean()) for a in relu if a is not None]
+            if relu and all(a is not None for a in relu)
+            else None
+        )
+        sat = [
+            c / t for c, t in zip(self._sat_count, self._sat_total, strict=True) if t > 0
+        ] or None
+        self.records.append(
+            {
+                "epoch": epoch,
+                "member": 0,
+                "grad_norm": grad,
+                "weight_norm": weight_norm,
+                "update_ratio": update,
+                "dead_fraction": dead,
+                "saturated_fraction": sat,
+                "nonfinite_steps": nonfinite,
+                "steps": self._steps,
+                "train_loss": float(train_loss),
+                "val_loss": None if val_loss is None else float(val_loss),
+                "first_loss": self._first_loss,
+            }
+        )
+        row: dict[str, Any] = {"epoch": epoch, "member": 0, "train_loss": float(train_loss)}
+        if val_loss is not None:
+            row["val_loss"] = float(val_loss)
+        score = "accuracy" if self.task == "classification" else "r2"
+        if train_score is not None:
+            row[f"train_{score}"] = float(train_score)
+        if val_score is not None:
+            row[f"val_{score}"] = float(val_score)
+        self.history.append(row)
+        self._reset_epoch()
+
+    # --------------------------------------------------------------------------- findings
+    def findings(self) -> list[dict[str, Any]]:
+        """Findings so far, most severe first, in fitwell's shared format."""
+        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
+        ctx = RunContext(
+            task=self.task,
+            lr=float(lr) if lr is not None else None,
+            divergence=self.divergence,
+            all_members=[0],
+            n_val=self.n_val,
+            baseline_val_score=self.baseline_val_score,
+        )
+        dead_names = [n or type(m).__name__ for n, m, k in self._acts if k == "relu"]
+        sat_names = [n or type(m).__name__ for n, m, k in self._acts if k != "relu"]
+        out = divergence_findings(ctx)
+        diverged_at = self.divergence.get(0, {}).get("epoch")
+        for f in signal_findings(
+            self.records,
+            self.layers,
+            self.activation,
+            ctx.lr,
+            dead_layers=dead_names,
+            saturated_layers=sat_names,
+        ):
+            if diverged_at is None or (f["epoch"] is not None and f["epoch"] < diverged_at):
+                out.append(f)
+        out += overfitting_findings(self.history, ctx)
+        if self.baseline_val_score is not None and not any(f["severity"] != "info" for f in out):
+            score = "accuracy" if self.task == "classification" else "r2"
+            last = next(
+                (r[f"val_{score}"] for r in reversed(self.history) if f"val_{score}" in r), None
+            )
+            out += no_signal_findings(last, ctx)
+        rank = {"error": 0, "warning": 1, "info": 2}
+        return sorted(out, key=lambda f: rank[f["severity"]])

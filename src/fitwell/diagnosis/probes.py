@@ -1,0 +1,239 @@
+"""Cheap training signals, recorded per epoch, per member and per layer by a training callback.
+
+What is recorded (the ``signals.json`` format): the mean L2 norm of each layer's weight gradient
+over the epoch's steps, each layer's weight norm, the update ratio ``||W_end - W_begin|| /
+||W_begin||`` over the epoch, the fraction of dead units (ReLU-like: pre-activation > 0 on fewer
+than 1% of the training rows) or saturated pre-activations (tanh/sigmoid: derivative below 1% of
+its maximum), and non-finite training losses. Gradient norms accumulate on the device; the only
+host read per step is one comparison of the step's losses with their limit (divergence is caught
+the step it happens); the activation statistics ride on the loop's epoch-end evaluation pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fitwell.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from fitwell.training.loop import Trainer
+
+SIGNALS_VERSION = 1
+
+# |pre-activation| beyond which the activation's derivative is below 1% of its maximum:
+# tanh'(x) = 1 - tanh(x)^2 < 0.01 for |x| > 2.99; sigmoid'(x) / 0.25 < 0.01 for |x| > 5.29.
+SATURATION_THRESHOLD = {"tanh": 2.99, "sigmoid": 5.29}
+# A unit that fires on fewer than 1% of the training rows is dead: it passes (almost) no gradient.
+DEAD_ACTIVE_RATE = 0.01
+# Activations whose units can "die": zero output and zero gradient for negative inputs.
+RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "selu")
+# A training loss this many times the member's first-step loss counts as diverged: no stable
+# optimizer reaches it, and it leaves float32 headroom before the weights themselves overflow.
+EXPLODING_LOSS_FACTOR = 1e4
+
+
+def layer_names(n_hidden: int) -> list[str]:
+    """``hidden1 .. hiddenN, output``: the names findings and ``signals.json`` use."""
+    return [f"hidden{i + 1}" for i in range(n_hidden)] + ["output"]
+
+
+class SignalProbe(Callback):
+    """Record the doctor's signals during :meth:`Trainer.fit`.
+
+    A member whose training loss becomes non-finite (or explodes past
+    ``EXPLODING_LOSS_FACTOR`` times its first loss) is stopped at that step; when every member has
+    diverged, training stops. ``records`` holds one dict per (epoch, member).
+    """
+
+    def __init__(self) -> None:
+        self.layers: list[str] = []
+        self.activation = "relu"
+        self.records: list[dict[str, Any]] = []
+        self.divergence: dict[int, dict[str, Any]] = {}
+        self.first_loss: dict[int, float] = {}
+        self._grad_steps = torch.zeros(0)
+        self._loss_steps = torch.zeros(0)
+        self._steps = 0
+        self._start_weights: list[torch.Tensor] = []
+        self._alive: list[torch.Tensor | None] = []
+        self._unit_rows: list[int] = []
+        self._saturated: list[torch.Tensor | None] = []
+        self._seen_rows: list[int] = []
+        self._nonfinite: dict[int, int] = {}
+        self._limit: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------ hooks
+    def on_fit_begin(self, trainer: Trainer, **kwargs: Any) -> None:
+        self.layers = layer_names(len(trainer.arch.hidden))
+        self.activation = trainer.arch.activation
+        trainer.eval_preactivation_hooks.append(self._on_preactivation)
+
+    def on_epoch_begin(self, trainer: Trainer, **kwargs: Any) -> None:
+        k = len(trainer.active)
+        weights = trainer.model.weights
+        steps = -(-len(trainer.x_train) // trainer.loop.batch_size)
+        # Per-step values go into preallocated rows (one copy per step, no host sync); the
+        # epoch's mean and max are taken once at its end.
+        self._grad_steps = torch.zeros(steps, len(weights), k, device=trainer.device)
+        self._loss_steps = torch.zeros(steps, k, device=trainer.device)
+        self._steps = 0
+        self._limit = None
+        self._start_weights = [w.detach().clone() for w in weights]
+        self._nonfinite = {}
+        self._reset_activation_stats(len(trainer.arch.hidden))
+
+    def on_after_backward(self, trainer: Trainer, **kwargs: Any) -> None:
+        losses: torch.Tensor = kwargs["losses"].detach()
+        grads = [w.grad for w in trainer.model.weights]
+        step = self._steps
+        if step < len(self._loss_steps) and all(g is not None for g in grads):
+            present = [g for g in grads if g is not None]
+            if len(losses) == 1:  # K = 1: one fused kernel for every layer's norm
+                torch.stack(torch._foreach_norm(present), out=self._grad_steps[step, :, 0])
+            else:
+                norms = [torch.linalg.vector_norm(g, dim=(1, 2)) for g in present]
+                torch.stack(norms, out=self._grad_steps[step])
+            self._loss_steps[step].copy_(losses)
+        self._steps += 1
+        if self._steps == 1 and trainer.epoch == 0:
+            for pos, m in enumerate(trainer.active):
+                self.first_loss.setdefault(m, float(losses[pos]))
+            self._limit = None  # now known: rebuild the limit from the first losses
+        # One cheap check per step: divergence is caught the step it happens.
+        if self._limit is None or self._limit.shape != losses.shape:
+            self._limit = self._loss_limit(trainer, losses.device)
+        # ``not (loss <= limit)`` is also true for NaN: one comparison, one host read per step.
+        if bool((losses <= self._limit).all()):
+            return
+        values = losses.tolist()
+        for pos, m in enumerate(trainer.active):
+            value = values[pos]
+            limit = EXPLODING_LOSS_FACTOR * max(self.first_loss.get(m, math.inf), 1e-12)
+            if math.isfinite(value) and value <= limit:
+                continue
+            self._nonfinite[m] = self._nonfinite.get(m, 0) + 1
+            if m not in self.divergence:
+                self.divergence[m] = {
+                    "epoch": trainer.epoch + 1,
+                    "step": self._steps,
+                    "loss": value,
+                    "first_loss": self.first_loss.get(m),
+                }
+                trainer.stop_member(
+                    m,
+                    f"training loss became {value:.4g} at epoch "
+                    f"{trainer.epoch + 1}, step {self._steps}",
+                )
+        if all(m in self.divergence for m in trainer.active):
+            trainer.stop_training = True
+
+    def _loss_limit(self, trainer: Trainer, device: torch.device) -> torch.Tensor:
+        first = [self.first_loss.get(m, math.inf) for m in trainer.active]
+        return EXPLODING_LOSS_FACTOR * torch.tensor(first, device=device).clamp_min(1e-12)
+
+    def _reset_activation_stats(self, n_hidden: int) -> None:
+        self._alive = [None] * n_hidden
+        self._unit_rows = [0] * n_hidden
+        self._saturated = [None] * n_hidden
+        self._seen_rows = [0] * n_hidden
+
+    def _on_preactivation(self, layer: int, pre: torch.Tensor) -> None:
+        """Called on the epoch-end evaluation pass over the training rows: ``pre [K, N, H]``."""
+        with torch.no_grad():
+            if self.activation in RELU_LIKE:
+                active = (pre > 0).sum(dim=1).double()  # rows on which each unit fires
+                prev = self._alive[layer]
+                self._alive[layer] = active if prev is None else prev + active
+                self._unit_rows[layer] += pre.shape[1]
+            threshold = SATURATION_THRESHOLD.get(self.activation)
+            if threshold is not None:
+                sat = (pre.abs() >= threshold).sum(dim=(1, 2)).double()
+                prev_sat = self._saturated[layer]
+                self._saturated[layer] = sat if prev_sat is None else prev_sat + sat
+                self._seen_rows[layer] += pre.shape[1] * pre.shape[2]
+
+    def on_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
+        logs: dict[int, dict[str, float]] = kwargs["logs"]
+        steps = min(max(self._steps, 1), len(self._loss_steps))
+        with torch.no_grad():
+            grad = self._grad_steps[:steps].mean(dim=0).T.tolist()
+            w_now = [w.detach().flatten(1) for w in trainer.model.weights]
+            w_start = [w.flatten(1) for w in self._start_weights]
+            weight_norm = torch.stack([w.norm(dim=1) for w in w_now], dim=1).tolist()
+            ratio = torch.stack(
+                [
+                    (now - start).norm(dim=1) / start.norm(dim=1).clamp_min(1e-12)
+                    for now, start in zip(w_now, w_start, strict=True)
+                ],
+                dim=1,
+            ).tolist()
+            dead = self._dead_fractions()
+            saturated = self._saturated_fractions()
+            batch_max = self._loss_steps[:steps].max(dim=0).values.tolist()
+            batch_mean = self._loss_steps[:steps].mean(dim=0).tolist()
+        for pos, m in enumerate(trainer.active):
+            row = logs.get(m, {})
+            self.records.append(
+                {
+                    "epoch": trainer.epoch,
+                    "member": m,
+                    "grad_norm": grad[pos],
+                    "weight_norm": weight_norm[pos],
+                    "update_ratio": ratio[pos],
+                    "dead_fraction": None if dead is None else [d[pos] for d in dead],
+                    "saturated_fraction": None
+                    if saturated is None
+                    else [s[pos] for s in saturated],
+                    "nonfinite_steps": self._nonfinite.get(m, 0),
+                    "first_loss": self.first_loss.get(m),
+                    "steps": self._steps,
+                    "batch_loss_mean": batch_mean[pos],
+                    "batch_loss_max": batch_max[pos],
+                    "train_loss": row.get("train_loss"),
+                    "val_loss": row.get("val_loss"),
+                }
+            )
+
+    def _dead_fractions(self) -> list[list[float]] | None:
+        if self.activation not in RELU_LIKE or any(a is None for a in self._alive):
+            return None
+        return [
+            (a / max(rows, 1) < DEAD_ACTIVE_RATE).double().mean(dim=1).tolist()
+            for a, rows in zip(self._alive, self._unit_rows, strict=True)
+            if a is not None
+        ]
+
+    def _saturated_fractions(self) -> list[list[float]] | None:
+        if self.activation not in SATURATION_THRESHOLD or any(s is None for s in self._saturated):
+            return None
+        return [
+            (s / max(n, 1)).tolist()
+            for s, n in zip(self._saturated, self._seen_rows, strict=True)
+            if s is not None
+        ]
+
+    # ------------------------------------------------------------------------------ output
+    def signals(self) -> dict[str, Any]:
+        """The ``signals.json`` document (NaN values become ``null`` when written)."""
+        return {
+            "version": SIGNALS_VERSION,
+            "layers": list(self.layers),
+            "activation": self.activation,
+            "records": list(self.records),
+            "divergence": {str(m): d for m, d in self.divergence.items()},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "records": list(self.records),
+            "divergence": {str(m): d for m, d in self.divergence.items()},
+            "first_loss": {str(m): v for m, v in self.first_loss.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = list(state.get("records", []))
+        self.divergence = {int(k): dict(v) for k, v in state.get("divergence", {}).items()}
+        self.first_loss = {int(k): float(v) for k, v in state.get("first_loss", {}).items()}

@@ -1,0 +1,583 @@
+"""Signals -> findings: pure functions, one per fault, unit-testable on made-up inputs.
+
+``fitwell.diagnosis.findings.diagnose`` combines them.
+
+Every rule is relative (a ratio between layers, a weight change relative to the weights, a score
+relative to a trivial baseline or to a linear model, a loss relative to its own minimum), so the
+same thresholds hold across datasets and model sizes. Thresholds and their reasons:
+
+- ``VANISHING_RATIO``: first-layer / output-layer gradient norm below 1e-3 (AutoTrainer's rule).
+- ``EXPLODING_RATIO`` / ``EXPLODING_GRAD_TO_WEIGHT``: that ratio above 1e3, or some layer's
+  gradient norm more than 10x its weight norm (healthy nets stay below ~3 even with heavy dropout:
+  a gradient step that would replace the weights many times over).
+- ``SATURATED_FRACTION``: more than half the pre-activations where tanh/sigmoid's derivative is
+  below 1% of its peak (DeepDiagnosis uses > 50%).
+- ``DEAD_FRACTION``: at least 70% of a layer's ReLU units fire on fewer than 1% of the training
+  rows (DeepDiagnosis / AutoTrainer use 70%).
+- ``LR_TOO_HIGH_UPDATE``: the weights move by more than their own norm within one epoch, with
+  loss spikes (a batch loss 3x the epoch's mean), a validation loss jumping up by 25% from one
+  epoch to the next, or a training loss twice the loss at the first step (training made it worse).
+- ``SLOW_UPDATE``: the weights move by less than 0.1% of their norm per epoch in each of the
+  first epochs (up to 3), where a working optimizer moves them most.
+- ``OVERFIT_RISE``: validation loss 5% above its minimum while the training loss kept falling;
+  or (``OVERFIT_MIN_RISE``, ``OVERFIT_MEMORIZE``) 1% above it while the training loss halved.
+- ``UNDERFIT_MARGIN``: the network scores below a ridge-regularized linear model on both train
+  and validation rows by 0.05 (accuracy or R^2): it cannot even match a linear fit.
+- ``LOCAL_MINIMUM_RECOVERY`` / ``LOCAL_MINIMUM_ERROR_RATIO``: a restart recovers less than half
+  of the best restart's gain over the trivial baseline, or has twice its error, and trails the
+  best by more than validation noise (2 standard errors of a difference).
+- ``NO_SIGNAL_SE``: the chosen model's validation score is within 2 standard errors of the
+  trivial baseline.
+- ``LEAKAGE_FRACTION``: 5% or more of the test rows also appear in the training rows.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+VANISHING_RATIO = 1e-3
+EXPLODING_RATIO = 1e3
+EXPLODING_GRAD_TO_WEIGHT = 10.0
+SATURATED_FRACTION = 0.5
+DEAD_FRACTION = 0.7
+LR_TOO_HIGH_UPDATE = 1.0
+LR_SPIKE = 3.0
+LR_SWING = 0.25
+LR_WORSE = 2.0
+SLOW_UPDATE = 1e-3
+OVERFIT_RISE = 0.05
+OVERFIT_MIN_RISE = 0.01
+OVERFIT_MEMORIZE = 0.5
+UNDERFIT_MARGIN = 0.05
+LOCAL_MINIMUM_RECOVERY = 0.5
+LOCAL_MINIMUM_ERROR_RATIO = 2.0
+NO_SIGNAL_SE = 2.0
+LEAKAGE_FRACTION = 0.05
+
+CODES = (
+    "overfitting",
+    "underfitting",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "saturated_activations",
+    "dead_relu",
+    "divergence",
+    "lr_too_high",
+    "slow_convergence",
+    "local_minimum",
+    "no_signal",
+    "leakage",
+)
+# Faults of the optimization itself: when one is found, a poor score is its consequence, so
+# "underfitting" / "no_signal" would point at the wrong cause.
+OPTIMIZATION_FAULTS = (
+    "divergence",
+    "exploding_gradients",
+    "vanishing_gradients",
+    "saturated_activations",
+    "dead_relu",
+    "lr_too_high",
+    "slow_convergence",
+)
+
+
+@dataclass
+class RunContext:
+    """What the rules need to know about a run besides its per-epoch signals.
+
+    Scores are "higher is better" (accuracy or R^2). ``model_epoch`` is the epoch whose weights
+    are the final model (the best epoch when early stopping restored weights, else the last).
+    """
+
+    task: str
+    member: int = 0
+    model_epoch: int | None = None
+    restored_best: bool = False
+    lr: float | None = None
+    n_val: int = 0
+    baseline_val_score: float | None = None
+    linear_train_score: float | None = None
+    linear_val_score: float | None = None
+    restart_groups: list[list[tuple[int, float]]] = field(default_factory=list)
+    test_duplicates: int = 0
+    n_test: int = 0
+    divergence: dict[int, dict[str, Any]] = field(default_factory=dict)
+    all_members: list[int] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def finding(
+    code: str,
+    severity: str,
+    advice: str,
+    *,
+    epoch: int | None = None,
+    layer: str | None = None,
+    member: int | None = None,
+    **evidence: Any,
+) -> dict[str, Any]:
+    """One finding in the shared format (``metrics.json["findings"]``)."""
+    return {
+        "code": code,
+        "severity": severity,
+        "epoch": epoch,
+        "layer": layer,
+        "member": member,
+        "evidence": {k: _plain(v) for k, v in evidence.items()},
+        "advice": advice,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _finite(values: Sequence[float | None] | None) -> list[float]:
+    return [float(v) for v in values or [] if v is not None and math.isfinite(float(v))]
+
+
+# ------------------------------------------------------------------------ per-epoch signal rules
+def gradient_findings(records: Sequence[dict[str, Any]], layers: Sequence[str]) -> list[dict]:
+    """Vanishing and exploding gradients from one member's per-epoch layer gradient norms."""
+    out: list[dict] = []
+    vanishing_done = exploding_done = False
+    for rec in records:
+        g = rec.get("grad_norm") or []
+        w = rec.get("weight_norm") or []
+        if len(g) < 2 or not all(v is not None and math.isfinite(v) for v in g):
+            continue
+        first, last = g[0], g[-1]
+        if not vanishing_done and len(g) >= 3 and last > 0 and first / last < VANISHING_RATIO:
+            vanishing_done = True
+            out.append(
+                finding(
+                    "vanishing_gradients",
+                    "warning",
+                    "switch activation to relu (Kaiming init), or use fewer layers / batch_norm",
+                    epoch=rec["epoch"],
+                    layer=layers[0] if layers else None,
+                    member=rec["member"],
+                    first_to_last_grad_ratio=first / last,
+                    threshold=VANISHING_RATIO,
+                    grad_norm=list(g),
+                )
+            )
+        rel = [a / b for a, b in zip(g, w, strict=False) if b and math.isfinite(b) and b > 0]
+        worst = max(rel) if rel else 0.0
+        depth = first / last if last > 0 else 0.0
+        if not exploding_done and (worst > EXPLODING_GRAD_TO_WEIGHT or depth > EXPLODING_RATIO):
+            exploding_done = True
+            at = rel.index(worst) if rel else 0
+            out.append(
+                finding(
+                    "exploding_gradients",
+                    "warning",
+                    "set init_scale to 1 (the default init), add batch_norm, or lower lr by 10x",
+                    epoch=rec["epoch"],
+                    layer=layers[at] if at < len(layers) else None,
+                    member=rec["member"],
+                    max_grad_to_weight_ratio=worst,
+                    first_to_last_grad_ratio=depth,
+                    threshold=EXPLODING_GRAD_TO_WEIGHT,
+                )
+            )
+    return out
+
+
+def _median_so_far(records: Sequence[dict[str, Any]], key: str) -> list[tuple[int, float, int]]:
+    """``(epoch, running median of the worst layer's value, worst layer)`` per epoch."""
+    seen: list[float] = []
+    out: list[tuple[int, float, int]] = []
+    for rec in records:
+        values = rec.get(key)
+        if not values:
+            continue
+        clean = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
+        worst = max(clean)
+        seen.append(worst)
+        out.append((rec["epoch"], statistics.median(seen), clean.index(worst)))
+    return out
+
+
+def activation_findings(
+    records: Sequence[dict[str, Any]],
+    layers: Sequence[str],
+    activation: str,
+    *,
+    dead_layers: Sequence[str] | None = None,
+    saturated_layers: Sequence[str] | None = None,
+) -> list[dict]:
+    """Saturated tanh/sigmoid units and dead ReLU units, held over most epochs so far.
+
+    ``dead_layers`` / ``saturated_layers`` name the entries of ``dead_fraction`` /
+    ``saturated_fraction`` (default: ``layers`` in order, i.e. the hidden layers).
+    """
+    out: list[dict] = []
+    dead_names = list(dead_layers) if dead_layers is not None else list(layers)
+    sat_names = list(saturated_layers) if saturated_layers is not None else list(layers)
+
+    def name(names: list[str], at: int) -> str | None:
+        return names[at] if at < len(names) else None
+
+    for epoch, med, at in _median_so_far(records, "saturated_fraction"):
+        if med > SATURATED_FRACTION:
+            out.append(
+                finding(
+                    "saturated_activations",
+                    "warning",
+                    "scale the inputs (drop --no-scale), set init_scale to 1, or switch activation "
+                    "to relu",
+                    epoch=epoch,
+                    layer=name(sat_names, at),
+                    member=records[0]["member"],
+                    saturated_fraction=med,
+                    threshold=SATURATED_FRACTION,
+                    activation=activation,
+                )
+            )
+            break
+    for epoch, med, at in _median_so_far(records, "dead_fraction"):
+        if med >= DEAD_FRACTION:
+            out.append(
+                finding(
+                    "dead_relu",
+                    "warning",
+                    "set bias_init to 0, lower lr, or switch activation to leaky_relu",
+                    epoch=epoch,
+                    layer=name(dead_names, at),
+                    member=records[0]["member"],
+                    dead_fraction=med,
+                    threshold=DEAD_FRACTION,
+                )
+            )
+            break
+    return out
+
+
+def learning_rate_findings(records: Sequence[dict[str, Any]], lr: float | None) -> list[dict]:
+    """Too high (weights replaced each epoch, loss spiking) or too low (weights barely move)."""
+    out: list[dict] = []
+    previous_val: float | None = None
+    for rec in records:
+        upd = _finite(rec.get("update_ratio"))
+        worst = max(upd) if upd else 0.0
+        mean, peak = rec.get("batch_loss_mean"), rec.get("batch_loss_max")
+        spike = peak / mean if mean and peak and mean > 0 and math.isfinite(peak) else 0.0
+        val = rec.get("val_loss")
+        swing = (
+            max(val - previous_val, 0.0) / previous_val
+            if val is not None and previous_val and math.isfinite(val) and previous_val > 0
+            else 0.0
+        )
+        previous_val = val
+        start_loss, now = rec.get("first_loss"), rec.get("train_loss")
+        worse = (
+            now / start_loss
+            if start_loss and now is not None and start_loss > 0 and math.isfinite(now)
+            else 0.0
+        )
+        unstable = spike > LR_SPIKE or swing > LR_SWING or worse > LR_WORSE
+        if worst > LR_TOO_HIGH_UPDATE and unstable:
+            lower = f" to {lr / 10:g}" if lr else " by 10x"
+            out.append(
+                finding(
+                    "lr_too_high",
+                    "warning",
+                    f"lower lr{lower}",
+                    epoch=rec["epoch"],
+                    member=rec["member"],
+                    update_ratio=worst,
+                    batch_loss_spike=spike,
+                    val_loss_rise=swing,
+                    train_loss_vs_start=worse,
+                    threshold=LR_TOO_HIGH_UPDATE,
+                )
+            )
+            break
+    start = [max(_finite(r.get("update_ratio")) or [0.0]) for r in records[:3]]
+    if len(records) >= 2 and start and max(start) < SLOW_UPDATE:
+        first = records[0].get("train_loss")
+        last = records[-1].get("train_loss")
+        raise_to = f" to {lr * 100:g}" if lr else " by 100x"
+        out.append(
+            finding(
+                "slow_convergence",
+                "warning",
+                f"raise lr{raise_to}",
+                epoch=records[min(len(records), 3) - 1]["epoch"],
+                member=records[0]["member"],
+                update_ratio=max(start),
+                threshold=SLOW_UPDATE,
+                train_loss_first=first,
+                train_loss_last=last,
+            )
+        )
+    return out
+
+
+def signal_findings(
+    records: Sequence[dict[str, Any]],
+    layers: Sequence[str],
+    activation: str,
+    lr: float | None,
+    *,
+    dead_layers: Sequence[str] | None = None,
+    saturated_layers: Sequence[str] | None = None,
+) -> list[dict]:
+    """Every rule that reads per-epoch signals of one member (faults 1-7 except divergence)."""
+    records = sorted(records, key=lambda r: r["epoch"])
+    if not records:
+        return []
+    out = gradient_findings(records, layers)
+    out += activation_findings(
+        records, layers, activation, dead_layers=dead_layers, saturated_layers=saturated_layers
+    )
+    out += learning_rate_findings(records, lr)
+    codes = {f["code"]: f for f in out}
+    dead, high = codes.get("dead_relu"), codes.get("lr_too_high")
+    if dead is not None and high is not None and high["epoch"] <= dead["epoch"]:
+        dead["severity"] = "info"
+        dead["advice"] = "units died after too-large steps: lower lr first"
+    if "slow_convergence" in codes and ("dead_relu" in codes or "vanishing_gradients" in codes):
+        out.remove(codes["slow_convergence"])  # tiny updates are the consequence, not the cause
+    return out
+
+
+# ------------------------------------------------------------------------------ run-level rules
+def divergence_findings(ctx: RunContext) -> list[dict]:
+    """A member whose loss became non-finite or exploded; error when no member survived."""
+    out: list[dict] = []
+    members = ctx.all_members or sorted(ctx.divergence)
+    every = bool(ctx.divergence) and all(m in ctx.divergence for m in members)
+    lower = f" to {ctx.lr / 10:g}" if ctx.lr else " by 10x"
+    for m, info in sorted(ctx.divergence.items()):
+        out.append(
+            finding(
+                "divergence",
+                "error" if every or m == ctx.member else "warning",
+                f"lower lr{lower}; with sgd, try adam",
+                epoch=info.get("epoch"),
+                member=m,
+                **{k: v for k, v in info.items() if k != "epoch" and v is not None},
+            )
+        )
+    for event in ctx.events:
+        kind = str(event.get("kind", ""))
+        if ("nonfinite" in kind or "diverg" in kind or "rollback" in kind) and not out:
+            out.append(
+                finding(
+                    "divergence",
+                    "warning",
+                    f"the loss became non-finite and was rolled back; lower lr{lower}",
+                    epoch=event.get("epoch"),
+                    member=event.get("member"),
+                    step=event.get("step"),
+                    event=kind,
+                )
+            )
+    return out
+
+
+def _curve(history: Sequence[dict[str, Any]], member: int, key: str) -> list[tuple[int, float]]:
+    rows = [(int(r["epoch"]), r.get(key)) for r in history if r.get("member") == member]
+    return [(e, float(v)) for e, v in sorted(rows) if v is not None and math.isfinite(float(v))]
+
+
+def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> list[dict]:
+    """Past the validation optimum, validation loss rose while training loss kept falling.
+
+    An epoch is overfit when its validation loss is ``OVERFIT_RISE`` above the minimum with a
+    lower training loss, or when the training loss has halved since the optimum
+    (``OVERFIT_MEMORIZE``) while validation loss got worse: the extra epochs only memorized.
+    """
+    val = _curve(history, ctx.member, "val_loss")
+    train = dict(_curve(history, ctx.member, "train_loss"))
+    if len(val) < 3:
+        return []
+    best_epoch, best = min(val, key=lambda p: p[1])
+    if best <= 0 or best_epoch not in train:
+        return []
+
+    def overfit(epoch: int, loss: float) -> bool:
+        if epoch <= best_epoch or epoch not in train:
+            return False
+        rise = (loss - best) / best
+        if rise > OVERFIT_RISE and train[epoch] < train[best_epoch]:
+            return True
+        return rise > OVERFIT_MIN_RISE and train[epoch] <= OVERFIT_MEMORIZE * train[best_epoch]
+
+    over = [(e, v) for e, v in val if overfit(e, v)]
+    if not over:
+        return []
+    last_epoch, last = val[-1]
+    model_epoch = ctx.model_epoch if ctx.model_epoch is not None else last_epoch
+    model_val = dict(val).get(model_epoch, last)
+    advice = "set l2 to 1e-3 or dropout to 0.2, and keep early stopping on (patience 20)"
+    evidence: dict[str, Any] = {
+        "best_val_loss": best,
+        "best_epoch": best_epoch,
+        "last_val_loss": last,
+        "model_epoch": model_epoch,
+        "model_val_rise": (model_val - best) / best,
+        "threshold": OVERFIT_RISE,
+        "train_loss_at_best": train[best_epoch],
+        "train_loss_last": train.get(last_epoch),
+    }
+    if not overfit(model_epoch, model_val):
+        return [
+            finding(
+                "overfitting",
+                "info",
+                "early stopping caught it and the best weights were kept; " + advice,
+                epoch=best_epoch,
+                member=ctx.member,
+                **evidence,
+            )
+        ]
+    return [
+        finding("overfitting", "warning", advice, epoch=over[0][0], member=ctx.member, **evidence)
+    ]
+
+
+def underfitting_findings(
+    history: Sequence[dict[str, Any]], ctx: RunContext, score: str
+) -> list[dict]:
+    """The network fits worse than a linear model, on training and on validation rows."""
+    if ctx.linear_train_score is None or ctx.linear_val_score is None:
+        return []
+    train = dict(_curve(history, ctx.member, f"train_{score}"))
+    val = dict(_curve(history, ctx.member, f"val_{score}"))
+    if not train:
+        return []
+    epoch = ctx.model_epoch if ctx.model_epoch in train else max(train)
+    net_train, net_val = train[epoch], val.get(epoch)
+    if net_val is None:
+        return []
+    gap_train = ctx.linear_train_score - net_train
+    gap_val = ctx.linear_val_score - net_val
+    if gap_train > UNDERFIT_MARGIN and gap_val > UNDERFIT_MARGIN:
+        return [
+            finding(
+                "underfitting",
+                "warning",
+                "widen the network (e.g. hidden 256,256), lower l2 / dropout, or train longer",
+                epoch=epoch,
+                member=ctx.member,
+                train_score=net_train,
+                val_score=net_val,
+                linear_train_score=ctx.linear_train_score,
+                linear_val_score=ctx.linear_val_score,
+                margin=UNDERFIT_MARGIN,
+            )
+        ]
+    return []
+
+
+def local_minimum_findings(ctx: RunContext) -> list[dict]:
+    """Restarts that differ only in seed end far apart: some stall near the baseline."""
+    base = ctx.baseline_val_score
+    if base is None:
+        return []
+    out: list[dict] = []
+    for group in ctx.restart_groups:
+        scores = [(m, s) for m, s in group if s is not None and math.isfinite(s)]
+        if len(scores) < 2:
+            continue
+        best = max(s for _, s in scores)
+        gain = best - base
+        if gain <= _standard_error(ctx) * NO_SIGNAL_SE:
+            continue
+        # Stalled: recovered under half the best restart's gain, by more than validation noise.
+        noise = NO_SIGNAL_SE * math.sqrt(2.0) * _standard_error(ctx, best)
+        best_error = max(_max_score(ctx) - best, 0.0)
+        stalled = [
+            (m, s)
+            for m, s in scores
+            if best - s > noise
+            and (
+                (s - base) / gain < LOCAL_MINIMUM_RECOVERY
+                or _max_score(ctx) - s >= LOCAL_MINIMUM_ERROR_RATIO * best_error
+            )
+        ]
+        if stalled:
+            out.append(
+                finding(
+                    "local_minimum",
+                    "warning",
+                    "results depend on the seed: keep --restarts 5 or more (the best is kept), "
+                    "or widen the network",
+                    member=stalled[0][0],
+                    val_scores=[s for _, s in scores],
+                    members=[m for m, _ in scores],
+                    stalled_members=[m for m, _ in stalled],
+                    baseline_val_score=base,
+                    threshold=LOCAL_MINIMUM_RECOVERY,
+                )
+            )
+    return out
+
+
+def _max_score(ctx: RunContext) -> float:
+    return 1.0  # accuracy and R^2 both top out at 1
+
+
+def _standard_error(ctx: RunContext, score: float | None = None) -> float:
+    """Standard error of a validation score near ``score`` (default: the baseline's)."""
+    n = max(ctx.n_val, 1)
+    p = ctx.baseline_val_score if score is None else score
+    if ctx.task == "classification" and p is not None:
+        p = min(max(p, 1.0 / n), 1.0 - 1.0 / n)
+        return math.sqrt(p * (1.0 - p) / n)
+    return math.sqrt(2.0 / n)  # rough sd of validation R^2 of a model with no signal
+
+
+def no_signal_findings(best_val_score: float | None, ctx: RunContext) -> list[dict]:
+    """The chosen model does not beat the trivial baseline by more than noise."""
+    base = ctx.baseline_val_score
+    if base is None or best_val_score is None or not math.isfinite(best_val_score):
+        return []
+    se = _standard_error(ctx)
+    if best_val_score > base + NO_SIGNAL_SE * se:
+        return []
+    what = "majority-class" if ctx.task == "classification" else "mean"
+    return [
+        finding(
+            "no_signal",
+            "warning",
+            f"no model beats the {what} baseline: the features may not predict the target; check "
+            "the target column and the features before tuning",
+            member=ctx.member,
+            val_score=best_val_score,
+            baseline_val_score=base,
+            standard_error=se,
+            threshold_se=NO_SIGNAL_SE,
+        )
+    ]
+
+
+def leakage_findings(ctx: RunContext) -> list[dict]:
+    """Test rows that also appear among the training rows inflate the test score."""
+    if ctx.test_duplicates <= 0 or ctx.n_test <= 0:
+        return []
+    fraction = ctx.test_duplicates / ctx.n_test
+    severity = "warning" if fraction >= LEAKAGE_FRACTION else "info"
+    return [
+        finding(
+            "leakage",
+            severity,
+            "remove duplicate rows before splitting (or split by group) so the test score is "
+            "honest",
+            duplicated_test_rows=ctx.test_duplicates,
+            test_rows=ctx.n_test,
+            fraction=fraction,
+            threshold=LEAKAGE_FRACTION,
+        )
+    ]

@@ -1,0 +1,291 @@
+"""scikit-learn face: ``FitwellClassifier`` and ``FitwellRegressor`` on the one training loop.
+
+They train on arrays in memory with the library's :class:`~fitwell.training.Trainer` (no run
+directory is written), take their early-stopping validation rows from the data given to ``fit``,
+and follow scikit-learn's contract: parameters are stored untouched by ``__init__``, learned state
+ends in ``_``, inputs are validated at ``fit`` / ``predict`` time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from fitwell.config import TrainConfig
+from fitwell.errors import TrainingFailed
+from fitwell.models import Architecture, PopulationMLP
+from fitwell.training import LoopSettings, MemberSettings, Trainer
+
+# The library's recommended recipe: the estimators' defaults follow `fitwell train`'s.
+_DEFAULTS = TrainConfig()
+_DROPOUT = float(_DEFAULTS.dropout) if isinstance(_DEFAULTS.dropout, (int, float)) else 0.0
+
+
+class _FitwellEstimator(BaseEstimator):
+    """Shared parameters and the fit on the population loop (``restarts`` members at once)."""
+
+    _task = "classification"
+
+    def __init__(
+        self,
+        *,
+        hidden: tuple[int, ...] = _DEFAULTS.hidden,
+        activation: str = _DEFAULTS.activation,
+        dropout: float = _DROPOUT,
+        optimizer: str = _DEFAULTS.optimizer,
+        lr: float = _DEFAULTS.lr,
+        batch_size: int = _DEFAULTS.batch_size,
+        max_epochs: int = _DEFAULTS.max_epochs,
+        l1: float = _DEFAULTS.l1,
+        l2: float = _DEFAULTS.l2,
+        patience: int = _DEFAULTS.patience,
+        validation_fraction: float = 0.15,
+        restarts: int = _DEFAULTS.restarts,
+        scale: bool = _DEFAULTS.scale,
+        random_state: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.hidden = hidden
+        self.activation = activation
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.l1 = l1
+        self.l2 = l2
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.restarts = restarts
+        self.scale = scale
+        self.random_state = random_state
+        self.device = device
+
+    # ------------------------------------------------------------------------------ internals
+    def _check_params(self) -> None:
+        """Validate through the library's own config so messages match the CLI's."""
+        from fitwell.config import build_config
+
+        build_config(
+            {
+                "hidden": list(self.hidden),
+                "activation": self.activation,
+                "dropout": self.dropout,
+                "optimizer": self.optimizer,
+                "lr": self.lr,
+                "batch_size": self.batch_size,
+                "max_epochs": self.max_epochs,
+                "l1": self.l1,
+                "l2": self.l2,
+                "patience": self.patience,
+                "restarts": self.restarts,
+                "seed": self.random_state,
+                "device": self.device,
+            }
+        )
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"`validation_fraction` must be in [0, 1); got {self.validation_fraction}. "
+                "Use 0 to validate on the training rows (no early stopping)."
+            )
+
+    def _split(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Hold out ``validation_fraction`` of the rows for early stopping and model choice."""
+        n = len(x)
+        n_val = int(round(n * self.validation_fraction))
+        if self.validation_fraction == 0 or n_val < 1 or n - n_val < 1:
+            return x, y, x, y
+        stratify = None
+        if self._task == "classification":
+            _, counts = np.unique(y, return_counts=True)
+            if counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts):
+                stratify = y
+        x_tr, x_val, y_tr, y_val = train_test_split(
+            x, y, test_size=n_val, random_state=self.random_state, stratify=stratify
+        )
+        return x_tr, y_tr, x_val, y_val
+
+    def _fit_arrays(self, x: np.ndarray, y: np.ndarray, n_outputs: int) -> None:
+        self._check_params()
+        x = np.asarray(x, dtype=np.float64)
+        if self.scale:
+            self.mean_ = x.mean(axis=0)
+            std = x.std(axis=0)
+            self.scale_ = np.where(std > 0, std, 1.0)
+        else:
+            self.mean_ = np.zeros(x.shape[1])
+            self.scale_ = np.ones(x.shape[1])
+        x = (x - self.mean_) / self.scale_
+        x_tr, y_tr, x_val, y_val = self._split(x, y)
+        hidden = tuple(int(h) for h in self.hidden)
+        arch = Architecture(
+            n_inputs=x.shape[1], hidden=hidden, n_outputs=n_outputs, activation=self.activation
+        )
+        drop = tuple(float(self.dropout) for _ in hidden)
+        members = [
+            MemberSettings(
+                seed=self.random_state + r, lr=self.lr, l1=self.l1, l2=self.l2, dropout=drop
+            )
+            for r in range(self.restarts)
+        ]
+        loop = LoopSettings(
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+        )
+        from fitwell.api import resolve_device
+
+        device = resolve_device(self.device)
+        trainer = Trainer(
+            arch,
+            members,
+            loop,
+            task=self._task,
+            x_train=x_tr,
+            y_train=y_tr,
+            x_val=x_val,
+            y_val=y_val,
+            device=device,
+        )
+        fit = trainer.fit()
+        best = fit.best_member
+        if not best.finite:
+            raise TrainingFailed(
+                f"training diverged ({best.stop_reason or 'non-finite values'}); "
+                f"got lr={self.lr}. Lower the learning rate."
+            )
+        model = PopulationMLP(arch, 1)
+        model.load_state_dict({k: v.to("cpu") for k, v in best.state.items()})
+        # Predict in float64: float32 kernels round differently with the batch size, and
+        # scikit-learn rightly expects a row's prediction not to depend on its neighbours.
+        model.double().eval()
+        self.model_ = model
+        self.n_iter_ = best.epochs_run
+        self.best_epoch_ = best.best_epoch
+        self.history_ = pd.DataFrame(fit.history)
+        self.val_scores_ = [m.val_score for m in fit.members]
+
+    @torch.no_grad()
+    def _outputs(self, x: Any) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        x = validate_data(self, x, reset=False, dtype=[np.float64, np.float32])
+        x = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
+        return self.model_.predict_chunks(torch.as_tensor(x))[0].numpy()
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
+    """A fitwell MLP classifier (cross-entropy, Adam, early stopping on a held-out split).
+
+    Defaults are ``fitwell train``'s (see :class:`fitwell.TrainConfig`), so the estimator and
+    the CLI give the same recipe.
+
+    Parameters
+    ----------
+    hidden : tuple of int, default (256, 256)
+        Hidden layer widths.
+    activation : str, default "relu"
+    dropout : float, default TrainConfig.dropout
+        Drop probability of every hidden layer.
+    optimizer : {"adam", "adamw", "sgd"}, default "adam"
+    lr : float, default TrainConfig.lr
+    batch_size : int, default 64
+    max_epochs : int, default 200
+    l1, l2 : float, default 0.0
+        Penalty strengths: the objective is ``mean_batch_loss + l1 * sum|W| + l2 * sum W**2``
+        over weight matrices, not divided by the row count (scikit-learn's MLP ``alpha`` is
+        ``0.5 * alpha * ||W||^2 / n_samples``).
+    patience : int, default 20
+        Early-stopping patience in epochs on validation loss; 0 turns it off.
+    validation_fraction : float, default 0.15
+        Share of the ``fit`` rows held out (stratified when possible) for early stopping and for
+        choosing among restarts; 0 validates on the training rows.
+    restarts : int, default 1
+        Independent initialisations trained together; the lowest validation loss is kept.
+    scale : bool, default True
+        Standardize features with the ``fit`` rows' mean and standard deviation.
+    random_state : int, default 0
+        Seeds initialisation, data order, dropout and the validation split.
+    device : {"cpu", "cuda", "auto"}, default "cpu"
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    n_features_in_ : int
+    history_ : DataFrame
+        Per-epoch, per-member train / validation loss and accuracy.
+    best_epoch_ : int
+        Epoch whose weights were kept.
+    n_iter_ : int
+        Epochs run by the kept member.
+    """
+
+    _task = "classification"
+
+    def fit(self, X: Any, y: Any) -> FitwellClassifier:
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"FitwellClassifier needs at least 2 classes; got 1 class ({self.classes_[0]!r})."
+            )
+        self._fit_arrays(X, encoded.astype(np.int64), len(self.classes_))
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns in ``classes_`` order."""
+        out = self._outputs(X)
+        out = out - out.max(axis=1, keepdims=True)
+        p = np.exp(out)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        out = self._outputs(X)  # first: raises NotFittedError before classes_ is touched
+        return self.classes_[out.argmax(axis=1)]
+
+
+class FitwellRegressor(RegressorMixin, _FitwellEstimator):
+    """A fitwell MLP regressor (mean squared error on the standardized target).
+
+    Parameters are those of :class:`FitwellClassifier`; ``validation_fraction`` is a plain
+    random split. The target is standardized with the ``fit`` rows' mean and standard deviation
+    and predictions are returned in its original units.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+    history_ : DataFrame
+        Per-epoch, per-member train / validation loss and R^2 (standardized target).
+    best_epoch_ : int
+    n_iter_ : int
+    """
+
+    _task = "regression"
+
+    def fit(self, X: Any, y: Any) -> FitwellRegressor:
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        if len(y) < 2:
+            raise ValueError(f"FitwellRegressor needs at least 2 samples; got {len(y)} sample.")
+        y = np.asarray(y, dtype=np.float64)
+        self.y_mean_ = float(y.mean())
+        std = float(y.std())
+        self.y_scale_ = std if std > 0 and math.isfinite(std) else 1.0
+        self._fit_arrays(X, ((y - self.y_mean_) / self.y_scale_).astype(np.float32), 1)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self._outputs(X)[:, 0] * self.y_scale_ + self.y_mean_
