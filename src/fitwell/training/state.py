@@ -82,6 +82,7 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         kind=trainer.loop.optimizer,
         lrs=trainer._member_tensor("lr"),
         l1s=trainer._member_tensor("l1"),
+        l2s=trainer._member_tensor("l2"),
         momentum=trainer.loop.momentum,
     )
     opt = state["optimizer"]
