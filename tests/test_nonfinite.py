@@ -155,23 +155,28 @@ def test_diverging_cli_run_exits_3_and_writes_no_model(
     )
     err = capsys.readouterr().err
     assert rc == 3, err
-    assert err.startswith("error: training diverged") and "3 rollbacks" in err
+    # Either the guard gives up after 3 rollbacks or the doctor's divergence probe stops the
+    # exploding loss first; both end in exit 3 with no model written.
+    assert err.startswith("error: training diverged")
     assert not (tmp_path / "out").exists()
 
 
-def test_recovered_run_is_finite_and_recorded(tmp_path: Path) -> None:
+def test_recovered_run_is_finite_and_recorded(tmp_path: Path, mixed_csv: Path) -> None:
     run = api.train(
-        dataset="diabetes",
-        hidden=(32, 32),
-        optimizer="sgd",
-        lr=0.5,
+        mixed_csv,
+        target="label",
+        hidden=(8,),
         max_epochs=3,
+        lr=0.01,
         out=tmp_path / "out",
+        callbacks=[Poison({(2, 1, 0)})],
     )
-    assert run.history["nonfinite_retries"].max() >= 1
+    assert run.history["nonfinite_retries"].tolist() == [0, 1, 1]
     events = run.metrics["nonfinite_events"]
-    assert events and events[0]["action"] == "rollback_halve_lr" and events[0]["lr"] == 0.25
-    assert math.isfinite(run.metrics["test"]["r2"])
+    assert [(e["epoch"], e["step"], e["action"], e["lr"]) for e in events] == [
+        (2, 1, "rollback_halve_lr", 0.005)
+    ]
+    assert math.isfinite(run.metrics["test"]["accuracy"])
     loaded = api.load_run(tmp_path / "out")
     assert all(bool(torch.isfinite(p).all()) for p in loaded.model.parameters())
 
