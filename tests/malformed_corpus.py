@@ -85,6 +85,12 @@ def train_cases() -> list[Case]:
             _csv(_with_row(body, 2, "1e999,1,yes\n")),
             ["'a'", "row 2"],
         ),
+        Case(
+            "value too large for float32",
+            "huge.csv",
+            _csv(_with_row(body, 9, "1e30,1,yes\n")),
+            ["'a'", "row 9"],
+        ),
         Case("NaN target", "nan_target.csv", _csv(_with_row(body, 5, "1,2,\n")), ["'label'", "5"]),
         Case(
             "inf regression target",

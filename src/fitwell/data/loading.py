@@ -16,6 +16,10 @@ import pandas as pd
 
 from fitwell.errors import InputError, did_you_mean
 
+# Training runs in float32: a value this large overflows once standardized by train-row statistics
+# and multiplied through the network (3.4e38 is float32's limit; squares of 1e19 already overflow).
+MAX_ABS_VALUE = 1e15
+
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
 
 
@@ -229,6 +233,7 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                     f"{src}: target column {table.target!r} has a non-finite value "
                     f"{float(target.iloc[row])} in data row {row}."
                 )
+            _check_magnitude(src, str(table.target), target.to_numpy(dtype=float))
     features = [c for c in cols if c != table.target]
     if not features:
         raise InputError(f"{src}: no feature columns besides the target {table.target!r}.")
@@ -246,6 +251,7 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                 raise InputError(
                     f"{src}: column {col!r} has an infinite value {values[row]} in data row {row}."
                 )
+            _check_magnitude(src, col, values)
             continue
         if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
             nested = series.map(lambda v: not _is_scalar_cell(v)).to_numpy(dtype=bool)
@@ -271,6 +277,7 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                     raise InputError(
                         f"{src}: column {col!r} has a non-finite value in data row {row}."
                     )
+                _check_magnitude(src, col, as_num.to_numpy())
                 frame[col] = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
             continue
         if not isinstance(series.dtype, pd.CategoricalDtype):
@@ -280,6 +287,16 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
 def _is_scalar_cell(value: object) -> bool:
     """Numbers, text, booleans and missing values; not lists, dicts, bytes or arrays."""
     return value is None or isinstance(value, (str, int, float, bool, np.generic))
+
+
+def _check_magnitude(src: str, col: str, values: np.ndarray) -> None:
+    big = np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE
+    if big.any():
+        row = int(np.flatnonzero(big)[0])
+        raise InputError(
+            f"{src}: column {col!r} has a value {values[row]:.4g} in data row {row} beyond "
+            f"+-{MAX_ABS_VALUE:g}, too large for float32 training; rescale the column."
+        )
 
 
 def check_finite_number(value: float, what: str) -> None:
