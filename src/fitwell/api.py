@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,7 @@ from fitwell.data import PreparedData, Preprocessor, load_table, prepare
 from fitwell.data.preparation import TargetEncoder
 from fitwell.diagnosis.context import SIGNALS_FILE, diagnose_fit
 from fitwell.diagnosis.probes import SignalProbe
-from fitwell.errors import InputError, TrainingFailed
+from fitwell.errors import FitwellError, InputError, TrainingFailed
 from fitwell.metrics import regression_report, score_name
 from fitwell.models import Architecture, PopulationMLP
 from fitwell.training import Callback, FitResult, LoopSettings, MemberSettings, ProgressBar, Trainer
@@ -284,6 +284,8 @@ def train_population(
     out: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool | None = False,
+    resume: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> Run:
     """Train several configurations at once as one batched population and keep the best.
 
@@ -314,6 +316,10 @@ def train_population(
     >>> run = fitwell.train_population(configs)  # doctest: +SKIP
     >>> run.metrics["population"][0]["lr"]  # doctest: +SKIP
     0.0003
+
+    ``out`` is created once every input is validated and checkpointed while training
+    (``checkpoint_every``); ``resume=True`` continues the unfinished run in ``out`` instead (see
+    :func:`fitwell.resume.resume`, which also checks that data and settings are unchanged).
     """
     if not configs:
         raise InputError("train_population needs at least one configuration.")
@@ -321,7 +327,7 @@ def train_population(
     _check_population(cfgs)
     cfg = cfgs[0]
     started = time.perf_counter()
-    if out is not None:
+    if out is not None and not resume:
         runs.check_destination(out)
     table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
     threads = configure_threads(cfg.threads)
@@ -359,6 +365,37 @@ def train_population(
         device=device,
         callbacks=all_callbacks,
     )
+    session = None
+    if out is not None:
+        from fitwell.resume import RunSession
+
+        session = RunSession.open(out, cfgs, prepared, resume=resume)
+        session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
+    try:
+        return _finish(
+            cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session, probe
+        )
+    except FitwellError:
+        if session is not None:
+            session.abandon()
+        raise
+
+
+def _finish(
+    cfg: TrainConfig,
+    cfgs: Sequence[TrainConfig],
+    origin: list[int],
+    trainer: Trainer,
+    prepared: PreparedData,
+    arch: Architecture,
+    device: torch.device,
+    threads: int,
+    started: float,
+    session: Any,
+    probe: SignalProbe,
+) -> Run:
+    """Train, choose the member, open the test split once and write the run's final files."""
+    out = session.folder if session is not None else None
     fit = trainer.fit()
     train_seconds = time.perf_counter() - started
     best = fit.best_member
@@ -398,6 +435,8 @@ def train_population(
         train_seconds,
     )
     metrics["findings"] = signals["findings"]
+    # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
+    metrics["nonfinite_events"] = list(trainer.events)
     history = pd.DataFrame(fit.history)
     meta = {
         "architecture": arch.to_json(),
@@ -407,25 +446,28 @@ def train_population(
     }
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
-        with runs.staged_directory(run_dir) as folder:
-            runs.save_model(folder, best.state, meta)
-            runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
-            runs.write_json(folder / runs.METRICS_FILE, metrics)
-            runs.write_json(folder / SIGNALS_FILE, signals)
-            runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
-            from fitwell.plots import curves_png
+        # Each file is written atomically into the run directory; the run is complete (and
+        # loadable) only once ``session.finish`` marks it so, after the last file.
+        folder = run_dir
+        runs.save_model(folder, best.state, meta)
+        runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
+        runs.write_json(folder / runs.METRICS_FILE, metrics)
+        runs.write_json(folder / SIGNALS_FILE, signals)
+        runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
+        from fitwell.plots import curves_png
 
-            runs.write_atomic(
-                folder / runs.CURVES_FILE,
-                curves_png(
-                    fit.history,
-                    member=best.member,
-                    best_epoch=best.best_epoch if cfg.patience > 0 else 0,
-                    score=score_name(prepared.task),
-                    title=f"{prepared.source}: learning curves (member {best.member})",
-                ),
-            )
-            _write_report(folder, run_dir.name)
+        runs.write_atomic(
+            folder / runs.CURVES_FILE,
+            curves_png(
+                fit.history,
+                member=best.member,
+                best_epoch=best.best_epoch if cfg.patience > 0 else 0,
+                score=score_name(prepared.task),
+                title=f"{prepared.source}: learning curves (member {best.member})",
+            ),
+        )
+        _write_report(folder, run_dir.name)
+        session.finish()
         metrics["run_dir"] = str(run_dir)
     return Run(
         run_dir,

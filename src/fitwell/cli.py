@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_training_flags(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("run_dir", help="the run directory of the interrupted `fitwell train`")
+    _add_training_flags(p)  # given flags must match the run's; the data file may have moved
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("predict", help="predict with a trained run")
     p.add_argument("run_dir")
     p.add_argument("data", help="CSV, Parquet or .npz file with the same columns")
@@ -235,6 +239,30 @@ def print_summary(m: dict[str, Any]) -> None:
         console.print(f"run directory: {m['run_dir']}")
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    from fitwell.resume import resume
+
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in _NOT_SETTINGS | {"run_dir", "data"} and v is not None
+    }
+    show = not (args.quiet or args.json)
+
+    def warn(msg: str) -> None:
+        sys.stderr.write(f"warning: {msg}\n")
+
+    run = resume(
+        args.run_dir, data=args.data, progress=None if show else False, warn=warn, **settings
+    )
+    m = run.metrics
+    if args.json:
+        print(json.dumps(summary_json(m), default=str))
+    elif not args.quiet:
+        print_summary(m)
+    return EXIT_TARGET_MISSED if m.get("target_met") is False else EXIT_OK
+
+
 def print_findings(findings: list[dict[str, Any]], *, stderr: bool = False) -> None:
     """One line per finding: severity, code, where, advice, and the evidence that triggered it."""
     from rich.console import Console
@@ -282,6 +310,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir)
     frame, _ = read_file(args.data)
+    run.preprocessor.transform(frame, source=str(args.data))  # errors name the file
     expected = run.preprocessor.input_columns
     missing = [c for c in expected if c not in frame.columns]
     if missing:

@@ -93,6 +93,9 @@ class TrainConfig:
     device : {"auto", "cpu", "cuda"}, default "auto"
     threads : int or None
         CPU threads for torch; ``None`` picks 1, which does not collapse when the machine is busy.
+    checkpoint_every : int, default 1
+        Write a resumable checkpoint into the run directory every this many epochs (0 = never;
+        then ``fitwell resume`` restarts from epoch 0).
     """
 
     data: str | None = None
@@ -123,6 +126,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    checkpoint_every: int = 1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def dropout_per_layer(self) -> tuple[float, ...]:
@@ -200,7 +204,15 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
             raw["target_score"] = float(raw["target_score"])
         except (TypeError, ValueError):
             problems.append(f"`target_score` must be a number; got {raw['target_score']!r}")
-    for name in ("batch_size", "max_epochs", "patience", "restarts", "seed", "threads"):
+    for name in (
+        "batch_size",
+        "max_epochs",
+        "patience",
+        "restarts",
+        "seed",
+        "threads",
+        "checkpoint_every",
+    ):
         if raw.get(name) is not None:
             v = raw[name]
             if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
@@ -278,6 +290,8 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         problems.append(f"`restarts` must be >= 1; got {cfg.restarts}")
     if cfg.seed < 0:
         problems.append(f"`seed` must be >= 0; got {cfg.seed}")
+    if cfg.checkpoint_every < 0:
+        problems.append(f"`checkpoint_every` must be >= 0; got {cfg.checkpoint_every}")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"`threads` must be >= 1; got {cfg.threads}")
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fitwell.errors import InputError
+import torch
+
+from fitwell.errors import InputError, TrainingFailed
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
@@ -25,11 +27,14 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 CONFIG_FILE = "config.toml"
+RUN_STATE_FILE = "run_state.json"
+MANIFEST_FILE = "manifest.json"
 RUN_FORMAT = "fitwell-run"
 RUN_FORMAT_VERSION = 1
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (a no-op where unsupported)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -56,7 +61,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def json_safe(value: Any) -> Any:
@@ -95,6 +100,10 @@ def _json_default(value: Any) -> Any:
 def check_destination(out: str | Path) -> Path:
     """Validate ``--out`` before any work: it must not exist yet (or be an empty folder)."""
     path = Path(out)
+    if path.is_symlink():
+        raise InputError(
+            f"output directory {str(path)!r} is a symbolic link; give a real folder path."
+        )
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise InputError(
             f"output directory {str(path)!r} already exists and is not empty; "
@@ -112,11 +121,11 @@ def staged_directory(out: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         yield staging
-        _fsync_dir(staging)
+        fsync_dir(staging)
         if final.exists():
             final.rmdir()  # an empty folder is allowed as a destination
         os.replace(staging, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -127,11 +136,66 @@ def save_model(folder: Path, state: dict[str, Any], meta: dict[str, Any]) -> Non
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    for name, tensor in tensors.items():
+        # A model is a promise that it predicts; a NaN or inf weight would break it silently.
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingFailed(
+                f"refusing to save a model whose tensor {name!r} holds non-finite values."
+            )
     write_atomic(folder / MODEL_FILE, save(tensors, metadata={"format": RUN_FORMAT}))
     write_json(
         folder / MODEL_META,
         {"format": RUN_FORMAT, "version": RUN_FORMAT_VERSION, **meta},
     )
+    write_json(
+        folder / MANIFEST_FILE,
+        {"format": RUN_FORMAT, "sha256": {n: sha256_file(folder / n) for n in _SEALED_FILES}},
+    )
+
+
+_SEALED_FILES = (MODEL_FILE, MODEL_META)
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_manifest(folder: Path) -> None:
+    """Check the model files against the checksums written with them (catches flipped bytes)."""
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        return  # written by an older fitwell: the format checks below still apply
+    manifest = read_json(path)
+    sums = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if not isinstance(sums, dict) or set(sums) != set(_SEALED_FILES):
+        raise InputError(f"{path}: not a fitwell checksum manifest.")
+    for name in _SEALED_FILES:
+        target = folder / name
+        if target.is_file() and sha256_file(target) != sums[name]:
+            raise InputError(
+                f"{target}: checksum does not match {MANIFEST_FILE}; the file is corrupt or was "
+                "modified. Retrain or restore the run."
+            )
+
+
+def check_finished(folder: Path) -> None:
+    """Refuse a run directory whose training has not finished (it holds no final model yet)."""
+    path = folder / RUN_STATE_FILE
+    if not path.exists():
+        return
+    state = read_json(path)
+    status = state.get("status") if isinstance(state, dict) else None
+    if status != "finished":
+        raise InputError(
+            f"{folder}: the run has not finished (status {status!r}); continue it with "
+            f"`fitwell resume {folder}`."
+        )
 
 
 @dataclass
@@ -156,6 +220,8 @@ def load_model_files(run_dir: str | Path) -> SavedModel:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise InputError(f"{folder}: run directory does not exist.")
+    check_finished(folder)
+    verify_manifest(folder)
     meta = read_json(folder / MODEL_META)
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise InputError(f"{folder / MODEL_META}: not a fitwell model description.")

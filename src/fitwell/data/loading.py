@@ -16,6 +16,10 @@ import pandas as pd
 
 from fitwell.errors import InputError, did_you_mean
 
+# Training runs in float32: a value this large overflows once standardized by train-row statistics
+# and multiplied through the network (3.4e38 is float32's limit; squares of 1e19 already overflow).
+MAX_ABS_VALUE = 1e15
+
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
 
 
@@ -75,6 +79,10 @@ def read_file(path: str | Path) -> tuple[pd.DataFrame, str | None]:
     if p.stat().st_size == 0:
         raise InputError(f"{name}: file is empty.")
     if suffix == ".npz":
+        import zipfile
+
+        if not zipfile.is_zipfile(p):  # else np.load would try it as a (pickled) .npy file
+            raise InputError(f"{name}: not a .npz archive (a .npz file is a zip of arrays).")
         return _read_npz(p), "y"
     if suffix in (".parquet", ".pq"):
         try:
@@ -100,6 +108,8 @@ def _read_csv(p: Path) -> pd.DataFrame:
             f"{name}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
             "save the file as UTF-8."
         ) from None
+    if not text.strip():
+        raise InputError(f"{name}: file is empty (only blank lines).")
     if "\x00" in text:
         raise InputError(f"{name}: contains NUL bytes; is it a binary file?")
     sep = "\t" if p.suffix.lower() == ".tsv" else ","
@@ -111,6 +121,17 @@ def _read_csv(p: Path) -> pd.DataFrame:
     except csv.Error as exc:
         raise InputError(f"{name}: cannot parse the header ({exc}).") from None
     header = [h.strip() for h in header]
+    if len(header) == 1:
+        for other, label in (
+            (";", "';'-separated"),
+            ("\t", "tab-separated"),
+            ("|", "'|'-separated"),
+        ):
+            if other != sep and other in header[0]:
+                raise InputError(
+                    f"{name}: the header is one column {header[0][:60]!r}; the file looks "
+                    f"{label}. fitwell reads comma-separated .csv and tab-separated .tsv files."
+                )
     seen: set[str] = set()
     for col in header:
         if col == "":
@@ -210,8 +231,9 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                 row = int(np.flatnonzero(inf)[0])
                 raise InputError(
                     f"{src}: target column {table.target!r} has a non-finite value "
-                    f"{target.iloc[row]!r} in data row {row}."
+                    f"{float(target.iloc[row])} in data row {row}."
                 )
+            _check_magnitude(src, str(table.target), target.to_numpy(dtype=float))
     features = [c for c in cols if c != table.target]
     if not features:
         raise InputError(f"{src}: no feature columns besides the target {table.target!r}.")
@@ -229,8 +251,16 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                 raise InputError(
                     f"{src}: column {col!r} has an infinite value {values[row]} in data row {row}."
                 )
+            _check_magnitude(src, col, values)
             continue
         if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
+            nested = series.map(lambda v: not _is_scalar_cell(v)).to_numpy(dtype=bool)
+            if nested.any():
+                row = int(np.flatnonzero(nested)[0])
+                raise InputError(
+                    f"{src}: column {col!r} holds a {type(series.iloc[row]).__name__} in data row "
+                    f"{row}; cells must be numbers or text."
+                )
             share, parsed = _numeric_mostly(series)
             # A column that is almost all numbers holds a typo, not a category.
             if share >= 0.9 and share < 1.0:
@@ -247,10 +277,26 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                     raise InputError(
                         f"{src}: column {col!r} has a non-finite value in data row {row}."
                     )
+                _check_magnitude(src, col, as_num.to_numpy())
                 frame[col] = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
             continue
         if not isinstance(series.dtype, pd.CategoricalDtype):
             raise InputError(f"{src}: column {col!r} has unsupported type {series.dtype}.")
+
+
+def _is_scalar_cell(value: object) -> bool:
+    """Numbers, text, booleans and missing values; not lists, dicts, bytes or arrays."""
+    return value is None or isinstance(value, (str, int, float, bool, np.generic))
+
+
+def _check_magnitude(src: str, col: str, values: np.ndarray) -> None:
+    big = np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE
+    if big.any():
+        row = int(np.flatnonzero(big)[0])
+        raise InputError(
+            f"{src}: column {col!r} has a value {values[row]:.4g} in data row {row} beyond "
+            f"+-{MAX_ABS_VALUE:g}, too large for float32 training; rescale the column."
+        )
 
 
 def check_finite_number(value: float, what: str) -> None:

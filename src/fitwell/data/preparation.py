@@ -159,6 +159,16 @@ def prepare(
     encoder = TargetEncoder.fit(resolved, target, source=table.source, column=table.target)
     y_all = encoder.encode(target)
     stratify = y_all if resolved == "classification" else None
+    if stratify is not None:
+        counts = np.bincount(y_all, minlength=len(encoder.classes))
+        if counts.min() < 3:
+            small = encoder.classes[int(np.argmin(counts))]
+            row = int(np.flatnonzero(y_all == int(np.argmin(counts)))[0])
+            raise InputError(
+                f"{table.source}: target column {table.target!r}: class {small!r} has only "
+                f"{int(counts.min())} row(s) (first at data row {row}); a stratified "
+                "train/validation/test split needs at least 3 per class. Add rows or drop it."
+            )
     train_idx, val_idx, test_idx = split_indices(
         len(frame), split, seed=seed, stratify=stratify, source=table.source
     )

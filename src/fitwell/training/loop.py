@@ -19,6 +19,7 @@ import torch
 from fitwell.metrics import SplitAccumulator, member_losses, score_name
 from fitwell.models import Architecture, PopulationMLP
 from fitwell.training.callbacks import Callback, EarlyStopping
+from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.optim import PopulationOptimizer
 
 _EVAL_ROWS = 8192
@@ -125,7 +126,8 @@ class Trainer:
         self.early_stopping = EarlyStopping(
             patience=loop.patience, min_delta=loop.min_delta, restore_best=loop.restore_best
         )
-        self.callbacks: list[Callback] = [self.early_stopping, *callbacks]
+        self.nonfinite_guard = NonFiniteGuard()
+        self.callbacks: list[Callback] = [self.nonfinite_guard, self.early_stopping, *callbacks]
         self.max_epochs = loop.max_epochs
         self.epoch = 0
         self.stop_training = False
@@ -134,6 +136,9 @@ class Trainer:
         self.final_state: dict[int, dict[str, torch.Tensor]] = {}
         self.epochs_run: dict[int, int] = {}
         self.eval_preactivation_hooks: list[Any] = []
+        # Numerical faults caught by the guard: dicts with kind, epoch, step, member, action, lr.
+        self.events: list[dict[str, Any]] = []
+        self.failed_members: set[int] = set()
         self._pending_stop: list[int] = []
 
         k = len(self.members)
@@ -206,6 +211,19 @@ class Trainer:
         self.active = keep
         for cb in self.callbacks:
             cb.on_members_removed(self, kept=list(keep))
+
+    # ------------------------------------------------------------------------ state (resume)
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bitwise-identically from this epoch boundary."""
+        from fitwell.training.state import trainer_state
+
+        return trainer_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into a trainer built with the same run's settings."""
+        from fitwell.training.state import load_trainer_state
+
+        load_trainer_state(self, state)
 
     # ----------------------------------------------------------------------------- training
     def _dropout_masks(self, batch: int) -> list[torch.Tensor | None] | None:
@@ -376,6 +394,7 @@ class Trainer:
             state = restored if restored is not None else self.final_state.get(m, {})
             row = rows.get(epoch, {})
             finite = bool(state) and all(bool(torch.isfinite(t).all()) for t in state.values())
+            finite = finite and m not in self.failed_members
             results.append(
                 MemberResult(
                     member=m,
