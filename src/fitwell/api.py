@@ -408,7 +408,8 @@ def _finish(
         restored_best=restored,
         events=getattr(trainer, "events", []),
     )
-    if not best.finite or len(probe.divergence) == len(fit.members):
+    diverged = set(probe.stopped) | set(trainer.failed_members)
+    if not best.finite or len(diverged) == len(fit.members):
         failed = TrainingFailed(
             "training diverged: no member has finite weights and validation loss "
             f"({best.stop_reason or 'non-finite values'}). Lower the learning rate."

@@ -64,6 +64,9 @@ class SignalProbe(Callback):
         self._seen_rows: list[int] = []
         self._nonfinite: dict[int, int] = {}
         self._limit: torch.Tensor | None = None
+        # Members this probe stopped for a finite loss explosion. Non-finite losses are left to
+        # the NonFiniteGuard, which rolls back, halves lr and retries before giving up.
+        self.stopped: set[int] = set()
 
     # ------------------------------------------------------------------------------ hooks
     def on_fit_begin(self, trainer: Trainer, **kwargs: Any) -> None:
@@ -122,12 +125,14 @@ class SignalProbe(Callback):
                     "loss": value,
                     "first_loss": self.first_loss.get(m),
                 }
+            if math.isfinite(value) and m not in self.stopped:
+                self.stopped.add(m)
                 trainer.stop_member(
                     m,
                     f"training loss became {value:.4g} at epoch "
                     f"{trainer.epoch + 1}, step {self._steps}",
                 )
-        if all(m in self.divergence for m in trainer.active):
+        if trainer.active and all(m in self.stopped for m in trainer.active):
             trainer.stop_training = True
 
     def _loss_limit(self, trainer: Trainer, device: torch.device) -> torch.Tensor:
@@ -231,9 +236,11 @@ class SignalProbe(Callback):
             "records": list(self.records),
             "divergence": {str(m): d for m, d in self.divergence.items()},
             "first_loss": {str(m): v for m, v in self.first_loss.items()},
+            "stopped": sorted(self.stopped),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.records = list(state.get("records", []))
         self.divergence = {int(k): dict(v) for k, v in state.get("divergence", {}).items()}
         self.first_loss = {int(k): float(v) for k, v in state.get("first_loss", {}).items()}
+        self.stopped = {int(m) for m in state.get("stopped", [])}
