@@ -20,10 +20,13 @@ from fitwell.training.guard import MAX_RETRIES, nonfinite_members
 
 
 class Poison(Callback):
-    """Writes NaN into chosen members' gradients at chosen (epoch, step) moments."""
+    """Makes chosen members' loss and gradients NaN at chosen (epoch, step) moments: what a
+    diverging step looks like. ``gradient_only`` leaves the loss finite (a NaN that only the
+    backward pass produced)."""
 
-    def __init__(self, when: set[tuple[int, int, int]]) -> None:
+    def __init__(self, when: set[tuple[int, int, int]], *, gradient_only: bool = False) -> None:
         self.when = when
+        self.gradient_only = gradient_only
         self.step = 0
 
     def on_epoch_begin(self, trainer: Any, **kwargs: Any) -> None:
@@ -35,6 +38,8 @@ class Poison(Callback):
             if (trainer.epoch + 1, self.step, member) in self.when:
                 pos = trainer.position(member)
                 trainer.model.weights[0].grad[pos, 0, 0] = float("nan")
+                if not self.gradient_only:
+                    kwargs["losses"][pos] = float("nan")
 
 
 def _trainer(k: int, callbacks: list[Callback], lr: float = 0.01, epochs: int = 4) -> Trainer:
@@ -83,6 +88,27 @@ def test_one_fault_is_rolled_back_with_half_the_lr() -> None:
     assert [rows[e]["nonfinite_retries"] for e in (1, 2, 3, 4)] == [0, 1, 1, 1]
     assert [rows[e]["lr"] for e in (1, 2, 3, 4)] == [0.01, 0.005, 0.005, 0.005]
     assert fit.best_member.finite
+    assert all(bool(torch.isfinite(t).all()) for t in fit.best_member.state.values())
+
+
+def test_gradient_only_fault_is_caught_at_the_next_step() -> None:
+    """The per-step check reads the loss only: a NaN gradient under a finite loss poisons the
+    weights, so the next step's loss is NaN and the member goes back to the epoch's start."""
+    trainer = _trainer(1, [Poison({(2, 1, 0)}, gradient_only=True)])
+    fit = trainer.fit()
+    assert [(e["epoch"], e["step"], e["what"]) for e in trainer.events] == [(2, 2, "loss")]
+    assert fit.best_member.finite
+    assert all(bool(torch.isfinite(t).all()) for t in fit.best_member.state.values())
+
+
+def test_gradient_only_fault_at_the_last_step_is_caught_by_the_evaluation() -> None:
+    trainer = _trainer(1, [Poison({(2, 3, 0)}, gradient_only=True)])  # 96 rows / 32: 3 steps
+    fit = trainer.fit()
+    assert [(e["epoch"], e["step"], e["what"]) for e in trainer.events] == [
+        (2, None, "evaluation loss")
+    ]
+    rows = {r["epoch"]: r for r in fit.history}
+    assert math.isfinite(rows[2]["train_loss"]) and math.isfinite(rows[2]["val_loss"])
     assert all(bool(torch.isfinite(t).all()) for t in fit.best_member.state.values())
 
 

@@ -183,7 +183,10 @@ class PopulationMLP(nn.Module):
         pairs = self._pairs if self._pairs is not None else self._cache_pairs()
         last = len(pairs) - 1
         for layer, (w, b) in enumerate(pairs):
-            h = torch.baddbmm(b, h, w) if h.dim() == 3 else torch.matmul(h, w) + b
+            if h.dim() == 2:  # shared rows: one member reads them as a batch of one, no copy
+                h = torch.baddbmm(b, h.unsqueeze(0), w) if len(w) == 1 else torch.matmul(h, w) + b
+            else:
+                h = torch.baddbmm(b, h, w)
             if layer == last:
                 break
             if self.arch.batch_norm:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitwell.metrics import SplitAccumulator, member_losses, score_name
+from fitwell.metrics import SplitAccumulator, score_name, training_objective
 from fitwell.models import Architecture, PopulationMLP
 from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
@@ -307,16 +307,18 @@ class Trainer:
         for start in range(0, n, b):
             idx = perms[:, start : start + b]
             masks = self._dropout_masks(idx.shape[1]) if use_dropout else None
-            losses = member_losses(task, model(x_train[idx], dropout_masks=masks), y_train[idx])
+            objective, losses = training_objective(
+                task, model(x_train[idx], dropout_masks=masks), y_train[idx]
+            )
             optimizer.zero_grad()
-            losses.sum().backward()
+            objective.backward()
             # L2 goes straight into the gradients (= autograd of l2 * sum W**2): no extra graph.
             optimizer.add_l2_gradient()
             for cb in after_backward:
                 cb.on_after_backward(self, losses=losses)
             optimizer.step()
             for cb in batch_end:
-                cb.on_batch_end(self, losses=losses.detach())
+                cb.on_batch_end(self, losses=losses)
             if self.stop_training:
                 break
 
