@@ -6,10 +6,12 @@ epoch count is fixed). The hand-written loop is what a careful practitioner writ
 shuffling of in-memory tensors, ``nn.Sequential`` of ``nn.Linear``, fused Adam, and — because
 fitwell always records learning curves — train and validation loss in eval mode every epoch.
 A second hand-written variant without the per-epoch evaluation is shown for transparency.
-All runs use one torch thread (and one BLAS thread for scikit-learn). Runs are interleaved,
-medians reported, ratios are to the hand-written loop.
+All runs use one torch thread (and one BLAS thread for scikit-learn). Runs are interleaved
+(alternating order), medians reported; ``ratio`` is the ratio of medians to the hand-written
+loop, ``paired`` the median of per-repeat ratios (each run against the hand-written run next to
+it), which is steadier on a shared machine whose speed drifts by tens of percent.
 
-    python benchmarks/loop_overhead.py [--repeats 5] [--epochs 20] [--quick]
+    python benchmarks/loop_overhead.py [--repeats 15] [--epochs 20] [--quick]
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ def fitwell_loop(data, hidden, epochs, batch_size, lr, seed):
     start = time.perf_counter()
     fit = trainer.fit()
     seconds = time.perf_counter() - start
-    from fitwell.api import _single_member_model
+    from fitwell.api import _model_from_state
 
-    model = _single_member_model(arch, fit.best_member.state)
+    model = _model_from_state(arch, fit.best_member.state)
     x_test, y_test = data.test_arrays
     with torch.no_grad():
         out = model.predict_chunks(torch.as_tensor(x_test))[0]
@@ -126,7 +128,7 @@ def load(name: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--hidden", default="256,256")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -170,6 +172,9 @@ def main() -> None:
         rows_per_run = len(data.y_train) * args.epochs
         for key in contenders:
             med = statistics.median(times[key])
+            # Each repeat's time over the hand-written loop's time in the same repeat (run next
+            # to it): slow drifts of a shared machine cancel out of these.
+            paired = [t / h for t, h in zip(times[key], times["hand-written"], strict=True)]
             results.append(
                 {
                     "dataset": name,
@@ -177,18 +182,22 @@ def main() -> None:
                     "median_seconds": med,
                     "samples_per_second": rows_per_run / med,
                     "ratio_to_hand_written": med / base,
+                    "median_paired_ratio": statistics.median(paired),
+                    "paired_ratios": paired,
                     "test_accuracy_median": statistics.median(accs[key]),
                     "seconds": times[key],
                     "accuracies": accs[key],
                 }
             )
     print(
-        f"{'dataset':<9}{'contender':<26}{'wall s':>8}{'samples/s':>11}{'ratio':>7}{'test acc':>10}"
+        f"{'dataset':<9}{'contender':<26}{'wall s':>8}{'samples/s':>11}{'ratio':>7}"
+        f"{'paired':>8}{'test acc':>10}"
     )
     for r in results:
         print(
             f"{r['dataset']:<9}{r['contender']:<26}{r['median_seconds']:>8.2f}"
             f"{r['samples_per_second']:>11.0f}{r['ratio_to_hand_written']:>7.3f}"
+            f"{r['median_paired_ratio']:>8.3f}"
             f"{r['test_accuracy_median']:>10.4f}"
         )
     meta = {

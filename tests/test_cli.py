@@ -25,7 +25,10 @@ def test_train_json_and_run_directory(mixed_csv: Path, tmp_path: Path):
     assert 0.5 < summary["test"]["accuracy"] <= 1.0 and "loss" in summary["test"]
     assert 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 8
     assert summary["stop_reason"]
-    assert len(summary["restarts"]["val_scores"]) == 1
+    # Default ensemble of 3: three seeds trained, all averaged, the best listed first.
+    assert len(summary["restarts"]["val_scores"]) == 3
+    assert sorted(summary["ensemble"]) == [0, 1, 2]
+    assert summary["ensemble"][0] == summary["restarts"]["best"]
     assert summary["l1_zeroed_features"] == []
     for finding in summary["findings"]:  # the doctor's verdicts, in the documented shape
         assert {"code", "severity", "epoch", "layer", "evidence", "advice"} <= set(finding)
@@ -41,7 +44,8 @@ def test_train_json_and_run_directory(mixed_csv: Path, tmp_path: Path):
     assert not any(n.startswith(".") for n in names)  # no temporaries left behind
     history = pd.read_csv(out / "history.csv")
     assert {"epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy"} <= set(history)
-    assert len(history) == summary["epochs_run"]
+    best = history[history["member"] == summary["restarts"]["best"]]
+    assert len(best) == summary["epochs_run"]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((out / "model.json").read_text())
     assert [c["name"] for c in meta["preprocessing"]["columns"]] == ["x1", "x2", "colour"]

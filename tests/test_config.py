@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fitwell.api import make_config, resolve_device
-from fitwell.config import TrainConfig, build_config, load_toml, to_toml
+from fitwell.config import TrainConfig, build_config, load_toml, resolve_hidden, to_toml
 from fitwell.errors import InputError
 
 
@@ -54,3 +54,28 @@ def test_cuda_without_gpu_is_an_error_and_auto_falls_to_cpu():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(InputError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_auto_width_grows_with_training_rows_and_stays_in_range():
+    widths = [resolve_hidden("auto", n)[0] for n in (0, 3, 105, 309, 513, 1257, 100_000)]
+    assert widths == sorted(widths)
+    assert widths[0] == 64 and widths[-1] == 256
+    assert resolve_hidden("auto", 1257) == (256, 256)  # digits, MNIST-1D: the published width
+    assert resolve_hidden("auto", 105) == (64, 64)  # iris
+    assert resolve_hidden((7, 3), 10) == (7, 3)  # explicit widths are kept
+
+
+def test_hidden_auto_or_widths_only():
+    assert build_config({"hidden": "auto"}).hidden == "auto"
+    assert build_config({"hidden": "auto", "dropout": [0.1, 0.2]}).dropout_per_layer() == (0.1, 0.2)
+    with pytest.raises(InputError, match="hidden"):
+        build_config({"hidden": "wide"})
+
+
+def test_run_records_the_widths_auto_chose(tmp_path: Path):
+    from fitwell import api
+
+    run = api.train(dataset="iris", max_epochs=2, out=tmp_path / "run")
+    saved = load_toml(tmp_path / "run" / "config.toml")
+    assert tuple(saved["hidden"]) == resolve_hidden("auto", 105) == (64, 64)
+    assert [w.shape[-1] for w in run.model.weights][:2] == [64, 64]

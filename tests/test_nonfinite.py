@@ -195,6 +195,7 @@ def test_recovered_run_is_finite_and_recorded(tmp_path: Path, mixed_csv: Path) -
         max_epochs=3,
         lr=0.01,
         out=tmp_path / "out",
+        ensemble=1,
         callbacks=[Poison({(2, 1, 0)})],
     )
     assert run.history["nonfinite_retries"].tolist() == [0, 1, 1]

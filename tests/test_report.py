@@ -64,8 +64,8 @@ def l1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target="label",
         out=out,
         restarts=3,
-        l1=0.05,
-        **{**FAST, "max_epochs": 10},
+        l1=0.1,
+        **{**FAST, "max_epochs": 20},
     )
     return out
 
@@ -96,7 +96,9 @@ def test_report_lists_l1_switched_off_columns_and_restarts(l1_run: Path) -> None
     assert listed == zeroed
     text = parse(l1_run / REPORT_FILE).section_text()
     assert f"L1 set every first-layer weight of {len(zeroed)} input column(s)" in text
-    assert f"Member {metrics['restarts']['best']} was kept" in text
+    assert f"Member {metrics['restarts']['best']} has the lowest validation loss" in text
+    members = ", ".join(map(str, metrics["ensemble"]["members"]))
+    assert f"The saved model averages the predictions of members {members}" in text
     # The doctor's signals are recorded on every run, so the gradient-flow section is drawn.
     assert (l1_run / "signals.json").exists()
     assert "Not recorded: this run has no signals.json" not in text
@@ -194,7 +196,7 @@ def test_regression_report_has_predicted_vs_true(tmp_path: Path) -> None:
     frame = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
     frame["price"] = 3 * frame["a"] - frame["b"] + rng.normal(scale=0.1, size=200)
     frame.to_csv(tmp_path / "reg.csv", index=False)
-    fitwell.train(tmp_path / "reg.csv", target="price", out=tmp_path / "run", **FAST)
+    fitwell.train(tmp_path / "reg.csv", target="price", out=tmp_path / "run", ensemble=1, **FAST)
     page = parse(tmp_path / "run" / REPORT_FILE)
     alts = _images(page)
     assert "predicted vs true values on the test split" in alts

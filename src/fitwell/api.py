@@ -20,15 +20,23 @@ import pandas as pd
 import torch
 
 from fitwell import runs
-from fitwell.config import PER_MEMBER_FIELDS, TrainConfig, build_config, load_toml, to_toml
+from fitwell.config import (
+    PER_MEMBER_FIELDS,
+    TrainConfig,
+    build_config,
+    load_toml,
+    resolve_hidden,
+    to_toml,
+)
 from fitwell.data import PreparedData, Preprocessor, load_table, prepare
 from fitwell.data.preparation import TargetEncoder
 from fitwell.diagnosis.context import SIGNALS_FILE, diagnose_fit
 from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import FitwellError, InputError, TrainingFailed
 from fitwell.metrics import regression_report, score_name
-from fitwell.models import Architecture, PopulationMLP
+from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.training import Callback, FitResult, LoopSettings, MemberSettings, ProgressBar, Trainer
+from fitwell.training.loop import MemberResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,7 +146,8 @@ class Run:
         x = torch.as_tensor(self.preprocessor.transform(frame, source=source))
         device = next(self.model.parameters()).device
         self.model.eval()
-        return self.model.predict_chunks(x.to(device))[0].cpu().numpy()
+        outputs = self.model.predict_chunks(x.to(device))
+        return ensemble_outputs(outputs, self.task).cpu().numpy()
 
     def predict(
         self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
@@ -162,8 +171,11 @@ class Run:
         return torch.softmax(out, dim=1).numpy()
 
 
-def _single_member_model(arch: Architecture, state: dict[str, torch.Tensor]) -> PopulationMLP:
-    model = PopulationMLP(arch, 1)
+def _model_from_state(arch: Architecture, state: dict[str, torch.Tensor]) -> PopulationMLP:
+    """The saved model: one member, or an ensemble of K stacked members (``weights.0 [K, ...]``)."""
+    weights = state.get("weights.0")
+    n_members = int(weights.shape[0]) if weights is not None and weights.dim() == 3 else 1
+    model = PopulationMLP(arch, n_members)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -183,7 +195,7 @@ def load_run(run_dir: str | Path) -> Run:
         target = str(saved.meta["target"])
     except KeyError as exc:
         raise InputError(f"{folder / runs.MODEL_META}: missing field {exc}.") from None
-    model = _single_member_model(arch, saved.state)
+    model = _model_from_state(arch, saved.state)
     for name, tensor in saved.state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise InputError(
@@ -198,7 +210,9 @@ def load_run(run_dir: str | Path) -> Run:
 
 def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[list[str], list[str]]:
     """Input columns (and encoded features) whose every first-layer weight is exactly zero."""
-    norms = first_layer.detach().abs().reshape(first_layer.shape[-2], -1).sum(dim=1).cpu().numpy()
+    # Stacked members ``[K, in, out]``: a column is off only when every member switched it off.
+    w = first_layer.detach().abs()
+    norms = (w.sum(dim=(0, 2)) if w.dim() == 3 else w.sum(dim=1)).cpu().numpy()
     encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
     columns = [
         col
@@ -208,6 +222,42 @@ def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[li
     return columns, encoded
 
 
+def _ensemble_members(fit: FitResult, size: int, *, excluded: set[int]) -> list[MemberResult]:
+    """The best member first, then the next ``size - 1`` by validation loss; members that
+    diverged or hold non-finite values never join."""
+    best = fit.best_member
+    others = sorted(
+        (
+            m
+            for m in fit.members
+            if m.member != best.member
+            and m.finite
+            and m.member not in excluded
+            and math.isfinite(m.val_loss)
+        ),
+        key=lambda m: m.val_loss,
+    )
+    return [best, *others[: size - 1]]
+
+
+@torch.no_grad()
+def _split_metrics(
+    model: PopulationMLP, x: np.ndarray, y: np.ndarray, task: str, device: torch.device
+) -> dict[str, float]:
+    """Loss and score of the (ensembled) model on a non-test split."""
+    model.eval()
+    out = ensemble_outputs(model.predict_chunks(torch.as_tensor(x, device=device)), task).cpu()
+    if task == "classification":
+        target = torch.as_tensor(y, dtype=torch.long)
+        loss = float(torch.nn.functional.cross_entropy(out, target))
+        return {"loss": loss, "accuracy": float((out.argmax(dim=1) == target).double().mean())}
+    pred = out[:, 0].double().numpy()
+    truth = np.asarray(y, dtype=float)
+    ss_tot = float(((truth - truth.mean()) ** 2).sum())
+    r2 = 1.0 - float(((pred - truth) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+    return {"loss": float(np.mean((pred - truth) ** 2)), "r2": r2}
+
+
 def _test_metrics(
     model: PopulationMLP, prepared: PreparedData, device: torch.device
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -215,7 +265,8 @@ def _test_metrics(
     x_test, y_test = prepared.test.open()
     model.eval()
     with torch.no_grad():
-        out = model.predict_chunks(torch.as_tensor(x_test, device=device))[0].cpu()
+        outputs = model.predict_chunks(torch.as_tensor(x_test, device=device))
+        out = ensemble_outputs(outputs, prepared.task).cpu()
     enc = prepared.target_encoder
     if prepared.task == "classification":
         y = torch.as_tensor(y_test)
@@ -290,8 +341,10 @@ def train_population(
     """Train several configurations at once as one batched population and keep the best.
 
     Configurations may differ in ``seed``, ``lr``, ``l1``, ``l2`` and ``dropout``; each one's
-    ``restarts`` adds that many members with seeds ``seed, seed+1, ...``. The member with the
-    lowest validation loss is chosen, then the sealed test split is read once to score it.
+    ``restarts`` adds that many members with seeds ``seed, seed+1, ...`` (and more seeds are
+    added while the population is smaller than ``ensemble``). The ``ensemble`` members with the
+    lowest validation loss are averaged into the final model (the best one alone when
+    ``ensemble=1``), then the sealed test split is read once to score it.
     Every member's validation result is in ``run.metrics["population"]``.
 
     Members train as one batched model (stacked weights), each ending where it would have ended
@@ -335,9 +388,13 @@ def train_population(
     prepared = prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
     if len(cfgs) == 1 and cfg.target is None:
         cfg = cfg.replace(target=prepared.target)
+    hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
+    if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
+        cfg = cfg.replace(hidden=hidden)
+        cfgs = [c.replace(hidden=hidden) for c in cfgs]
     arch = Architecture(
         n_inputs=prepared.n_features,
-        hidden=cfg.hidden,
+        hidden=hidden,
         n_outputs=prepared.target_encoder.n_outputs,
         activation=cfg.activation,
         batch_norm=cfg.batch_norm,
@@ -348,6 +405,12 @@ def train_population(
         for r in range(c.restarts):
             members.append(_member_settings(c, c.seed + r))
             origin.append(i)
+    # Too few members for the ensemble: more seeds, taken from the settings in turn.
+    for j in range(cfg.ensemble - len(members)):
+        i = j % len(cfgs)
+        c = cfgs[i]
+        members.append(_member_settings(c, c.seed + c.restarts + j // len(cfgs)))
+        origin.append(i)
     probe = SignalProbe()
     all_callbacks = [probe, *callbacks]
     if progress is None or progress:
@@ -416,8 +479,11 @@ def _finish(
         )
         failed.findings = signals["findings"]  # the CLI prints them with the error
         raise failed
-    model = _single_member_model(arch, {k: v.to(device) for k, v in best.state.items()})
+    chosen = _ensemble_members(fit, cfg.ensemble, excluded=diverged)
+    state = stack_member_states([m.state for m in chosen])
+    model = _model_from_state(arch, {k: v.to(device) for k, v in state.items()})
     model.to(device)
+    ensemble_val = _split_metrics(model, prepared.x_val, prepared.y_val, prepared.task, device)
     # Every choice is made: read the sealed test split, once.
     test, test_detail = _test_metrics(model, prepared, device)
     zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)
@@ -435,6 +501,11 @@ def _finish(
         threads,
         train_seconds,
     )
+    metrics["ensemble"] = {
+        "members": [m.member for m in chosen],
+        "seeds": [m.settings.seed for m in chosen],
+        "val": ensemble_val,
+    }
     metrics["findings"] = signals["findings"]
     # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
     metrics["nonfinite_events"] = list(trainer.events)
@@ -450,7 +521,7 @@ def _finish(
         # Each file is written atomically into the run directory; the run is complete (and
         # loadable) only once ``session.finish`` marks it so, after the last file.
         folder = run_dir
-        runs.save_model(folder, best.state, meta)
+        runs.save_model(folder, state, meta)
         runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
         runs.write_json(folder / runs.METRICS_FILE, metrics)
         runs.write_json(folder / SIGNALS_FILE, signals)

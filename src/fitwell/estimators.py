@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fitwell.config import TrainConfig
 from fitwell.errors import TrainingFailed
-from fitwell.models import Architecture, PopulationMLP
+from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.training import LoopSettings, MemberSettings, Trainer
 
 # The library's recommended recipe: the estimators' defaults follow `fitwell train`'s.
@@ -37,7 +37,7 @@ class _FitwellEstimator(BaseEstimator):
     def __init__(
         self,
         *,
-        hidden: tuple[int, ...] = _DEFAULTS.hidden,
+        hidden: tuple[int, ...] | str = _DEFAULTS.hidden,
         activation: str = _DEFAULTS.activation,
         dropout: float = _DROPOUT,
         optimizer: str = _DEFAULTS.optimizer,
@@ -49,6 +49,7 @@ class _FitwellEstimator(BaseEstimator):
         patience: int = _DEFAULTS.patience,
         validation_fraction: float = 0.15,
         restarts: int = _DEFAULTS.restarts,
+        ensemble: int = _DEFAULTS.ensemble,
         scale: bool = _DEFAULTS.scale,
         random_state: int = 0,
         device: str = "cpu",
@@ -65,6 +66,7 @@ class _FitwellEstimator(BaseEstimator):
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.restarts = restarts
+        self.ensemble = ensemble
         self.scale = scale
         self.random_state = random_state
         self.device = device
@@ -76,7 +78,7 @@ class _FitwellEstimator(BaseEstimator):
 
         build_config(
             {
-                "hidden": list(self.hidden),
+                "hidden": self.hidden if isinstance(self.hidden, str) else list(self.hidden),
                 "activation": self.activation,
                 "dropout": self.dropout,
                 "optimizer": self.optimizer,
@@ -87,6 +89,7 @@ class _FitwellEstimator(BaseEstimator):
                 "l2": self.l2,
                 "patience": self.patience,
                 "restarts": self.restarts,
+                "ensemble": self.ensemble,
                 "seed": self.random_state,
                 "device": self.device,
             }
@@ -125,7 +128,9 @@ class _FitwellEstimator(BaseEstimator):
             self.scale_ = np.ones(x.shape[1])
         x = (x - self.mean_) / self.scale_
         x_tr, y_tr, x_val, y_val = self._split(x, y)
-        hidden = tuple(int(h) for h in self.hidden)
+        from fitwell.config import resolve_hidden
+
+        hidden = tuple(int(h) for h in resolve_hidden(self.hidden, len(x_tr)))
         arch = Architecture(
             n_inputs=x.shape[1], hidden=hidden, n_outputs=n_outputs, activation=self.activation
         )
@@ -134,7 +139,7 @@ class _FitwellEstimator(BaseEstimator):
             MemberSettings(
                 seed=self.random_state + r, lr=self.lr, l1=self.l1, l2=self.l2, dropout=drop
             )
-            for r in range(self.restarts)
+            for r in range(max(self.restarts, self.ensemble))
         ]
         loop = LoopSettings(
             optimizer=self.optimizer,
@@ -163,8 +168,13 @@ class _FitwellEstimator(BaseEstimator):
                 f"training diverged ({best.stop_reason or 'non-finite values'}); "
                 f"got lr={self.lr}. Lower the learning rate."
             )
-        model = PopulationMLP(arch, 1)
-        model.load_state_dict({k: v.to("cpu") for k, v in best.state.items()})
+        chosen = [best] + sorted(
+            (m for m in fit.members if m is not best and m.finite and np.isfinite(m.val_loss)),
+            key=lambda m: m.val_loss,
+        )[: self.ensemble - 1]
+        model = PopulationMLP(arch, len(chosen))
+        state = stack_member_states([m.state for m in chosen])
+        model.load_state_dict({k: v.to("cpu") for k, v in state.items()})
         # Predict in float64: float32 kernels round differently with the batch size, and
         # scikit-learn rightly expects a row's prediction not to depend on its neighbours.
         model.double().eval()
@@ -179,7 +189,7 @@ class _FitwellEstimator(BaseEstimator):
         check_is_fitted(self, "model_")
         x = validate_data(self, x, reset=False, dtype=[np.float64, np.float32])
         x = (np.asarray(x, dtype=np.float64) - self.mean_) / self.scale_
-        return self.model_.predict_chunks(torch.as_tensor(x))[0].numpy()
+        return ensemble_outputs(self.model_.predict_chunks(torch.as_tensor(x)), self._task).numpy()
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -195,8 +205,9 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
 
     Parameters
     ----------
-    hidden : tuple of int, default (256, 256)
-        Hidden layer widths.
+    hidden : tuple of int or "auto", default "auto"
+        Hidden layer widths; ``auto`` sizes two layers from the training rows
+        (:func:`fitwell.config.resolve_hidden`).
     activation : str, default "relu"
     dropout : float, default TrainConfig.dropout
         Drop probability of every hidden layer.
@@ -215,6 +226,9 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         choosing among restarts; 0 validates on the training rows.
     restarts : int, default 1
         Independent initialisations trained together; the lowest validation loss is kept.
+    ensemble : int, default 3
+        Predictions are averaged over this many best members (``max(restarts, ensemble)``
+        members are trained, as one batched population); 1 keeps a single model.
     scale : bool, default True
         Standardize features with the ``fit`` rows' mean and standard deviation.
     random_state : int, default 0

@@ -105,6 +105,27 @@ def init_std(activation: str, init: str, scale: float, fan_in: int, fan_out: int
     return scale * gain / math.sqrt(max(fan_in, 1))
 
 
+def ensemble_outputs(outputs: torch.Tensor, task: str) -> torch.Tensor:
+    """One prediction ``[N, C]`` from the members' outputs ``[K, N, C]``.
+
+    Classification averages the members' class probabilities and returns their logarithm (valid
+    logits: ``softmax`` gives the averaged probabilities back, ``argmax`` the ensemble's class);
+    regression averages the outputs. One member's outputs are returned unchanged.
+    """
+    if outputs.shape[0] == 1:
+        return outputs[0]
+    if task == "classification":
+        log_probs = torch.log_softmax(outputs, dim=-1)
+        return torch.logsumexp(log_probs, dim=0) - math.log(outputs.shape[0])
+    return outputs.mean(dim=0)
+
+
+def stack_member_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Join single-member states (leading axis 1, or flat batch-norm ``[width]``) into one
+    K-member state, in the given order: what a :class:`PopulationMLP` of K members loads."""
+    return {name: torch.cat([s[name] for s in states], dim=0) for name in states[0]}
+
+
 class PopulationMLP(nn.Module):
     """K independent MLPs evaluated together with batched matrix multiplies.
 

@@ -64,6 +64,7 @@ class SignalProbe(Callback):
         self._seen_rows: list[int] = []
         self._nonfinite: dict[int, int] = {}
         self._limit: torch.Tensor | None = None
+        self._limit_value = math.inf
         # Members this probe stopped for a finite loss explosion. Non-finite losses are left to
         # the NonFiniteGuard, which rolls back, halves lr and retries before giving up.
         self.stopped: set[int] = set()
@@ -108,8 +109,13 @@ class SignalProbe(Callback):
         # One cheap check per step: divergence is caught the step it happens.
         if self._limit is None or self._limit.shape != losses.shape:
             self._limit = self._loss_limit(trainer, losses.device)
-        # ``not (loss <= limit)`` is also true for NaN: one comparison, one host read per step.
-        if bool((losses <= self._limit).all()):
+            self._limit_value = float(self._limit.max())
+        # ``not (loss <= limit)`` is also true for NaN: one comparison, one host read per step
+        # (for one member, a plain float comparison: no tensor kernels at all).
+        if len(losses) == 1:
+            if losses.item() <= self._limit_value:
+                return
+        elif bool((losses <= self._limit).all()):
             return
         values = losses.tolist()
         for pos, m in enumerate(trainer.active):
