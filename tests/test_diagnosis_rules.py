@@ -282,3 +282,17 @@ def test_every_finding_follows_the_shared_format() -> None:
         assert f["code"] in rules.CODES and f["severity"] in ("info", "warning", "error")
         assert all(isinstance(v, (int, float, str, list)) for v in f["evidence"].values())
         assert f["advice"]
+
+
+def test_overfitting_advice_asks_for_more_than_the_run_already_has() -> None:
+    from fitwell.diagnosis.rules import regularization_advice
+
+    assert regularization_advice(RunContext(task="classification")) == (
+        "set l2 to 1e-3 or dropout to 0.2"
+    )
+    default_run = RunContext(task="classification", l2=0.0, dropout=(0.2, 0.2))
+    assert regularization_advice(default_run) == "set l2 to 1e-3 or raise dropout from 0.2 to 0.4"
+    heavy = RunContext(task="classification", l2=1e-2, dropout=(0.5,))
+    assert regularization_advice(heavy) == "raise l2 from 0.01 to 0.1"
+    none = RunContext(task="regression", l2=0.0, dropout=(0.0,))
+    assert regularization_advice(none) == "set l2 to 1e-3 or set dropout to 0.2"

@@ -98,6 +98,9 @@ class RunContext:
     model_epoch: int | None = None
     restored_best: bool = False
     lr: float | None = None
+    # The chosen member's regularization, so advice can say "raise" rather than repeat it.
+    l2: float | None = None
+    dropout: tuple[float, ...] | None = None
     n_val: int = 0
     baseline_val_score: float | None = None
     linear_train_score: float | None = None
@@ -391,6 +394,22 @@ def _curve(history: Sequence[dict[str, Any]], member: int, key: str) -> list[tup
     return [(e, float(v)) for e, v in sorted(rows) if v is not None and math.isfinite(float(v))]
 
 
+def regularization_advice(ctx: RunContext) -> str:
+    """More regularization than the run already has: l2 x10 (at least 1e-3), dropout +0.2
+    (at most 0.5). Unknown settings (a user's own loop) get the plain starting points."""
+    l2 = ctx.l2 or 0.0
+    options = [f"raise l2 from {l2:g} to {max(1e-3, 10 * l2):g}" if l2 > 0 else "set l2 to 1e-3"]
+    if ctx.dropout is None:
+        options.append("dropout to 0.2")
+    else:
+        current = max(ctx.dropout, default=0.0)
+        if current == 0:
+            options.append("set dropout to 0.2")
+        elif current < 0.5:
+            options.append(f"raise dropout from {current:g} to {min(0.5, current + 0.2):g}")
+    return " or ".join(options)
+
+
 def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> list[dict]:
     """Past the validation optimum, validation loss rose while training loss kept falling.
 
@@ -420,7 +439,7 @@ def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> 
     last_epoch, last = val[-1]
     model_epoch = ctx.model_epoch if ctx.model_epoch is not None else last_epoch
     model_val = dict(val).get(model_epoch, last)
-    advice = "set l2 to 1e-3 or dropout to 0.2, and keep early stopping on (patience 20)"
+    advice = regularization_advice(ctx) + ", and keep early stopping on (patience 20)"
     evidence: dict[str, Any] = {
         "best_val_loss": best,
         "best_epoch": best_epoch,
