@@ -122,7 +122,16 @@ def setups() -> list[Setup]:
     out.append(Setup("underfitting/digits-2units", "underfitting", {**HEALTHY, "hidden": (2,)}))
     out.append(Setup("underfitting/wine-l2", "underfitting", {**HEALTHY, "l2": 1.0}, "wine"))
     out.append(Setup("underfitting/digits-dropout", "underfitting", {**HEALTHY, "dropout": 0.9}))
-    lm = {"hidden": (2,), "max_epochs": 60, "restarts": 8, "lr": 0.03, "patience": 20}
+    # Tiny networks whose restarts land in different minima. Dropout is pinned to 0: the
+    # default 0.2 would drop a 2-unit layer's units at random, a different fault.
+    lm = {
+        "hidden": (2,),
+        "max_epochs": 60,
+        "restarts": 8,
+        "lr": 0.03,
+        "patience": 20,
+        "dropout": 0.0,
+    }
     out.append(Setup("local_minimum/xor", "local_minimum", lm, "xor"))
     out.append(Setup("local_minimum/parity3", "local_minimum", {**lm, "hidden": (2, 2)}, "parity3"))
     # Healthy twins: the same setup without the fault.
@@ -286,8 +295,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--only", help="run setups whose name contains this text")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "diagnosis.json"))
+    parser.add_argument("--repeats", type=int, default=15, help="overhead pairs per network")
+    parser.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="measure only the overhead and replace it in an existing --out file",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.overhead_only:
+        doc = json.loads(Path(args.out).read_text())
+        doc["overhead"] = {
+            "default_network": measure_overhead(args.repeats),
+            "small_network": measure_overhead(args.repeats, hidden=(64, 64)),
+        }
+        doc["overhead_command"] = (
+            f"python benchmarks/diagnosis.py --overhead-only --repeats {args.repeats}"
+        )
+        for name, o in doc["overhead"].items():
+            print(
+                f"overhead, {name} {o['setting']['hidden']}: median ratio with/without probe "
+                f"{o['median_ratio']:.3f} ({o['median_seconds_without']:.2f}s without)"
+            )
+        Path(args.out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        return 0
     n_seeds = args.seeds or (2 if args.quick else 5)
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -314,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     false_alarms = [r for r in healthy if r["codes"]]
     overhead = None
     if not args.only:
-        repeats = 3 if args.quick else 9
+        repeats = 3 if args.quick else args.repeats
         overhead = {
             "default_network": measure_overhead(repeats),
             "small_network": measure_overhead(repeats, hidden=(64, 64)),

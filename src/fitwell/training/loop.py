@@ -238,11 +238,15 @@ class Trainer:
             return None
         drawers, rates, scale, used = layout
         k, total = len(self.active), sum(self.arch.hidden)
-        u = torch.ones(k, batch, total, device=self.device)
+        # Draw straight into one buffer and turn it into the mask in place (no ones-fill, copy
+        # or ``where`` allocation): the same uniforms from the same generators as before.
+        u = torch.empty(k, batch, total, device=self.device)
+        if len(drawers) < k:
+            u.fill_(1.0)  # members without dropout: never dropped
         for pos in drawers:
             gen = self.dropout_generators[self.active[pos]]
-            u[pos] = torch.rand(batch, total, generator=gen, device=self.device)
-        mask = torch.where(u >= rates, scale, 0.0)
+            torch.rand(batch, total, generator=gen, device=self.device, out=u[pos])
+        mask = u.ge_(rates).mul_(scale)
         masks: list[torch.Tensor | None] = []
         offset = 0
         for layer, width in enumerate(self.arch.hidden):
