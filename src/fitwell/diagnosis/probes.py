@@ -58,9 +58,9 @@ class SignalProbe(Callback):
         self.records: list[dict[str, Any]] = []
         self.divergence: dict[int, dict[str, Any]] = {}
         self.first_loss: dict[int, float] = {}
-        self._grad_sums: list[torch.Tensor] = []
-        self._grad_count = 0
-        self._loss_steps = torch.zeros(0)
+        self._norm_steps: list[list[torch.Tensor] | tuple[torch.Tensor, ...]] = []
+        self._loss_list: list[torch.Tensor] = []
+        self._n_members = 1
         self._steps = 0
         self._start_weights: list[torch.Tensor] = []
         self._alive: list[torch.Tensor | None] = []
@@ -83,13 +83,11 @@ class SignalProbe(Callback):
     def on_epoch_begin(self, trainer: Trainer, **kwargs: Any) -> None:
         k = len(trainer.active)
         weights = trainer.model.weights
-        steps = -(-len(trainer.x_train) // trainer.loop.batch_size)
-        # Per-step gradient norms are summed in place (one fused add per step, no host sync) and
-        # the losses go into preallocated rows; means and maxima are taken once at epoch end.
-        shape = () if k == 1 else (k,)
-        self._grad_sums = [torch.zeros(shape, device=trainer.device) for _ in weights]
-        self._grad_count = 0
-        self._loss_steps = torch.zeros(steps, k, device=trainer.device)
+        # Per-step gradient norms and losses are kept as the tensors the step produced (no copy,
+        # no host sync); means and maxima are taken once at epoch end.
+        self._norm_steps = []
+        self._loss_list = []
+        self._n_members = k
         self._steps = 0
         self._limit = None
         self._start_weights = [w.detach().clone() for w in weights]
@@ -100,24 +98,20 @@ class SignalProbe(Callback):
         losses: torch.Tensor = kwargs["losses"].detach()
         # The optimizer's plain list of weight matrices: no ParameterList walk (~6 us each).
         grads = [w.grad for w in trainer.optimizer.penalized]
-        step = self._steps
-        if step < len(self._loss_steps) and all(g is not None for g in grads):
+        if all(g is not None for g in grads):
             present = [g for g in grads if g is not None]
-            norms: list[torch.Tensor] | tuple[torch.Tensor, ...]
             if len(losses) == 1:  # K = 1: one fused kernel for every layer's norm
-                norms = torch._foreach_norm(present)
+                self._norm_steps.append(torch._foreach_norm(present))
             else:
-                norms = [torch.linalg.vector_norm(g, dim=(1, 2)) for g in present]
-            torch._foreach_add_(self._grad_sums, norms)
-            self._grad_count += 1
-            self._loss_steps[step].copy_(losses)
+                self._norm_steps.append([torch.linalg.vector_norm(g, dim=(1, 2)) for g in present])
+            self._loss_list.append(losses)
         self._steps += 1
         if self._steps == 1 and trainer.epoch == 0:
             for pos, m in enumerate(trainer.active):
                 self.first_loss.setdefault(m, float(losses[pos]))
             self._limit = None  # now known: rebuild the limit from the first losses
         # One cheap check per step: divergence is caught the step it happens.
-        if self._limit is None or self._limit.shape != losses.shape:
+        if self._limit is None:  # reset every epoch: the active members may have changed
             self._limit = self._loss_limit(trainer, losses.device)
             self._limit_value = float(self._limit.max())
         # ``not (loss <= limit)`` is also true for NaN: one comparison, one host read per step
@@ -187,25 +181,41 @@ class SignalProbe(Callback):
 
     def on_epoch_end(self, trainer: Trainer, **kwargs: Any) -> None:
         logs: dict[int, dict[str, float]] = kwargs["logs"]
-        steps = min(max(self._steps, 1), len(self._loss_steps))
         with torch.no_grad():
-            count = max(self._grad_count, 1)
-            sums = torch.stack([g.reshape(-1) for g in self._grad_sums])  # [layers, K]
-            grad = (sums / count).T.tolist()
-            w_now = [w.detach().flatten(1) for w in trainer.model.weights]
-            w_start = [w.flatten(1) for w in self._start_weights]
-            weight_norm = torch.stack([w.norm(dim=1) for w in w_now], dim=1).tolist()
-            ratio = torch.stack(
-                [
-                    (now - start).norm(dim=1) / start.norm(dim=1).clamp_min(1e-12)
-                    for now, start in zip(w_now, w_start, strict=True)
-                ],
-                dim=1,
-            ).tolist()
+            k = self._n_members
+            if self._norm_steps:  # [steps, layers, K] -> mean over steps -> [K][layers]
+                norms = torch.stack([torch.stack(n).reshape(-1, k) for n in self._norm_steps])
+                grad = norms.mean(dim=0).T.tolist()
+            else:
+                grad = [[math.nan] * len(self.layers) for _ in range(k)]
+            w_now = [w.detach() for w in trainer.optimizer.penalized]
+            if k == 1:  # fused norms over all layers: a handful of kernels, one host read
+                moved = torch._foreach_sub(w_now, self._start_weights)
+                now_norm, start_norm, moved_norm = (
+                    torch.stack(torch._foreach_norm(ts))
+                    for ts in (w_now, self._start_weights, moved)
+                )
+                both = torch.stack([now_norm, moved_norm / start_norm.clamp_min(1e-12)]).tolist()
+                weight_norm, ratio = [both[0]], [both[1]]
+            else:
+                flat_now = [w.flatten(1) for w in w_now]
+                flat_start = [w.flatten(1) for w in self._start_weights]
+                weight_norm = torch.stack([w.norm(dim=1) for w in flat_now], dim=1).tolist()
+                ratio = torch.stack(
+                    [
+                        (now - start).norm(dim=1) / start.norm(dim=1).clamp_min(1e-12)
+                        for now, start in zip(flat_now, flat_start, strict=True)
+                    ],
+                    dim=1,
+                ).tolist()
             dead = self._dead_fractions()
             saturated = self._saturated_fractions()
-            batch_max = self._loss_steps[:steps].max(dim=0).values.tolist()
-            batch_mean = self._loss_steps[:steps].mean(dim=0).tolist()
+            if self._loss_list:
+                step_losses = torch.stack(self._loss_list)  # [steps, K]
+                batch_max = step_losses.max(dim=0).values.tolist()
+                batch_mean = step_losses.mean(dim=0).tolist()
+            else:
+                batch_max = batch_mean = [math.nan] * k
         for pos, m in enumerate(trainer.active):
             row = logs.get(m, {})
             self.records.append(
