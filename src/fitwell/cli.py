@@ -235,7 +235,9 @@ def print_summary(m: dict[str, Any]) -> None:
     if len(m["restarts"]["val_scores"]) > 1 and scores:
         console.print(
             f"restarts: {len(m['restarts']['val_scores'])} members, val {score} "
-            f"{min(scores):.4f}–{max(scores):.4f}, kept member {m['restarts']['best']}"
+            f"{min(scores):.4f}–{max(scores):.4f}, "
+            + ("best" if len(m.get("ensemble", {}).get("members", [])) > 1 else "kept")
+            + f" member {m['restarts']['best']}"
         )
     members = m.get("ensemble", {}).get("members", [])
     if len(members) > 1:
