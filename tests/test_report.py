@@ -209,3 +209,18 @@ def test_report_of_a_missing_folder_is_one_error_line(tmp_path: Path) -> None:
     result = run_cli("report", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_first_layer_magnitudes_sum_every_averaged_member(l1_run: Path) -> None:
+    from safetensors.numpy import load
+
+    from fitwell.report.build import _first_layer_magnitudes
+
+    first = load((l1_run / runs.MODEL_FILE).read_bytes())["weights.0"]
+    assert first.shape[0] == 3  # restarts 3, ensemble 3: three stacked members
+    got = _first_layer_magnitudes(l1_run)
+    assert got is not None
+    names, values = got
+    expected = np.abs(first).sum(axis=(0, 2))
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    assert names == ["signal", "noise_a", "noise_b"]

@@ -58,7 +58,8 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
         pre = Preprocessor.from_json(meta["preprocessing"])
     except (KeyError, ValueError, OSError):
         return None
-    per_feature = abs(first.reshape(first.shape[-2], -1)).sum(axis=1)
+    # Stacked members [K, in, out] (an ensemble) or one [in, out]: sum over members and units.
+    per_feature = abs(first).sum(axis=(0, 2)) if first.ndim == 3 else abs(first).sum(axis=1)
     names, values = [], []
     for column, idx in pre.encoded_groups().items():
         names.append(str(column))
