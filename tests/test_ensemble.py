@@ -13,6 +13,7 @@ import torch
 from fitwell import api
 from fitwell.cli import main
 from fitwell.data import load_table
+from fitwell.ensemble import ensemble_members
 from fitwell.models import ensemble_outputs, stack_member_states
 from fitwell.training.loop import FitResult, MemberResult, MemberSettings
 
@@ -64,9 +65,9 @@ def test_members_join_best_first_by_validation_loss_and_never_diverged() -> None
         _member(5, 0.3),
     ]
     fit = FitResult(task="classification", members=members, best=1, history=[], epochs_run=1)
-    chosen = api._ensemble_members(fit, 3, excluded={5})
+    chosen = ensemble_members(fit, 3, excluded={5})
     assert [m.member for m in chosen] == [1, 3, 0]
-    assert [m.member for m in api._ensemble_members(fit, 1, excluded=set())] == [1]
+    assert [m.member for m in ensemble_members(fit, 1, excluded=set())] == [1]
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,11 @@ from fitwell.data import PreparedData, Preprocessor, load_table, prepare
 from fitwell.data.preparation import TargetEncoder
 from fitwell.diagnosis.context import SIGNALS_FILE, diagnose_fit
 from fitwell.diagnosis.probes import SignalProbe
+from fitwell.ensemble import ensemble_members, split_metrics
 from fitwell.errors import FitwellError, InputError, TrainingFailed
 from fitwell.metrics import regression_report, score_name
 from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.training import Callback, FitResult, LoopSettings, MemberSettings, ProgressBar, Trainer
-from fitwell.training.loop import MemberResult
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,42 +220,6 @@ def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[li
         if idx and all(norms[i] == 0.0 for i in idx)
     ]
     return columns, encoded
-
-
-def _ensemble_members(fit: FitResult, size: int, *, excluded: set[int]) -> list[MemberResult]:
-    """The best member first, then the next ``size - 1`` by validation loss; members that
-    diverged or hold non-finite values never join."""
-    best = fit.best_member
-    others = sorted(
-        (
-            m
-            for m in fit.members
-            if m.member != best.member
-            and m.finite
-            and m.member not in excluded
-            and math.isfinite(m.val_loss)
-        ),
-        key=lambda m: m.val_loss,
-    )
-    return [best, *others[: size - 1]]
-
-
-@torch.no_grad()
-def _split_metrics(
-    model: PopulationMLP, x: np.ndarray, y: np.ndarray, task: str, device: torch.device
-) -> dict[str, float]:
-    """Loss and score of the (ensembled) model on a non-test split."""
-    model.eval()
-    out = ensemble_outputs(model.predict_chunks(torch.as_tensor(x, device=device)), task).cpu()
-    if task == "classification":
-        target = torch.as_tensor(y, dtype=torch.long)
-        loss = float(torch.nn.functional.cross_entropy(out, target))
-        return {"loss": loss, "accuracy": float((out.argmax(dim=1) == target).double().mean())}
-    pred = out[:, 0].double().numpy()
-    truth = np.asarray(y, dtype=float)
-    ss_tot = float(((truth - truth.mean()) ** 2).sum())
-    r2 = 1.0 - float(((pred - truth) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
-    return {"loss": float(np.mean((pred - truth) ** 2)), "r2": r2}
 
 
 def _test_metrics(
@@ -479,11 +443,11 @@ def _finish(
         )
         failed.findings = signals["findings"]  # the CLI prints them with the error
         raise failed
-    chosen = _ensemble_members(fit, cfg.ensemble, excluded=diverged)
+    chosen = ensemble_members(fit, cfg.ensemble, excluded=diverged)
     state = stack_member_states([m.state for m in chosen])
     model = _model_from_state(arch, {k: v.to(device) for k, v in state.items()})
     model.to(device)
-    ensemble_val = _split_metrics(model, prepared.x_val, prepared.y_val, prepared.task, device)
+    ensemble_val = split_metrics(model, prepared.x_val, prepared.y_val, prepared.task, device)
     # Every choice is made: read the sealed test split, once.
     test, test_detail = _test_metrics(model, prepared, device)
     zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)

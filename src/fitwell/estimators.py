@@ -168,10 +168,9 @@ class _FitwellEstimator(BaseEstimator):
                 f"training diverged ({best.stop_reason or 'non-finite values'}); "
                 f"got lr={self.lr}. Lower the learning rate."
             )
-        chosen = [best] + sorted(
-            (m for m in fit.members if m is not best and m.finite and np.isfinite(m.val_loss)),
-            key=lambda m: m.val_loss,
-        )[: self.ensemble - 1]
+        from fitwell.ensemble import ensemble_members
+
+        chosen = ensemble_members(fit, self.ensemble)
         model = PopulationMLP(arch, len(chosen))
         state = stack_member_states([m.state for m in chosen])
         model.load_state_dict({k: v.to("cpu") for k, v in state.items()})
