@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import fitwell
-from fitwell.models import Architecture
+from fitwell import models
+from fitwell.models import Architecture, PopulationMLP
 from fitwell.training import Callback, LoopSettings, MemberSettings, Trainer
 from fitwell.training.optim import PopulationOptimizer
 
@@ -230,3 +231,54 @@ def test_set_lrs_switches_between_uniform_and_per_member_steps() -> None:
     assert opt.uniform_lr
     opt.step()
     torch.testing.assert_close(w[1], torch.full((3, 4), 0.75))
+
+
+def _bn_model(k: int) -> PopulationMLP:
+    model = PopulationMLP(Architecture(6, (16, 12), 3, batch_norm=True), k)
+    model.initialize(list(range(k)), init="auto", init_scale=1.0, bias_init=0.0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in range(2):  # non-trivial running statistics and affine parameters
+            getattr(model, f"bn_mean_{layer}").normal_(generator=gen)
+            getattr(model, f"bn_var_{layer}").uniform_(0.5, 2.0, generator=gen)
+            model.bn_weights[layer].uniform_(0.5, 1.5, generator=gen)
+            model.bn_biases[layer].normal_(generator=gen)
+    return model.eval()
+
+
+def test_member_by_member_evaluation_matches_the_batched_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Wide populations on the CPU evaluate shared rows one member at a time (cache-resident);
+    # the outputs must be the batched ones, batch-norm slices included.
+    model = _bn_model(4)
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    batched = model(x)
+    monkeypatch.setattr(models, "_MEMBER_LOOP_MACS", 0)
+    calls: list[int] = []
+    original = PopulationMLP.forward
+
+    def counting_forward(self: PopulationMLP, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PopulationMLP, "forward", counting_forward)
+    looped = model.forward_shared(x)
+    assert not calls  # the member loop ran, not the batched forward
+    torch.testing.assert_close(looped, batched, atol=1e-5, rtol=1e-5)
+    chunked = model.predict_chunks(x)
+    torch.testing.assert_close(chunked, batched, atol=1e-5, rtol=1e-5)
+    # Pre-activation hooks still see the batched [K, N, H] form.
+    seen: list[tuple[int, ...]] = []
+    model.forward_shared(x, on_preactivation=lambda layer, pre: seen.append(tuple(pre.shape)))
+    assert seen == [(4, 50, 16), (4, 50, 12)]
+
+
+def test_member_by_member_evaluation_keeps_a_member_equal_to_itself_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(models, "_MEMBER_LOOP_MACS", 0)
+    together = _trainer(MEMBERS).fit()
+    for member, settings in enumerate(MEMBERS):
+        alone = _trainer([settings]).fit()
+        _assert_same_member(together.members[member], alone.members[0])

@@ -41,6 +41,10 @@ _GAIN_NAME = {
 
 # Evaluate at most this many activations at once, so eval on large tables stays in memory.
 _EVAL_CHUNK_ELEMENTS = 1 << 24
+# Shared-row evaluation on the CPU runs member by member once one member's chunk is at least this
+# many multiply-adds: a [K, N, width] batch falls out of cache, one member's [N, width] does not
+# (measured, digits rows: 1.2x at K=16 x 512 wide, 1.8x at K=64 x 512, 3x at K=64 x 128).
+_MEMBER_LOOP_MACS = 1 << 20
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
 
@@ -103,6 +107,13 @@ def init_std(activation: str, init: str, scale: float, fan_in: int, fan_out: int
     if init == "xavier":
         return scale * gain * math.sqrt(2.0 / (fan_in + fan_out))
     return scale * gain / math.sqrt(max(fan_in, 1))
+
+
+def eval_chunk_rows(arch: Architecture, n_members: int, *, most: int = 8192) -> int:
+    """Rows per evaluation chunk: at most ``most``, and few enough that the widest layer's
+    activations for every member stay within ``_EVAL_CHUNK_ELEMENTS`` (64 MiB of float32)."""
+    widest = max([*arch.hidden, arch.n_outputs, 1])
+    return max(1, min(most, _EVAL_CHUNK_ELEMENTS // (n_members * widest)))
 
 
 def ensemble_outputs(outputs: torch.Tensor, task: str) -> torch.Tensor:
@@ -234,14 +245,63 @@ class PopulationMLP(nn.Module):
         return flat.reshape(b, k, width).transpose(0, 1)
 
     @torch.no_grad()
+    def forward_shared(
+        self,
+        x: torch.Tensor,
+        *,
+        on_preactivation: PreactivationHook | None = None,
+    ) -> torch.Tensor:
+        """Eval-mode outputs ``[K, N, n_outputs]`` for rows ``x [N, F]`` every member reads.
+
+        On the CPU, with enough work per member, the members run one after another on the
+        shared rows (``addmm`` on ``[N, width]``, cache-resident) instead of as one batched
+        ``[K, N, width]`` computation; the results are the same up to float32 rounding.
+        Pre-activation hooks always see the batched ``[K, N, H]`` form.
+        """
+        if (
+            on_preactivation is not None
+            or self.training
+            or self.n_members == 1
+            or x.device.type != "cpu"
+            or len(x) * self._macs_per_row() < _MEMBER_LOOP_MACS
+        ):
+            return self(x, on_preactivation=on_preactivation)
+        pairs = self._pairs if self._pairs is not None else self._cache_pairs()
+        last = len(pairs) - 1
+        outs = []
+        for k in range(self.n_members):
+            h = x
+            for layer, (w, b) in enumerate(pairs):
+                h = torch.addmm(b[k], h, w[k])
+                if layer == last:
+                    break
+                if self.arch.batch_norm:
+                    width = h.shape[1]
+                    part = slice(k * width, (k + 1) * width)
+                    h = F.batch_norm(
+                        h,
+                        getattr(self, f"bn_mean_{layer}")[part],
+                        getattr(self, f"bn_var_{layer}")[part],
+                        self.bn_weights[layer][part],
+                        self.bn_biases[layer][part],
+                        training=False,
+                    )
+                h = self.act(h)
+            outs.append(h)
+        return torch.stack(outs)
+
+    def _macs_per_row(self) -> int:
+        return sum(i * o for i, o in self.arch.layer_sizes)
+
+    @torch.no_grad()
     def predict_chunks(
         self, x: torch.Tensor, *, on_preactivation: PreactivationHook | None = None
     ) -> torch.Tensor:
         """Outputs ``[K, N, n_outputs]`` for shared rows ``x [N, F]``, in memory-bounded chunks."""
-        widest = max([*self.arch.hidden, self.arch.n_outputs, 1])
-        rows = max(1, _EVAL_CHUNK_ELEMENTS // (self.n_members * widest))
+        rows = eval_chunk_rows(self.arch, self.n_members)
         outs = [
-            self(x[i : i + rows], on_preactivation=on_preactivation) for i in range(0, len(x), rows)
+            self.forward_shared(x[i : i + rows], on_preactivation=on_preactivation)
+            for i in range(0, len(x), rows)
         ]
         return torch.cat(outs, dim=1) if outs else x.new_zeros(self.n_members, 0, 1)
 

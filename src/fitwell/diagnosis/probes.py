@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fitwell.training.callbacks import Callback
+from fitwell.training.loop import PREACTIVATION_HOOK_ROWS
 
 if TYPE_CHECKING:
     from fitwell.training.loop import Trainer
@@ -31,7 +32,7 @@ SATURATION_THRESHOLD = {"tanh": 2.99, "sigmoid": 5.29}
 DEAD_ACTIVE_RATE = 0.01
 # Rows of each epoch's training-split evaluation that the activation statistics read: 1% of
 # them (the dead-unit threshold) is still 5 rows, and the cost stops growing with the table.
-ACTIVATION_SAMPLE_ROWS = 512
+ACTIVATION_SAMPLE_ROWS = PREACTIVATION_HOOK_ROWS
 # Activations whose units can "die": zero output and zero gradient for negative inputs.
 RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "selu")
 # A training loss this many times the member's first-step loss counts as diverged: no stable

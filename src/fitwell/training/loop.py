@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from fitwell.metrics import SplitAccumulator, score_name, training_objective
-from fitwell.models import Architecture, PopulationMLP
+from fitwell.models import Architecture, PopulationMLP, eval_chunk_rows
 from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.optim import PopulationOptimizer
 
-_EVAL_ROWS = 8192
-_EVAL_ELEMENTS = 1 << 24  # activations per eval chunk (64 MiB of float32)
+# Pre-activation hooks on the epoch-end training pass see this many rows (the split is shuffled,
+# so they are a random sample); the rest of the pass runs without them, member by member on CPU.
+PREACTIVATION_HOOK_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -339,11 +340,14 @@ class Trainer:
                 hook(layer, pre)
 
         # Rows per chunk shrink as K x width grows, so K = 64 wide members stay in bounded memory.
-        widest = max([*self.arch.hidden, self.arch.n_outputs, 1])
-        rows = max(1, min(_EVAL_ROWS, _EVAL_ELEMENTS // (len(self.active) * widest)))
-        for start in range(0, len(x), rows):
-            out = self.model(x[start : start + rows], on_preactivation=on_pre if hooks else None)
-            acc.add(out, y[start : start + rows])
+        rows = eval_chunk_rows(self.arch, len(self.active))
+        hooked = min(PREACTIVATION_HOOK_ROWS, len(x)) if hooks else 0
+        bounds = [*range(0, hooked, rows), *range(hooked, len(x), rows), len(x)]
+        for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+            out = self.model.forward_shared(
+                x[begin:end], on_preactivation=on_pre if begin < hooked else None
+            )
+            acc.add(out, y[begin:end])
         return acc.result()
 
     def fit(self) -> FitResult:
