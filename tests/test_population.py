@@ -263,15 +263,22 @@ def test_member_by_member_evaluation_matches_the_batched_one(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PopulationMLP, "forward", counting_forward)
-    looped = model.forward_shared(x)
+    monkeypatch.setattr(models, "eval_chunk_rows", lambda arch, n_members: 8)  # many chunks
+    looped = model.predict_chunks(x)
     assert not calls  # the member loop ran, not the batched forward
     torch.testing.assert_close(looped, batched, atol=1e-5, rtol=1e-5)
-    chunked = model.predict_chunks(x)
-    torch.testing.assert_close(chunked, batched, atol=1e-5, rtol=1e-5)
-    # Pre-activation hooks still see the batched [K, N, H] form.
+    # Pre-activation hooks see the batched [K, rows, H] form of the first hooked rows only.
     seen: list[tuple[int, ...]] = []
-    model.forward_shared(x, on_preactivation=lambda layer, pre: seen.append(tuple(pre.shape)))
-    assert seen == [(4, 50, 16), (4, 50, 12)]
+    parts = [
+        part
+        for part, _ in model.shared_chunks(
+            x, on_preactivation=lambda layer, pre: seen.append(tuple(pre.shape)), hooked_rows=20
+        )
+    ]
+    assert sum(shape[1] for shape in seen[::2]) == 20
+    assert {shape[0] for shape in seen} == {4} and {shape[2] for shape in seen} == {16, 12}
+    assert len(parts) == 7 and parts[0].start == 0 and parts[-1].stop == 50
+    assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:], strict=True))
 
 
 def test_member_by_member_evaluation_keeps_a_member_equal_to_itself_alone(

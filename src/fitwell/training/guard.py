@@ -96,7 +96,7 @@ class NonFiniteGuard(Callback):
         # saved.
         # A sum keeps NaN and inf (and overflows only for losses near 1e38, which then take
         # the exact path below): one host read instead of an isfinite kernel per step.
-        if math.isfinite(losses.sum().item()):
+        if math.isfinite((losses if len(losses) == 1 else losses.sum()).item()):
             return
         tensors: list[torch.Tensor] = [p.detach() for p in params]
         tensors += [p.grad for p in params if p.grad is not None]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fitwell.metrics import SplitAccumulator, score_name, training_objective
-from fitwell.models import Architecture, PopulationMLP, eval_chunk_rows
+from fitwell.models import Architecture, PopulationMLP
 from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.optim import PopulationOptimizer
@@ -339,15 +339,11 @@ class Trainer:
             for hook in hooks:
                 hook(layer, pre)
 
-        # Rows per chunk shrink as K x width grows, so K = 64 wide members stay in bounded memory.
-        rows = eval_chunk_rows(self.arch, len(self.active))
-        hooked = min(PREACTIVATION_HOOK_ROWS, len(x)) if hooks else 0
-        bounds = [*range(0, hooked, rows), *range(hooked, len(x), rows), len(x)]
-        for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
-            out = self.model.forward_shared(
-                x[begin:end], on_preactivation=on_pre if begin < hooked else None
-            )
-            acc.add(out, y[begin:end])
+        chunks = self.model.shared_chunks(
+            x, on_preactivation=on_pre if hooks else None, hooked_rows=PREACTIVATION_HOOK_ROWS
+        )
+        for part, out in chunks:
+            acc.add(out, y[part])
         return acc.result()
 
     def fit(self) -> FitResult:
