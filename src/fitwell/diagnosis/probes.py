@@ -1,11 +1,12 @@
 """Cheap training signals, recorded per epoch, per member and per layer by a training callback.
 
 What is recorded (the ``signals.json`` format): the mean L2 norm of each layer's weight gradient
-over the epoch's steps, each layer's weight norm, the update ratio ``||W_end - W_begin|| /
-||W_begin||`` over the epoch, the fraction of dead units (ReLU-like: pre-activation > 0 on fewer
-than 1% of the training rows, read on a 512-row sample of them each epoch) or saturated
-pre-activations (tanh/sigmoid: derivative below 1% of its maximum), and non-finite training
-losses. Gradient norms accumulate on the device; the only
+over the epoch's steps (read on about ``GRADIENT_NORM_SAMPLES`` evenly spaced steps of each epoch:
+the rules compare layers and epochs, not single steps), each layer's weight norm, the update
+ratio ``||W_end - W_begin|| / ||W_begin||`` over the epoch, the fraction of dead units
+(ReLU-like: pre-activation > 0 on fewer than 1% of the training rows, read on a 512-row sample
+of them each epoch) or saturated pre-activations (tanh/sigmoid: derivative below 1% of its
+maximum), and non-finite training losses. Gradient norms accumulate on the device; the only
 host read per step is one comparison of the step's losses with their limit (divergence is caught
 the step it happens); the activation statistics ride on the loop's epoch-end evaluation pass.
 """
@@ -33,6 +34,9 @@ DEAD_ACTIVE_RATE = 0.01
 # Rows of each epoch's training-split evaluation that the activation statistics read: 1% of
 # them (the dead-unit threshold) is still 5 rows, and the cost stops growing with the table.
 ACTIVATION_SAMPLE_ROWS = PREACTIVATION_HOOK_ROWS
+# Steps per epoch whose gradient norms are read (every k-th step, k = steps // this): a norm of a
+# 256x256 MLP's gradients costs ~60 us after a backward pass, ~5% of a 64-row training step.
+GRADIENT_NORM_SAMPLES = 5
 # Activations whose units can "die": zero output and zero gradient for negative inputs.
 RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "selu")
 # A training loss this many times the member's first-step loss counts as diverged: no stable
@@ -63,6 +67,7 @@ class SignalProbe(Callback):
         self._loss_list: list[torch.Tensor] = []
         self._n_members = 1
         self._steps = 0
+        self._norm_stride = 1
         self._start_weights: list[torch.Tensor] = []
         self._alive: list[torch.Tensor | None] = []
         self._unit_rows: list[int] = []
@@ -90,22 +95,28 @@ class SignalProbe(Callback):
         self._loss_list = []
         self._n_members = k
         self._steps = 0
+        steps = -(-len(trainer.x_train) // trainer.loop.batch_size)
+        self._norm_stride = max(1, steps // GRADIENT_NORM_SAMPLES)
         self._limit = None
         self._start_weights = [w.detach().clone() for w in weights]
         self._nonfinite = {}
         self._reset_activation_stats(len(trainer.arch.hidden))
 
     def on_after_backward(self, trainer: Trainer, **kwargs: Any) -> None:
-        losses: torch.Tensor = kwargs["losses"].detach()
-        # The optimizer's plain list of weight matrices: no ParameterList walk (~6 us each).
-        grads = [w.grad for w in trainer.optimizer.penalized]
-        if all(g is not None for g in grads):
-            present = [g for g in grads if g is not None]
-            if len(losses) == 1:  # K = 1: one fused kernel for every layer's norm
-                self._norm_steps.append(torch._foreach_norm(present))
-            else:
-                self._norm_steps.append([torch.linalg.vector_norm(g, dim=(1, 2)) for g in present])
-            self._loss_list.append(losses)
+        losses: torch.Tensor = kwargs["losses"]  # already detached by the loop
+        one_member = self._n_members == 1
+        if self._steps % self._norm_stride == 0:
+            # The optimizer's plain list of weight matrices: no ParameterList walk (~6 us each).
+            grads = [w.grad for w in trainer.optimizer.penalized]
+            if all(g is not None for g in grads):
+                present = [g for g in grads if g is not None]
+                if one_member:  # one fused kernel for every layer's norm
+                    self._norm_steps.append(torch._foreach_norm(present))
+                else:
+                    self._norm_steps.append(
+                        [torch.linalg.vector_norm(g, dim=(1, 2)) for g in present]
+                    )
+        self._loss_list.append(losses)
         self._steps += 1
         if self._steps == 1 and trainer.epoch == 0:
             for pos, m in enumerate(trainer.active):
@@ -117,7 +128,7 @@ class SignalProbe(Callback):
             self._limit_value = float(self._limit.max())
         # ``not (loss <= limit)`` is also true for NaN: one comparison, one host read per step
         # (for one member, a plain float comparison: no tensor kernels at all).
-        if len(losses) == 1:
+        if one_member:
             if losses.item() <= self._limit_value:
                 return
         elif bool((losses <= self._limit).all()):
@@ -169,7 +180,9 @@ class SignalProbe(Callback):
         pre = pre[:, :room]
         with torch.no_grad():
             if self.activation in RELU_LIKE:
-                active = (pre > 0).sum(dim=1).double()  # rows on which each unit fires
+                # Rows on which each unit fires: sign() clamped at 0 is 1 exactly where pre > 0;
+                # a float sum over rows runs ~4x faster than a boolean one on the CPU.
+                active = pre.sign().clamp_(min=0).sum(dim=1).double()
                 prev = self._alive[layer]
                 self._alive[layer] = active if prev is None else prev + active
             threshold = SATURATION_THRESHOLD.get(self.activation)
