@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from fitwell.diagnosis.probes import SignalProbe
+from fitwell.diagnosis.probes import GRADIENT_NORM_SAMPLES, SignalProbe
 from fitwell.metrics import member_losses
 from fitwell.models import Architecture
 from fitwell.training import LoopSettings, MemberSettings, Trainer
+from fitwell.training.loop import member_seeds
 
 
 def _trainer(k: int, probe: SignalProbe) -> Trainer:
@@ -61,3 +64,38 @@ def test_single_member_uses_the_same_definition() -> None:
         probe.records[0]["grad_norm"], [float(g.norm()) for g in grads], rtol=1e-4
     )
     assert len(probe.records[0]["dead_fraction"]) == 2
+
+
+def test_gradient_norms_are_the_mean_over_evenly_spaced_steps() -> None:
+    # 40 rows in batches of 4: 10 steps, every 2nd one read (GRADIENT_NORM_SAMPLES = 5).
+    probe = SignalProbe()
+    trainer = _trainer(1, probe)
+    trainer.loop = replace(trainer.loop, batch_size=4)
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(member_seeds(0)[0]))
+    trainer.fit()
+    weights = list(trainer.model.weights)
+    per_step = []
+    for step in range(10):
+        rows = perm[step * 4 : (step + 1) * 4]
+        out = trainer.model(trainer.x_train[rows].unsqueeze(0))
+        loss = member_losses("classification", out, trainer.y_train[rows]).sum()
+        per_step.append([float(g.norm()) for g in torch.autograd.grad(loss, weights)])
+    sampled = np.mean([per_step[s] for s in range(0, 10, 10 // GRADIENT_NORM_SAMPLES)], axis=0)
+    np.testing.assert_allclose(probe.records[0]["grad_norm"], sampled, rtol=1e-4)
+    assert probe.records[0]["steps"] == 10
+
+
+def test_dead_fraction_counts_units_firing_on_under_one_percent_of_rows() -> None:
+    probe = SignalProbe()
+    trainer = _trainer(2, probe)
+    with torch.no_grad():  # kill half of the first layer's units in member 1 only
+        trainer.model.biases[0][1, 0, :3] = -100.0
+    trainer.fit()
+    pre = torch.baddbmm(
+        trainer.model.biases[0], trainer.x_train.expand(2, -1, -1), trainer.model.weights[0]
+    )
+    fires = (pre > 0).double().mean(dim=1)
+    expected = (fires < 0.01).double().mean(dim=1).tolist()
+    by_member = {r["member"]: r["dead_fraction"][0] for r in probe.records}
+    assert by_member == {0: expected[0], 1: expected[1]}
+    assert by_member[1] >= 0.5
