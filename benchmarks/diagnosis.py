@@ -156,6 +156,10 @@ def setups() -> list[Setup]:
     ]
     for of, settings, ds in twins:
         out.append(Setup(f"healthy/{of}", None, settings, ds, twin_of=of))
+    # fitwell's plain defaults (auto width, 3-member ensemble, early stopping): every default
+    # run trains 3 seeds, so the restart-spread rule is judged on each of these too.
+    for ds in ("digits", "breast_cancer", "wine", "iris", "diabetes", "penguins"):
+        out.append(Setup(f"healthy/defaults/{ds}", None, {"ensemble": 3}, ds, twin_of="defaults"))
     return out
 
 

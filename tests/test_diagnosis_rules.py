@@ -296,3 +296,52 @@ def test_overfitting_advice_asks_for_more_than_the_run_already_has() -> None:
     assert regularization_advice(heavy) == "raise l2 from 0.01 to 0.1"
     none = RunContext(task="regression", l2=0.0, dropout=(0.0,))
     assert regularization_advice(none) == "set l2 to 1e-3 or set dropout to 0.2"
+
+
+def _restart_history(train_scores: dict[int, list[float]]) -> list[dict]:
+    """Per-epoch training accuracy of each restart (loss curves falling alike)."""
+    return [
+        {
+            "epoch": e,
+            "member": m,
+            "train_loss": 1.0 / e,
+            "val_loss": 1.1 / e,
+            "train_accuracy": acc,
+            "val_accuracy": acc,
+        }
+        for m, accs in train_scores.items()
+        for e, acc in enumerate(accs, start=1)
+    ]
+
+
+def test_local_minimum_needs_the_training_rows_to_agree() -> None:
+    # 0.85 vs 0.75 on 150 validation rows: beyond noise and 1.7x the best error. A restart that
+    # also trails on the 700 training rows ended in a worse minimum; one that fit the training
+    # rows as well as the best did lost on validation only (early stopping, noise).
+    base = {
+        "restart_groups": [[(0, 0.853), (1, 0.747)]],
+        "baseline_val_score": 0.533,
+        "n_val": 150,
+        "n_train": 700,
+    }
+    worse_minimum = _restart_history({0: [0.7, 0.85], 1: [0.7, 0.724]})
+    found = [f for f in run([rec(1)], worse_minimum, **base) if f["code"] == "local_minimum"]
+    assert found and found[0]["evidence"]["stalled_members"] == [1]
+    assert found[0]["evidence"]["train_score_gaps"] == [0.0, pytest.approx(0.126)]
+    same_fit = _restart_history({0: [0.7, 0.85], 1: [0.7, 0.84]})
+    assert "local_minimum" not in codes(run([rec(1)], same_fit, **base))
+    # The same training gap on 40 rows is within noise.
+    assert "local_minimum" not in codes(run([rec(1)], worse_minimum, **{**base, "n_train": 40}))
+    # Without a training-row count (older run files), validation alone decides.
+    assert "local_minimum" in codes(run([rec(1)], same_fit, **{**base, "n_train": 0}))
+
+
+def test_local_minimum_compares_training_rows_at_the_last_common_epoch() -> None:
+    # Restart 1 stopped early (noisy validation) while fitting the training rows exactly as well
+    # as restart 0 did at that epoch; restart 0 went on and ended better. Not a local minimum.
+    history = _restart_history({0: [0.6, 0.8, 0.9, 0.99], 1: [0.6, 0.8, 0.9]})
+    group = [[(0, 0.955), (1, 0.727)]]
+    kw = {"restart_groups": group, "baseline_val_score": 0.318, "n_val": 22, "n_train": 106}
+    assert "local_minimum" not in codes(run([rec(1)], history, **kw))
+    stuck = _restart_history({0: [0.6, 0.8, 0.9, 0.99], 1: [0.6, 0.65, 0.66]})
+    assert "local_minimum" in codes(run([rec(1)], stuck, **kw))

@@ -100,6 +100,7 @@ def build_context(doc: dict[str, Any]) -> RunContext:
             [(int(m), float("nan") if s is None else float(s)) for m, s in g]
             for g in doc.get("restart_groups", [])
         ],
+        n_train=int(doc.get("n_train", 0)),
         test_duplicates=int(doc.get("test_duplicates", 0)),
         n_test=int(doc.get("n_test", 0)),
         divergence={int(k): dict(v) for k, v in doc.get("divergence", {}).items()},
@@ -190,6 +191,7 @@ def diagnose_fit(
         "linear_train_score": lin_train,
         "linear_val_score": lin_val,
         "restart_groups": restart_groups(members, score),
+        "n_train": int(len(prepared.y_train)),
         "test_duplicates": int(prepared.train_test_duplicates),
         "n_test": int(prepared.test.n_rows),
         "divergence": {str(m): d for m, d in probe.divergence.items()},

@@ -47,7 +47,7 @@ def diagnose(
     failed = bool(found & set(OPTIMIZATION_FAULTS))
     if not failed:
         out += underfitting_findings(history, ctx, score)
-    out += local_minimum_findings(ctx)
+    out += local_minimum_findings(history, ctx, score)
     if not failed and not any(f["code"] == "underfitting" for f in out):
         val = dict(_curve(history, ctx.member, f"val_{score}"))
         epoch = ctx.model_epoch if ctx.model_epoch in val else (max(val) if val else None)

@@ -7,9 +7,12 @@ relative to a trivial baseline or to a linear model, a loss relative to its own 
 same thresholds hold across datasets and model sizes. Thresholds and their reasons:
 
 - ``VANISHING_RATIO``: first-layer / output-layer gradient norm below 1e-3 (AutoTrainer's rule).
-- ``EXPLODING_RATIO`` / ``EXPLODING_GRAD_TO_WEIGHT``: that ratio above 1e3, or some layer's
-  gradient norm more than 10x its weight norm (healthy nets stay below ~3 even with heavy dropout:
-  a gradient step that would replace the weights many times over).
+- ``EXPLODING_RATIO`` / ``EXPLODING_GRAD_TO_WEIGHT``: that ratio above 1e3, or some hidden
+  layer's gradient norm more than 10x its weight norm (healthy hidden layers stay below ~3 even
+  with heavy dropout: a gradient step that would replace the weights many times over). The
+  output layer is left out of the second test: its gradient scales with the loss, not with
+  depth (a healthy regression's first epoch reaches 10-13x there on diabetes; the broken
+  setups reach 200-12,000x in every layer).
 - ``SATURATED_FRACTION``: more than half the pre-activations where tanh/sigmoid's derivative is
   below 1% of its peak (DeepDiagnosis uses > 50%).
 - ``DEAD_FRACTION``: at least 70% of a layer's ReLU units fire on fewer than 1% of the training
@@ -24,8 +27,12 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
 - ``UNDERFIT_MARGIN``: the network scores below a ridge-regularized linear model on both train
   and validation rows by 0.05 (accuracy or R^2): it cannot even match a linear fit.
 - ``LOCAL_MINIMUM_RECOVERY`` / ``LOCAL_MINIMUM_ERROR_RATIO``: a restart recovers less than half
-  of the best restart's gain over the trivial baseline, or has twice its error, and trails the
-  best by more than validation noise (2 standard errors of a difference).
+  of the best restart's gain over the trivial baseline, or has 1.5 times its error, and trails
+  the best by more than validation noise (2 standard errors of a difference) -- and it also
+  trails the best restart on the *training* rows at the last epoch both trained, by more than
+  2 standard errors of a difference there: the optimizer itself ended in a worse place (a
+  local minimum), rather than early stopping on a noisy validation split halting one restart
+  sooner than another. Runs saved without the training-row count skip that last check.
 - ``NO_SIGNAL_SE``: the chosen model's validation score is within 2 standard errors of the
   trivial baseline.
 - ``LEAKAGE_FRACTION``: 5% or more of the test rows also appear in the training rows.
@@ -54,7 +61,7 @@ OVERFIT_MIN_RISE = 0.01
 OVERFIT_MEMORIZE = 0.5
 UNDERFIT_MARGIN = 0.05
 LOCAL_MINIMUM_RECOVERY = 0.5
-LOCAL_MINIMUM_ERROR_RATIO = 2.0
+LOCAL_MINIMUM_ERROR_RATIO = 1.5
 NO_SIGNAL_SE = 2.0
 LEAKAGE_FRACTION = 0.05
 
@@ -106,6 +113,8 @@ class RunContext:
     linear_train_score: float | None = None
     linear_val_score: float | None = None
     restart_groups: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Training rows: the noise of training-split scores (0 = unknown).
+    n_train: int = 0
     test_duplicates: int = 0
     n_test: int = 0
     divergence: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -173,7 +182,9 @@ def gradient_findings(records: Sequence[dict[str, Any]], layers: Sequence[str]) 
                     grad_norm=list(g),
                 )
             )
-        rel = [a / b for a, b in zip(g, w, strict=False) if b and math.isfinite(b) and b > 0]
+        rel = [  # hidden layers only: the output layer's gradient follows the loss scale
+            a / b for a, b in zip(g[:-1], w[:-1], strict=False) if b and math.isfinite(b) and b > 0
+        ]
         worst = max(rel) if rel else 0.0
         depth = first / last if last > 0 else 0.0
         if not exploding_done and (worst > EXPLODING_GRAD_TO_WEIGHT or depth > EXPLODING_RATIO):
@@ -500,8 +511,10 @@ def underfitting_findings(
     return []
 
 
-def local_minimum_findings(ctx: RunContext) -> list[dict]:
-    """Restarts that differ only in seed end far apart: some stall near the baseline."""
+def local_minimum_findings(
+    history: Sequence[dict[str, Any]], ctx: RunContext, score: str
+) -> list[dict]:
+    """Restarts that differ only in seed end far apart, on validation and training rows alike."""
     base = ctx.baseline_val_score
     if base is None:
         return []
@@ -510,13 +523,15 @@ def local_minimum_findings(ctx: RunContext) -> list[dict]:
         scores = [(m, s) for m, s in group if s is not None and math.isfinite(s)]
         if len(scores) < 2:
             continue
-        best = max(s for _, s in scores)
+        best_member, best = max(scores, key=lambda ms: ms[1])
         gain = best - base
         if gain <= _standard_error(ctx) * NO_SIGNAL_SE:
             continue
-        # Stalled: recovered under half the best restart's gain, by more than validation noise.
+        # Stalled: recovered under half the best restart's gain (or 1.5x its error), by more
+        # than validation noise, and behind it on the training rows too.
         noise = NO_SIGNAL_SE * math.sqrt(2.0) * _standard_error(ctx, best)
         best_error = max(_max_score(ctx) - best, 0.0)
+        train_gaps = {m: _training_gap(history, ctx, score, m, best_member) for m, _ in scores}
         stalled = [
             (m, s)
             for m, s in scores
@@ -525,6 +540,7 @@ def local_minimum_findings(ctx: RunContext) -> list[dict]:
                 (s - base) / gain < LOCAL_MINIMUM_RECOVERY
                 or _max_score(ctx) - s >= LOCAL_MINIMUM_ERROR_RATIO * best_error
             )
+            and train_gaps[m][0]
         ]
         if stalled:
             out.append(
@@ -537,6 +553,7 @@ def local_minimum_findings(ctx: RunContext) -> list[dict]:
                     val_scores=[s for _, s in scores],
                     members=[m for m, _ in scores],
                     stalled_members=[m for m, _ in stalled],
+                    train_score_gaps=[train_gaps[m][1] for m, _ in scores],
                     baseline_val_score=base,
                     threshold=LOCAL_MINIMUM_RECOVERY,
                 )
@@ -544,13 +561,34 @@ def local_minimum_findings(ctx: RunContext) -> list[dict]:
     return out
 
 
+def _training_gap(
+    history: Sequence[dict[str, Any]], ctx: RunContext, score: str, member: int, best: int
+) -> tuple[bool, float | None]:
+    """``(trails, gap)``: how far ``member``'s training score is behind ``best``'s at the last
+    epoch both trained, and whether that is beyond the noise of ``ctx.n_train`` rows.
+
+    Unknown (no training-row count, or no common epoch in the history) counts as trailing:
+    validation alone decides, as it did for runs saved before the training check existed.
+    """
+    mine = dict(_curve(history, member, f"train_{score}"))
+    theirs = dict(_curve(history, best, f"train_{score}"))
+    common = set(mine) & set(theirs)
+    if ctx.n_train < 1 or not common:
+        return True, None
+    epoch = max(common)
+    gap = theirs[epoch] - mine[epoch]
+    noise = NO_SIGNAL_SE * math.sqrt(2.0) * _standard_error(ctx, theirs[epoch], n=ctx.n_train)
+    return gap > noise, gap
+
+
 def _max_score(ctx: RunContext) -> float:
     return 1.0  # accuracy and R^2 both top out at 1
 
 
-def _standard_error(ctx: RunContext, score: float | None = None) -> float:
-    """Standard error of a validation score near ``score`` (default: the baseline's)."""
-    n = max(ctx.n_val, 1)
+def _standard_error(ctx: RunContext, score: float | None = None, *, n: int | None = None) -> float:
+    """Standard error of a score near ``score`` (default: the baseline's) measured on ``n`` rows
+    (default: the validation split's)."""
+    n = max(ctx.n_val if n is None else n, 1)
     p = ctx.baseline_val_score if score is None else score
     if ctx.task == "classification" and p is not None:
         p = min(max(p, 1.0 / n), 1.0 - 1.0 / n)
