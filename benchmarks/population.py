@@ -301,8 +301,9 @@ def _measure_cell(
     # `slow_seconds`; beyond that, K x the median single run stands in, marked extrapolated.
     seq: dict[int, list[float]] = {k: [] for k in args.members if k > 1}
     seq_cpu: dict[int, list[float]] = {k: [] for k in args.members if k > 1}
-    warm_up, _, _ = timed(lambda: fitwell_run(data, width, [0], device), device)
-    measured_seq = [k for k in seq if k * warm_up <= args.slow_seconds]
+    fitwell_run(data, width, [0], device)  # warm-up: first-call allocations and kernel loads
+    estimate, _, _ = timed(lambda: fitwell_run(data, width, [0], device), device)
+    measured_seq = [k for k in seq if k * estimate <= args.slow_seconds]
     for rep in range(args.repeats):
         jobs: list[tuple[str, int]] = [("pop", k) for k in args.members]
         jobs += [("seq", k) for k in measured_seq]
