@@ -255,6 +255,7 @@ def test_member_by_member_evaluation_matches_the_batched_one(
     x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
     batched = model(x)
     monkeypatch.setattr(models, "_MEMBER_LOOP_MACS", 0)
+    monkeypatch.setattr(models, "_MEMBER_LOOP_WIDTH", 0)
     calls: list[int] = []
     original = PopulationMLP.forward
 
@@ -285,6 +286,7 @@ def test_member_by_member_evaluation_keeps_a_member_equal_to_itself_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(models, "_MEMBER_LOOP_MACS", 0)
+    monkeypatch.setattr(models, "_MEMBER_LOOP_WIDTH", 0)
     together = _trainer(MEMBERS).fit()
     for member, settings in enumerate(MEMBERS):
         alone = _trainer([settings]).fit()

@@ -58,9 +58,13 @@ _GAIN_NAME = {
 # evaluate in 9.5 ms, one 3,500-row pass with out-of-place ones in 21 ms.
 _EVAL_CACHE_ELEMENTS = 1 << 17
 _EVAL_CHUNK_ELEMENTS = 1 << 24
-# Shared-row evaluation on the CPU runs member by member once one member's chunk is at least this
-# many multiply-adds: a [K, N, width] batch falls out of cache, one member's [N, width] does not
-# (measured, digits rows: 1.2x at K=16 x 512 wide, 1.8x at K=64 x 512, 3x at K=64 x 128).
+# Shared-row evaluation on the CPU runs member by member when the hidden layers are at least
+# _MEMBER_LOOP_WIDTH wide and one member's chunk is at least _MEMBER_LOOP_MACS multiply-adds: a
+# [K, N, width] batch falls out of cache, one member's [N, width] does not (measured on digits'
+# rows: 1.2x at K=16 x 512 wide, 1.8x at K=64 x 512, 3x at K=64 x 128). Narrower members
+# stay batched: a 32-wide member's own matmuls are too thin (K=16 x 32: 4.4 ms batched in
+# cache-sized chunks, 6.8 ms member by member).
+_MEMBER_LOOP_WIDTH = 128
 _MEMBER_LOOP_MACS = 1 << 20
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
@@ -286,6 +290,7 @@ class PopulationMLP(nn.Module):
             not self.training
             and self.n_members > 1
             and x.device.type == "cpu"
+            and max(self.arch.hidden, default=0) >= _MEMBER_LOOP_WIDTH
             and min(rows, len(x)) * sum(i * o for i, o in self.arch.layer_sizes)
             >= _MEMBER_LOOP_MACS
         )
