@@ -264,7 +264,7 @@ def test_member_by_member_evaluation_matches_the_batched_one(
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PopulationMLP, "forward", counting_forward)
-    monkeypatch.setattr(models, "eval_chunk_rows", lambda arch, n_members: 8)  # many chunks
+    monkeypatch.setattr(models, "eval_chunk_rows", lambda arch, n_members, cache=True: 8)
     looped = model.predict_chunks(x)
     assert not calls  # the member loop ran, not the batched forward
     torch.testing.assert_close(looped, batched, atol=1e-5, rtol=1e-5)
@@ -291,3 +291,13 @@ def test_member_by_member_evaluation_keeps_a_member_equal_to_itself_alone(
     for member, settings in enumerate(MEMBERS):
         alone = _trainer([settings]).fit()
         _assert_same_member(together.members[member], alone.members[0])
+
+
+def test_evaluation_chunks_fit_a_cpu_cache_and_stay_memory_bounded() -> None:
+    wide = Architecture(64, (256, 256), 10)
+    assert models.eval_chunk_rows(wide, 1) == 512  # 2**17 activations of the widest layer
+    assert models.eval_chunk_rows(wide, 1, cache=False) == 8192  # accelerators: large batches
+    huge = Architecture(64, (512, 512), 10)
+    assert models.eval_chunk_rows(huge, 64) == 64  # at least 64 rows for efficient products
+    assert models.eval_chunk_rows(huge, 64, cache=False) == 512  # 2**24 activations at most
+    assert models.eval_chunk_rows(Architecture(4, (4096,), 2), 4096) == 1

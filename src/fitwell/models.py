@@ -130,10 +130,14 @@ def init_std(activation: str, init: str, scale: float, fan_in: int, fan_out: int
     return scale * gain / math.sqrt(max(fan_in, 1))
 
 
-def eval_chunk_rows(arch: Architecture, n_members: int) -> int:
-    """Rows per evaluation chunk when ``n_members`` members run as one batched computation."""
+def eval_chunk_rows(arch: Architecture, n_members: int, *, cache: bool = True) -> int:
+    """Rows per evaluation chunk when ``n_members`` members run as one batched computation.
+
+    ``cache=False`` (accelerators, which want large batches and have no CPU cache to fit)
+    keeps only the memory bound.
+    """
     per_row = n_members * max([*arch.hidden, arch.n_outputs, 1])
-    cache_rows = max(64, _EVAL_CACHE_ELEMENTS // per_row)
+    cache_rows = max(64, _EVAL_CACHE_ELEMENTS // per_row) if cache else 8192
     return max(1, min(8192, cache_rows, _EVAL_CHUNK_ELEMENTS // per_row))
 
 
@@ -285,19 +289,20 @@ class PopulationMLP(nn.Module):
         batched ``[K, rows, width]`` computation; results agree up to float32 rounding.
         ``on_preactivation`` sees the batched pre-activations of the first ``hooked_rows`` rows.
         """
+        on_cpu = x.device.type == "cpu"
         rows = eval_chunk_rows(self.arch, 1)
         one_by_one = (
             not self.training
             and self.n_members > 1
-            and x.device.type == "cpu"
+            and on_cpu
             and max(self.arch.hidden, default=0) >= _MEMBER_LOOP_WIDTH
             and min(rows, len(x)) * sum(i * o for i, o in self.arch.layer_sizes)
             >= _MEMBER_LOOP_MACS
         )
         if not one_by_one:
-            rows = eval_chunk_rows(self.arch, self.n_members)
+            rows = eval_chunk_rows(self.arch, self.n_members, cache=on_cpu)
         hooked = min(hooked_rows, len(x)) if on_preactivation is not None else 0
-        hooked_rows_per_chunk = eval_chunk_rows(self.arch, self.n_members)
+        hooked_rows_per_chunk = eval_chunk_rows(self.arch, self.n_members, cache=on_cpu)
         bounds = [*range(0, hooked, hooked_rows_per_chunk), *range(hooked, len(x), rows), len(x)]
         for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
             part = slice(begin, end)
