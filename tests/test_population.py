@@ -301,3 +301,59 @@ def test_evaluation_chunks_fit_a_cpu_cache_and_stay_memory_bounded() -> None:
     assert models.eval_chunk_rows(huge, 64) == 64  # at least 64 rows for efficient products
     assert models.eval_chunk_rows(huge, 64, cache=False) == 512  # 2**24 activations at most
     assert models.eval_chunk_rows(Architecture(4, (4096,), 2), 4096) == 1
+
+
+def test_narrow_output_layer_equals_the_plain_product_and_its_gradients() -> None:
+    # Thin output layers run transposed with a hand-written backward: same values, same
+    # gradients (in the parameters' own layout) as autograd of the plain batched product.
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 7, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 1, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(models.narrow_linear, (h, w, b))
+    upstream = torch.randn(3, 5, 2, generator=gen, dtype=torch.float64)
+    fast = models.narrow_linear(h, w, b)
+    grads_fast = torch.autograd.grad(fast, (h, w, b), upstream)
+    plain = torch.baddbmm(b, h, w)
+    grads_plain = torch.autograd.grad(plain, (h, w, b), upstream)
+    torch.testing.assert_close(fast, plain)
+    for got, want in zip(grads_fast, grads_plain, strict=True):
+        torch.testing.assert_close(got, want)
+        assert got.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(models.narrow_linear(h, w, b), plain)
+
+
+def test_population_forward_uses_the_narrow_layout_only_for_thin_layers_of_populations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, ...]] = []
+    original = models.narrow_linear
+
+    def counting(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(w.shape))
+        return original(h, w, b)
+
+    monkeypatch.setattr(models, "narrow_linear", counting)
+    x = torch.randn(4, 10, 6)
+    PopulationMLP(ARCH, 4)(x)
+    assert calls == [(4, 16, 12), (4, 12, 3)]  # layers under 16 outputs; the 16-wide one is not
+    calls.clear()
+    PopulationMLP(ARCH, 1)(x[:1])
+    assert not calls  # one member keeps the plain product
+
+
+def test_importing_fitwell_asks_pytorch_for_huge_pages_unless_the_user_set_it() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, fitwell; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert default.stdout.strip() == "1"
+    env["THP_MEM_ALLOC_ENABLE"] = "0"
+    opted_out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert opted_out.stdout.strip() == "0"

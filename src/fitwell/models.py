@@ -67,7 +67,43 @@ _EVAL_CHUNK_ELEMENTS = 1 << 24
 _MEMBER_LOOP_WIDTH = 128
 _MEMBER_LOOP_MACS = 1 << 20
 
+# A layer with fewer outputs than this (a classifier's or regressor's output layer, a thin
+# hidden layer) runs as ``(W^T h^T)^T`` in populations: MKL's batched matmul is 4-7x slower when the output dimension
+# is this thin (measured, K=16, 128 rows: 512 -> 10 forward 2.0 ms vs 0.56 ms, weight gradient
+# 3.3 ms vs 0.49 ms; 32 -> 10: 142 vs 39 us). One member keeps the plain form (no gain there).
+_NARROW_OUTPUTS = 16
+
 PreactivationHook = Callable[[int, torch.Tensor], None]
+
+
+class _NarrowLinear(torch.autograd.Function):
+    """``h [K, B, I] @ w [K, I, O] + b`` for small ``O``, computed in the transposed layout.
+
+    Autograd of the transposed expression would hand the previous layer a transposed input
+    gradient (slower downstream), so the backward is written out: every product keeps a wide
+    output dimension, and every gradient comes back in its parameter's own layout.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, h, w, b):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(b.mT, w.mT, h.mT).mT.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        h, w = ctx.saved_tensors
+        grad_h = torch.bmm(grad, w.mT) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.mT, h).mT.contiguous() if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(dim=1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b
+
+
+def narrow_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.baddbmm(b, h, w)`` for a thin output dimension, in its fast layout."""
+    if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad or b.requires_grad):
+        out: torch.Tensor = _NarrowLinear.apply(h, w, b)
+        return out
+    return torch.baddbmm(b.mT, w.mT, h.mT).mT.contiguous()
 
 
 @dataclass(frozen=True)
@@ -246,6 +282,8 @@ class PopulationMLP(nn.Module):
         for layer, (w, b) in enumerate(pairs):
             if h.dim() == 2:  # shared rows: one member reads them as a batch of one, no copy
                 h = torch.baddbmm(b, h.unsqueeze(0), w) if len(w) == 1 else torch.matmul(h, w) + b
+            elif len(w) > 1 and w.shape[2] < _NARROW_OUTPUTS:
+                h = narrow_linear(h, w, b)
             else:
                 h = torch.baddbmm(b, h, w)
             if layer == last:
