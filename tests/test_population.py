@@ -341,19 +341,3 @@ def test_population_forward_uses_the_narrow_layout_only_for_thin_layers_of_popul
     calls.clear()
     PopulationMLP(ARCH, 1)(x[:1])
     assert not calls  # one member keeps the plain product
-
-
-def test_importing_fitwell_asks_pytorch_for_huge_pages_unless_the_user_set_it() -> None:
-    import os
-    import subprocess
-    import sys
-
-    code = "import os, fitwell; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert default.stdout.strip() == "1"
-    env["THP_MEM_ALLOC_ENABLE"] = "0"
-    opted_out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    )
-    assert opted_out.stdout.strip() == "0"

@@ -5,15 +5,7 @@ Heavy modules (torch) load on first use, so ``fitwell --help`` stays fast.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
-
-# Large CPU tensors (a wide population's weight gradients, 67 MB at 64 members x 512 x 512) are
-# allocated afresh every step; on 4 KiB pages each allocation costs ~14,000 page faults. PyTorch
-# backs allocations of 2 MB and more with transparent huge pages when this is set (read at its
-# first large allocation): measured 119 -> 77 ms for that gradient's matmul. Set it to 0 to opt
-# out; it changes nothing where the kernel does not offer huge pages.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"
 

@@ -68,9 +68,10 @@ _MEMBER_LOOP_WIDTH = 128
 _MEMBER_LOOP_MACS = 1 << 20
 
 # A layer with fewer outputs than this (a classifier's or regressor's output layer, a thin
-# hidden layer) runs as ``(W^T h^T)^T`` in populations: MKL's batched matmul is 4-7x slower when the output dimension
-# is this thin (measured, K=16, 128 rows: 512 -> 10 forward 2.0 ms vs 0.56 ms, weight gradient
-# 3.3 ms vs 0.49 ms; 32 -> 10: 142 vs 39 us). One member keeps the plain form (no gain there).
+# hidden layer) runs as ``(W^T h^T)^T`` in populations: MKL's batched matmul is 4-7x slower
+# when the output dimension is this thin (measured, K=16, 128 rows: 512 -> 10 forward 2.0 ms
+# vs 0.56 ms, weight gradient 3.3 ms vs 0.49 ms; 32 -> 10: 142 vs 39 us). One member keeps the
+# plain form (no gain there).
 _NARROW_OUTPUTS = 16
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
