@@ -326,7 +326,9 @@ class PopulationMLP(nn.Module):
         Chunks are sized to stay in cache. On the CPU, with enough work per member, the members
         run one after another on each chunk (``addmm`` on ``[rows, width]``) instead of as one
         batched ``[K, rows, width]`` computation; results agree up to float32 rounding.
-        ``on_preactivation`` sees the batched pre-activations of the first ``hooked_rows`` rows.
+        ``on_preactivation`` sees the batched pre-activations of the chunks that hold the first
+        ``hooked_rows`` rows (exactly those rows when members run one by one; whole chunks
+        otherwise, so a hook that wants a fixed number of rows slices them itself).
         """
         on_cpu = x.device.type == "cpu"
         rows = eval_chunk_rows(self.arch, 1)
@@ -341,8 +343,12 @@ class PopulationMLP(nn.Module):
         if not one_by_one:
             rows = eval_chunk_rows(self.arch, self.n_members, cache=on_cpu)
         hooked = min(hooked_rows, len(x)) if on_preactivation is not None else 0
-        hooked_rows_per_chunk = eval_chunk_rows(self.arch, self.n_members, cache=on_cpu)
-        bounds = [*range(0, hooked, hooked_rows_per_chunk), *range(hooked, len(x), rows), len(x)]
+        if one_by_one:  # hooked rows run batched, in chunks of their own
+            hooked_rows_per_chunk = eval_chunk_rows(self.arch, self.n_members, cache=on_cpu)
+            starts = [*range(0, hooked, hooked_rows_per_chunk), *range(hooked, len(x), rows)]
+        else:  # the same chunks with or without hooks: no extra pass for the hooked rows
+            starts = list(range(0, len(x), rows))
+        bounds = [*starts, len(x)]
         for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
             part = slice(begin, end)
             if begin < hooked:

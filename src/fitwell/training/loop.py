@@ -20,6 +20,7 @@ from fitwell.metrics import SplitAccumulator, score_name, training_objective
 from fitwell.models import Architecture, PopulationMLP
 from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
+from fitwell.training.memory import keep_freed_memory_in_heap
 from fitwell.training.optim import PopulationOptimizer
 
 # Pre-activation hooks on the epoch-end training pass see this many rows (the split is shuffled,
@@ -144,6 +145,9 @@ class Trainer:
 
         k = len(self.members)
         self.model = PopulationMLP(arch, k).to(device)
+        if device.type == "cpu":
+            largest = max(p.numel() * p.element_size() for p in self.model.parameters())
+            keep_freed_memory_in_heap(largest)
         self.model.initialize(
             [m.seed for m in self.members],
             init=loop.init,
