@@ -5,7 +5,8 @@ expected code. Every setup trains one model (``ensemble=1``; the local-minimum s
 8 restarts and keep the best). Prints, per code: detection rate (the expected code at
 warning/error level), the median epoch of first detection, and false alarms (any warning/error
 on a healthy twin). Then measures the doctor's overhead: healthy runs with and without the
-probe, interleaved, median ratio of wall times. Writes ``benchmarks/results/diagnosis.json``.
+whole doctor (training probe, post-training diagnosis, duplicate-row hashing), interleaved,
+median ratio of wall times. Writes ``benchmarks/results/diagnosis.json``.
 
     python benchmarks/diagnosis.py            # full: 5 seeds
     python benchmarks/diagnosis.py --quick    # 2 seeds, for development
@@ -237,12 +238,15 @@ def detection_table(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict[str, Any]:
-    """Healthy digits runs with and without the probe, interleaved; median time ratio.
+    """Healthy digits runs with and without the doctor, interleaved; median time ratio.
 
+    "Without" removes all of it: the training probe (every hook a no-op), the post-training
+    diagnosis (baseline, linear reference, rules) and the train/test duplicate-row hashing.
     ``hidden=(256, 256)`` is fitwell's default network; a smaller one shows the worst case,
     where the per-step work of the probe is largest relative to the step itself.
     """
     import fitwell.api as api
+    import fitwell.data.preparation as preparation
 
     settings = {
         "dataset": "digits",
@@ -252,7 +256,11 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
         "patience": 0,
         "ensemble": 1,
     }
-    real = api.SignalProbe
+    real_probe, real_diagnose, real_hashes = (
+        api.SignalProbe,
+        api.diagnose_fit,
+        preparation._row_hashes,
+    )
 
     class Silent(probes.SignalProbe):
         """Records nothing: every hook is the base Callback's no-op."""
@@ -263,26 +271,37 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
 
         on_after_backward = probes.Callback.on_after_backward
 
-    def timed(probe_cls: type) -> tuple[float, float]:
-        api.SignalProbe = probe_cls  # type: ignore[misc]
+    def no_diagnosis(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"findings": []}
+
+    def no_hashes(frame: Any) -> np.ndarray:
+        return np.empty(0, dtype=np.uint64)
+
+    def timed(with_doctor: bool) -> tuple[float, float]:
+        if not with_doctor:
+            api.SignalProbe = Silent  # type: ignore[misc]
+            api.diagnose_fit = no_diagnosis  # type: ignore[assignment]
+            preparation._row_hashes = no_hashes  # type: ignore[assignment]
         try:
             start, cpu_start = time.perf_counter(), time.process_time()
             train(seed=0, **settings)
             return time.perf_counter() - start, time.process_time() - cpu_start
         finally:
-            api.SignalProbe = real  # type: ignore[misc]
+            api.SignalProbe = real_probe  # type: ignore[misc]
+            api.diagnose_fit = real_diagnose  # type: ignore[assignment]
+            preparation._row_hashes = real_hashes  # type: ignore[assignment]
 
-    timed(real)
-    timed(Silent)
+    timed(True)
+    timed(False)
     ratios, with_t, without_t, with_cpu, without_cpu = [], [], [], [], []
     for i in range(repeats):
-        order = (real, Silent) if i % 2 == 0 else (Silent, real)
-        t = {cls: timed(cls) for cls in order}
-        with_t.append(t[real][0])
-        without_t.append(t[Silent][0])
-        with_cpu.append(t[real][1])
-        without_cpu.append(t[Silent][1])
-        ratios.append(t[real][0] / t[Silent][0])
+        order = (True, False) if i % 2 == 0 else (False, True)
+        t = {mode: timed(mode) for mode in order}
+        with_t.append(t[True][0])
+        without_t.append(t[False][0])
+        with_cpu.append(t[True][1])
+        without_cpu.append(t[False][1])
+        ratios.append(t[True][0] / t[False][0])
     return {
         "setting": settings,
         "repeats": repeats,
@@ -295,8 +314,8 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
         "min_ratio": min(with_t) / min(without_t),
         "cpu_ratio": statistics.median(with_cpu) / statistics.median(without_cpu),
         "ratios": ratios,
-        "note": "'without' keeps the rest of the doctor (baseline, linear reference, rules); "
-        "see doctor_total_ratio for everything",
+        "note": "'without' removes the whole doctor: probe hooks, post-training diagnosis "
+        "(baseline, linear reference, rules) and duplicate-row hashing",
     }
 
 
@@ -325,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, o in doc["overhead"].items():
             print(
-                f"overhead, {name} {o['setting']['hidden']}: median ratio with/without probe "
+                f"overhead, {name} {o['setting']['hidden']}: median ratio with/without the doctor "
                 f"{o['median_ratio']:.3f} (medians {o['ratio_of_medians']:.3f}, fastest "
                 f"{o['min_ratio']:.3f}, CPU {o['cpu_ratio']:.3f}; "
                 f"{o['median_seconds_without']:.2f}s without)"
@@ -378,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if overhead:
         for name, o in overhead.items():
             print(
-                f"overhead, {name} {o['setting']['hidden']}: median ratio with/without probe "
+                f"overhead, {name} {o['setting']['hidden']}: median ratio with/without the doctor "
                 f"{o['median_ratio']:.3f} (medians {o['ratio_of_medians']:.3f}, fastest "
                 f"{o['min_ratio']:.3f}, CPU {o['cpu_ratio']:.3f}; "
                 f"{o['median_seconds_without']:.2f}s without)"
