@@ -341,3 +341,23 @@ def test_population_forward_uses_the_narrow_layout_only_for_thin_layers_of_popul
     calls.clear()
     PopulationMLP(ARCH, 1)(x[:1])
     assert not calls  # one member keeps the plain product
+
+
+def test_column_major_tables_are_stored_row_major_and_train_alike() -> None:
+    # Steps gather rows: a Fortran-ordered array (what pandas often hands over) is copied to
+    # row-major storage once, and training ends exactly where the C-ordered array ends.
+    data = _data()
+    fortran = {k: np.asfortranarray(v) for k, v in data.items()}
+    assert not fortran["x_train"].flags["C_CONTIGUOUS"]
+    arch = Architecture(6, ARCH.hidden, 3)
+    loop = LoopSettings(batch_size=32, max_epochs=2, patience=0)
+    fits = []
+    for arrays in (data, fortran):
+        trainer = Trainer(
+            arch, MEMBERS[:2], loop, task="classification", device=torch.device("cpu"), **arrays
+        )
+        assert trainer.x_train.is_contiguous() and trainer.x_val.is_contiguous()
+        fits.append(trainer.fit())
+    for a, b in zip(fits[0].members, fits[1].members, strict=True):
+        for name in a.state:
+            assert torch.equal(a.state[name], b.state[name])
