@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fitwell.data import Preprocessor, SealedTest, load_table, prepare, split_indices
-from fitwell.data.preparation import infer_task
+from fitwell.data.preparation import count_rows_seen, infer_task
 from fitwell.errors import InputError
 
 
@@ -88,3 +88,50 @@ def test_sealed_test_opens_once():
 def test_builtin_datasets_load_offline(name: str):
     table = load_table(dataset=name)
     assert len(table.frame) > 100 and table.target in table.frame.columns
+
+
+def _rows_seen_by_pandas(rows: pd.DataFrame, seen: pd.DataFrame) -> int:
+    hashes = pd.util.hash_pandas_object(rows, index=False).to_numpy()
+    return int(np.isin(hashes, pd.util.hash_pandas_object(seen, index=False).to_numpy()).sum())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_seen=st.integers(1, 60),
+    n_rows=st.integers(1, 40),
+    n_cols=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+)
+def test_rows_seen_counts_exact_copies(n_seen: int, n_rows: int, n_cols: int, seed: int):
+    """Small integer values make many exact copies; the count matches pandas' row hashing."""
+    rng = np.random.default_rng(seed)
+    seen = pd.DataFrame(rng.integers(0, 3, (n_seen, n_cols)).astype(float))
+    rows = pd.DataFrame(rng.integers(0, 3, (n_rows, n_cols)).astype(float))
+    rows.iloc[::3] = np.nan if seed % 2 else -0.0  # NaN rows and negative zeros count too
+    seen.iloc[::4] = np.nan if seed % 2 else 0.0
+    expected = sum(
+        any(
+            all((a == b) or (np.isnan(a) and np.isnan(b)) for a, b in zip(r, s, strict=True))
+            for s in seen.itertuples(index=False)
+        )
+        for r in rows.itertuples(index=False)
+    )
+    assert count_rows_seen(rows, seen) == expected
+    if not rows.isna().any().any():  # an integer column matches equal float values
+        assert count_rows_seen(rows.astype({0: "int64"}), seen) == expected
+
+
+def test_rows_seen_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch):
+    """Every row hashing alike must still give the exact count: matches are confirmed."""
+    from fitwell.data import preparation
+
+    monkeypatch.setattr(preparation, "_bits_hashes", lambda bits: np.zeros(len(bits), np.uint64))
+    seen = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 5.0, 6.0]})
+    rows = pd.DataFrame({"a": [3.0, 1.0, 9.0, 2.0], "b": [6.0, 1.0, 9.0, 5.0]})
+    assert count_rows_seen(rows, seen) == 2  # (3, 6) and (2, 5); (1, 1) and (9, 9) are new
+
+
+def test_rows_seen_with_text_columns_uses_pandas_hashing():
+    seen = pd.DataFrame({"a": ["x", "y", "z"], "b": [1, 2, 3]})
+    rows = pd.DataFrame({"a": ["y", "y", "q"], "b": [2, 3, 1]})
+    assert count_rows_seen(rows, seen) == _rows_seen_by_pandas(rows, seen) == 1
