@@ -83,3 +83,26 @@ def test_saved_run_loads_and_predicts_like_the_trained_one(mixed_csv: Path, tmp_
     frame = pd.read_csv(mixed_csv)
     np.testing.assert_array_equal(loaded.predict(frame), run.predict(frame))
     np.testing.assert_allclose(loaded.predict_proba(frame), run.predict_proba(frame), rtol=1e-6)
+
+
+def test_training_caps_numpy_blas_threads_and_restores_them():
+    """OpenBLAS workers spin after NumPy products (the doctor's linear reference) and take CPU
+    from the training thread: a run caps them at its thread count, then puts them back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fitwell.training import Callback
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+
+    class RecordThreads(Callback):
+        def on_epoch_end(self, trainer, **kwargs):
+            seen.append(blas_threads())
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == {2}
+        fitwell.train(dataset="digits", max_epochs=2, threads=1, callbacks=[RecordThreads()])
+        assert blas_threads() == {2}
+    assert seen == [{1}, {1}]

@@ -36,6 +36,7 @@ from fitwell.ensemble import ensemble_members, split_metrics
 from fitwell.errors import FitwellError, InputError, TrainingFailed
 from fitwell.metrics import regression_report, score_name
 from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
+from fitwell.threads import configure_threads, limit_blas_threads
 from fitwell.training import Callback, FitResult, LoopSettings, MemberSettings, ProgressBar, Trainer
 
 
@@ -46,14 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("`device` is 'cuda' but no CUDA GPU is available; use --device cpu.")
     return torch.device(name)
-
-
-def configure_threads(threads: int | None) -> int:
-    """Set torch's CPU threads. Default 1: on a busy shared machine more threads collapse."""
-    n = threads or 1
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
 
 
 def make_config(
@@ -348,64 +341,66 @@ def train_population(
         runs.check_destination(out)
     table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
     threads = configure_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    prepared = prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
-    if len(cfgs) == 1 and cfg.target is None:
-        cfg = cfg.replace(target=prepared.target)
-    hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
-    if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
-        cfg = cfg.replace(hidden=hidden)
-        cfgs = [c.replace(hidden=hidden) for c in cfgs]
-    arch = Architecture(
-        n_inputs=prepared.n_features,
-        hidden=hidden,
-        n_outputs=prepared.target_encoder.n_outputs,
-        activation=cfg.activation,
-        batch_norm=cfg.batch_norm,
-    )
-    members: list[MemberSettings] = []
-    origin: list[int] = []
-    for i, c in enumerate(cfgs):
-        for r in range(c.restarts):
-            members.append(_member_settings(c, c.seed + r))
-            origin.append(i)
-    # Too few members for the ensemble: more seeds, taken from the settings in turn.
-    for j in range(cfg.ensemble - len(members)):
-        i = j % len(cfgs)
-        c = cfgs[i]
-        members.append(_member_settings(c, c.seed + c.restarts + j // len(cfgs)))
-        origin.append(i)
-    probe = SignalProbe()
-    all_callbacks = [probe, *callbacks]
-    if progress is None or progress:
-        all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
-    torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
-    trainer = Trainer(
-        arch,
-        members,
-        _loop_settings(cfg),
-        task=prepared.task,
-        x_train=prepared.x_train,
-        y_train=prepared.y_train,
-        x_val=prepared.x_val,
-        y_val=prepared.y_val,
-        device=device,
-        callbacks=all_callbacks,
-    )
-    session = None
-    if out is not None:
-        from fitwell.resume import RunSession
-
-        session = RunSession.open(out, cfgs, prepared, resume=resume)
-        session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
-    try:
-        return _finish(
-            cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session, probe
+    # NumPy's BLAS (the doctor's linear reference, preprocessing) gets the same thread budget.
+    with limit_blas_threads(threads):
+        device = resolve_device(cfg.device)
+        prepared = prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
+        if len(cfgs) == 1 and cfg.target is None:
+            cfg = cfg.replace(target=prepared.target)
+        hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
+        if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
+            cfg = cfg.replace(hidden=hidden)
+            cfgs = [c.replace(hidden=hidden) for c in cfgs]
+        arch = Architecture(
+            n_inputs=prepared.n_features,
+            hidden=hidden,
+            n_outputs=prepared.target_encoder.n_outputs,
+            activation=cfg.activation,
+            batch_norm=cfg.batch_norm,
         )
-    except FitwellError:
-        if session is not None:
-            session.abandon()
-        raise
+        members: list[MemberSettings] = []
+        origin: list[int] = []
+        for i, c in enumerate(cfgs):
+            for r in range(c.restarts):
+                members.append(_member_settings(c, c.seed + r))
+                origin.append(i)
+        # Too few members for the ensemble: more seeds, taken from the settings in turn.
+        for j in range(cfg.ensemble - len(members)):
+            i = j % len(cfgs)
+            c = cfgs[i]
+            members.append(_member_settings(c, c.seed + c.restarts + j // len(cfgs)))
+            origin.append(i)
+        probe = SignalProbe()
+        all_callbacks = [probe, *callbacks]
+        if progress is None or progress:
+            all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
+        torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
+        trainer = Trainer(
+            arch,
+            members,
+            _loop_settings(cfg),
+            task=prepared.task,
+            x_train=prepared.x_train,
+            y_train=prepared.y_train,
+            x_val=prepared.x_val,
+            y_val=prepared.y_val,
+            device=device,
+            callbacks=all_callbacks,
+        )
+        session = None
+        if out is not None:
+            from fitwell.resume import RunSession
+
+            session = RunSession.open(out, cfgs, prepared, resume=resume)
+            session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
+        try:
+            return _finish(
+                cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session, probe
+            )
+        except FitwellError:
+            if session is not None:
+                session.abandon()
+            raise
 
 
 def _finish(
