@@ -158,7 +158,7 @@ def diagnose_fit(
 
     ``fit`` is a ``FitResult``, ``prepared`` the ``PreparedData`` and ``probe`` the
     ``SignalProbe`` that watched training. The sealed test split is not opened: leakage is judged
-    from the duplicate count ``prepare`` computed on row hashes.
+    from the duplicate count ``prepare`` computed (exact row matches).
     """
     best = fit.best_member
     task = prepared.task
