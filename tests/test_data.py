@@ -135,3 +135,10 @@ def test_rows_seen_with_text_columns_uses_pandas_hashing():
     seen = pd.DataFrame({"a": ["x", "y", "z"], "b": [1, 2, 3]})
     rows = pd.DataFrame({"a": ["y", "y", "q"], "b": [2, 3, 1]})
     assert count_rows_seen(rows, seen) == _rows_seen_by_pandas(rows, seen) == 1
+
+
+def test_rows_seen_keeps_large_integer_ids_apart():
+    """2**60 and 2**60 + 1 are one float64: such columns are compared as integers."""
+    seen = pd.DataFrame({"id": np.array([2**60, 7], dtype=np.int64), "x": [1.0, 2.0]})
+    rows = pd.DataFrame({"id": np.array([2**60 + 1, 2**60], dtype=np.int64), "x": [1.0, 1.0]})
+    assert count_rows_seen(rows, seen) == 1

@@ -150,11 +150,15 @@ _HASH_MULTIPLIERS = np.random.default_rng(0x5EED).integers(
 
 def _numeric_row_bits(frame: pd.DataFrame) -> np.ndarray | None:
     """Each row's float64 bit patterns ``[rows, columns]`` (uint64), with -0.0 read as 0.0 and
-    every NaN as one NaN; ``None`` when a column is not plain numeric."""
+    every NaN as one NaN; ``None`` when a column is not plain numeric, or holds integers that
+    float64 cannot tell apart (beyond 2**53, e.g. 64-bit ids)."""
     if len(frame.columns) > len(_HASH_MULTIPLIERS) or not all(
         pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_complex_dtype(t)
         for t in frame.dtypes
     ):
+        return None
+    integers = frame.select_dtypes(include="integer")
+    if len(integers.columns) and len(integers) and float(integers.abs().max().max()) >= 2.0**53:
         return None
     values = frame.to_numpy(dtype=np.float64, na_value=np.nan) + 0.0  # a copy; -0.0 -> 0.0
     if not np.isfinite(values.sum()):  # NaN somewhere (or an infinity): canonical NaNs
