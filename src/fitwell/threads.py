@@ -4,8 +4,9 @@ On a shared machine, more threads than free cores collapse: torch with 2 threads
 slower per step than with 1 while other processes were busy. BLAS pools matter too: after a
 NumPy matrix product (the doctor's linear reference) OpenBLAS's worker threads spin, waiting for
 more work, and burn CPU that a shared machine's other work (or the training thread, on a busy
-machine) needs: a default 64x64 digits run used 12% more CPU time with NumPy's 2 BLAS threads
-than capped at 1 (``python benchmarks/blas_threads.py``; wall time there within noise).
+machine) needs: a 64x64 digits run (other settings default) used 12% more CPU time with
+NumPy's 2 BLAS threads than capped at 1 (``python benchmarks/blas_threads.py``; wall time there
+within noise).
 """
 
 from __future__ import annotations
