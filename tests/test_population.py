@@ -343,6 +343,64 @@ def test_population_forward_uses_the_narrow_layout_only_for_thin_layers_of_popul
     assert not calls  # one member keeps the plain product
 
 
+def test_fused_output_layer_and_cross_entropy_equal_the_plain_loss_and_its_gradients() -> None:
+    # Populations of classifiers fuse the thin output layer with the per-row cross-entropy:
+    # same losses and gradients (float64 gradcheck) as F.cross_entropy of the plain product.
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 7, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 1, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 4, (3, 5), generator=gen)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: models.narrow_cross_entropy(h, w, b, targets), (h, w, b)
+    )
+    upstream = torch.rand(3, 5, generator=gen, dtype=torch.float64)
+    fused = models.narrow_cross_entropy(h, w, b, targets)
+    plain = torch.nn.functional.cross_entropy(
+        torch.baddbmm(b, h, w).reshape(15, 4), targets.reshape(15), reduction="none"
+    ).view(3, 5)
+    torch.testing.assert_close(fused, plain)
+    grads_fused = torch.autograd.grad(fused, (h, w, b), upstream)
+    grads_plain = torch.autograd.grad(plain, (h, w, b), upstream)
+    for got, want in zip(grads_fused, grads_plain, strict=True):
+        torch.testing.assert_close(got, want)
+        assert got.is_contiguous()
+
+
+@pytest.mark.parametrize("n_members", [1, 4])
+def test_forward_with_targets_is_the_per_row_cross_entropy_of_the_outputs(n_members: int) -> None:
+    model = PopulationMLP(ARCH, n_members)
+    model.initialize(list(range(n_members)), init="auto", init_scale=1.0, bias_init=0.0)
+    x = torch.randn(n_members, 10, ARCH.n_inputs)
+    targets = torch.randint(0, ARCH.n_outputs, (n_members, 10))
+    assert model.fuses_cross_entropy == (n_members > 1)
+    rows = model(x, targets=targets)
+    logits = model(x)
+    want = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, ARCH.n_outputs), targets.reshape(-1), reduction="none"
+    ).view(n_members, 10)
+    assert rows.shape == (n_members, 10)
+    torch.testing.assert_close(rows, want)
+    rows.sum().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.weights)
+
+
+def test_population_training_steps_use_the_fused_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, ...]] = []
+    original = models.narrow_cross_entropy
+
+    def counting(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> Any:
+        calls.append(tuple(t.shape))
+        return original(h, w, b, t)
+
+    monkeypatch.setattr(models, "narrow_cross_entropy", counting)
+    _trainer(MEMBERS[:2], epochs=1).fit()
+    assert calls and all(shape[0] == 2 for shape in calls)  # one call per step, both members
+    calls.clear()
+    _trainer(MEMBERS[:1], epochs=1).fit()
+    assert not calls  # one member keeps PyTorch's fused mean cross-entropy
+
+
 def test_column_major_tables_are_stored_row_major_and_train_alike() -> None:
     # Steps gather rows: a Fortran-ordered array (what pandas often hands over) is copied to
     # row-major storage once, and training ends exactly where the C-ordered array ends.

@@ -42,7 +42,12 @@ def training_objective(
         ).view(k, b)
     else:
         per_row = (outputs.squeeze(-1) - targets) ** 2
-    return per_row.sum() / b, per_row.detach().mean(dim=1)
+    return row_objective(per_row)
+
+
+def row_objective(per_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`training_objective` from per-row losses ``[K, B]`` of several members."""
+    return per_row.sum() / per_row.shape[1], per_row.detach().mean(dim=1)
 
 
 def member_losses(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

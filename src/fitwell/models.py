@@ -107,6 +107,50 @@ def narrow_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Te
     return torch.baddbmm(b.mT, w.mT, h.mT).mT.contiguous()
 
 
+class _NarrowCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy ``[K, B]`` of the thin output layer ``h @ w + b`` against class
+    indices ``targets [K, B]``, as one step of the graph.
+
+    The logits stay class-major ``[K, C, B]``, the layout the thin product is fast in, so the
+    softmax over C classes runs with the rows contiguous (vectorised) instead of over rows of
+    C values; the backward reuses the softmax of the forward. Replaces the thin product, its
+    transposing copy, log-softmax and NLL with their four backward steps (measured, K = 16,
+    128 rows, 32 -> 10: 697 vs 903 us a step forward and backward).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, h, w, b, targets):  # type: ignore[no-untyped-def, override]
+        logits = torch.baddbmm(b.mT, w.mT, h.mT)  # [K, C, B]
+        top = logits.amax(dim=1, keepdim=True)
+        probs = (logits - top).exp_()
+        total = probs.sum(dim=1, keepdim=True)
+        index = targets.unsqueeze(1)
+        rows = (total.log() + top - logits.gather(1, index)).squeeze(1)
+        probs.div_(total)
+        ctx.save_for_backward(h, w, probs, index)
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        h, w, probs, index = ctx.saved_tensors
+        # d rows / d logits = softmax - one_hot(target), scaled by each row's upstream gradient.
+        grad_logits = probs * grad.unsqueeze(1)
+        grad_logits.scatter_add_(1, index, -grad.unsqueeze(1))
+        grad_h = torch.bmm(grad_logits.mT, w.mT) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad_logits, h).mT.contiguous() if ctx.needs_input_grad[1] else None
+        grad_b = grad_logits.sum(dim=2).unsqueeze(1) if ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b, None
+
+
+def narrow_cross_entropy(
+    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``F.cross_entropy(baddbmm(b, h, w), targets, reduction="none")`` per member, ``[K, B]``,
+    for a thin output layer (see :class:`_NarrowCrossEntropy`)."""
+    rows: torch.Tensor = _NarrowCrossEntropy.apply(h, w, b, targets)
+    return rows
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The shape and wiring of every member: saved as JSON next to the weights."""
@@ -273,22 +317,51 @@ class PopulationMLP(nn.Module):
         *,
         dropout_masks: Sequence[torch.Tensor | None] | None = None,
         on_preactivation: PreactivationHook | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hooks see each hidden layer's pre-activations ``[K, B, H]`` and must not keep them:
+        """Outputs ``[K, B, n_outputs]``; with class-index ``targets [K, B]``, the per-row
+        cross-entropy ``[K, B]`` of those outputs instead (``F.cross_entropy(..., reduction=
+        "none")``; populations with a thin output layer fuse that layer with the loss).
+
+        Hooks see each hidden layer's pre-activations ``[K, B, H]`` and must not keep them:
         without gradients the activation is applied in place."""
-        h = x
         pairs = self._pairs if self._pairs is not None else self._cache_pairs()
-        last = len(pairs) - 1
+        h = self._hidden(x, pairs, dropout_masks, on_preactivation)
+        if targets is None:
+            return self._linear(h, *pairs[-1])
+        if self.fuses_cross_entropy and h.dim() == 3:
+            return narrow_cross_entropy(h, *pairs[-1], targets)
+        logits = self._linear(h, *pairs[-1])
+        k, b, c = logits.shape
+        rows = F.cross_entropy(logits.reshape(k * b, c), targets.reshape(k * b), reduction="none")
+        return rows.view(k, b)
+
+    @property
+    def fuses_cross_entropy(self) -> bool:
+        """Whether ``forward(..., targets=...)`` fuses the output layer with the loss: populations
+        whose output layer is thin (the transposed layout of :func:`narrow_linear`)."""
+        return self.n_members > 1 and self.arch.n_outputs < _NARROW_OUTPUTS
+
+    @staticmethod
+    def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if h.dim() == 2:  # shared rows: one member reads them as a batch of one, no copy
+            return torch.baddbmm(b, h.unsqueeze(0), w) if len(w) == 1 else torch.matmul(h, w) + b
+        if len(w) > 1 and w.shape[2] < _NARROW_OUTPUTS:
+            return narrow_linear(h, w, b)
+        return torch.baddbmm(b, h, w)
+
+    def _hidden(
+        self,
+        x: torch.Tensor,
+        pairs: tuple[tuple[nn.Parameter, nn.Parameter], ...],
+        dropout_masks: Sequence[torch.Tensor | None] | None,
+        on_preactivation: PreactivationHook | None,
+    ) -> torch.Tensor:
+        """The last hidden layer's activations (``x`` itself for a network without one)."""
+        h = x
         act = self.act if torch.is_grad_enabled() else self.act_in_place
-        for layer, (w, b) in enumerate(pairs):
-            if h.dim() == 2:  # shared rows: one member reads them as a batch of one, no copy
-                h = torch.baddbmm(b, h.unsqueeze(0), w) if len(w) == 1 else torch.matmul(h, w) + b
-            elif len(w) > 1 and w.shape[2] < _NARROW_OUTPUTS:
-                h = narrow_linear(h, w, b)
-            else:
-                h = torch.baddbmm(b, h, w)
-            if layer == last:
-                break
+        for layer, (w, b) in enumerate(pairs[:-1]):
+            h = self._linear(h, w, b)
             if self.arch.batch_norm:
                 h = self._batch_norm(layer, h)
             if on_preactivation is not None:
