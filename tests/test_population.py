@@ -419,3 +419,38 @@ def test_column_major_tables_are_stored_row_major_and_train_alike() -> None:
     for a, b in zip(fits[0].members, fits[1].members, strict=True):
         for name in a.state:
             assert torch.equal(a.state[name], b.state[name])
+
+
+def test_evaluation_scores_class_major_and_row_major_logits_alike() -> None:
+    # A population's thin output layer hands evaluation class-major logits (a transposed view);
+    # loss and accuracy equal those of the same logits stored row-major, ties going to the first
+    # maximal class as argmax does (rows 0-3: every logit equal, as in a dead network).
+    from fitwell.metrics import SplitAccumulator
+
+    gen = torch.Generator().manual_seed(0)
+    by_class = torch.randn(3, 4, 50, generator=gen)  # [K, C, rows], rows contiguous
+    by_class[:, :, :4] = 0.5
+    by_class[1, 2, 10] = by_class[1, 3, 10] = 9.0  # a tie between classes 2 and 3
+    targets = torch.randint(0, 4, (50,), generator=gen)
+    targets[:4] = torch.tensor([0, 1, 2, 3])
+    targets[10] = 3
+    class_major = by_class.transpose(1, 2)
+    row_major = class_major.contiguous()
+    assert class_major.stride(-1) != 1 and row_major.stride(-1) == 1
+    results = []
+    for logits in (class_major, row_major):
+        acc = SplitAccumulator("classification", 3, torch.device("cpu"))
+        acc.add(logits[:, :30], targets[:30])
+        acc.add(logits[:, 30:], targets[30:])
+        results.append(acc.result())
+    want_loss = torch.nn.functional.cross_entropy(
+        row_major.reshape(150, 4), targets.repeat(3), reduction="none"
+    ).view(3, 50).mean(dim=1)
+    want_score = (row_major.argmax(dim=-1) == targets).double().mean(dim=1)
+    for loss, score in results:
+        np.testing.assert_allclose(loss, want_loss.numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(score, want_score.numpy())
+    for target, right in ((2, 1.0), (3, 0.0)):  # the tie at row 10 goes to class 2
+        acc = SplitAccumulator("classification", 1, torch.device("cpu"))
+        acc.add(class_major[1:2, 10:11], torch.tensor([target]))
+        assert acc.result()[1][0] == right

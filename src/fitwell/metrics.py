@@ -77,14 +77,31 @@ class SplitAccumulator:
 
     @torch.no_grad()
     def add(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One chunk: ``outputs [K, rows, C]`` (either storage order), ``targets [rows]``."""
         rows = targets.shape[-1]
-        self.loss_sum += member_losses(self.task, outputs, targets).double() * rows
         if self.task == "classification":
-            self.correct += (outputs.argmax(dim=-1) == targets).double().sum(dim=1)
-        else:
-            self.sq_err += ((outputs.squeeze(-1) - targets) ** 2).double().sum(dim=1)
-            self.y_sum += float(targets.double().sum())
-            self.y_sq_sum += float((targets.double() ** 2).sum())
+            k, _, c = outputs.shape
+            if c > 1 and outputs.stride(-1) != 1:
+                # Class-major storage (a population's thin output layer): reduce over the
+                # classes with the rows contiguous. max(dim) returns the first maximal index,
+                # as argmax does. Measured, 16 members x 80,000 rows x 10 classes: 155 ms
+                # against 197 ms for a row-major copy, its cross-entropy and argmax.
+                by_class = outputs.transpose(1, 2)
+                per_row = F.cross_entropy(by_class, targets.expand(k, rows), reduction="none")
+                predicted = by_class.max(dim=1).indices
+            else:
+                per_row = F.cross_entropy(
+                    outputs.reshape(k * rows, c), targets.repeat(k), reduction="none"
+                ).view(k, rows)
+                predicted = outputs.argmax(dim=-1)
+            self.loss_sum += per_row.sum(dim=1, dtype=torch.float64)
+            self.correct += (predicted == targets).sum(dim=1, dtype=torch.float64)
+            self.n += rows
+            return
+        self.loss_sum += member_losses(self.task, outputs, targets).double() * rows
+        self.sq_err += ((outputs.squeeze(-1) - targets) ** 2).double().sum(dim=1)
+        self.y_sum += float(targets.double().sum())
+        self.y_sq_sum += float((targets.double() ** 2).sum())
         self.n += rows
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:

@@ -100,11 +100,15 @@ class _NarrowLinear(torch.autograd.Function):
 
 
 def narrow_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.baddbmm(b, h, w)`` for a thin output dimension, in its fast layout."""
+    """``torch.baddbmm(b, h, w)`` for a thin output dimension, in its fast layout.
+
+    Without gradients the result keeps the class-major storage of that layout (a transposed
+    view, no copy): evaluation reduces over the classes in it (see ``SplitAccumulator``).
+    """
     if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad or b.requires_grad):
         out: torch.Tensor = _NarrowLinear.apply(h, w, b)
         return out
-    return torch.baddbmm(b.mT, w.mT, h.mT).mT.contiguous()
+    return torch.baddbmm(b.mT, w.mT, h.mT).mT
 
 
 class _NarrowCrossEntropy(torch.autograd.Function):
