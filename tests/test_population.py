@@ -443,9 +443,13 @@ def test_evaluation_scores_class_major_and_row_major_logits_alike() -> None:
         acc.add(logits[:, :30], targets[:30])
         acc.add(logits[:, 30:], targets[30:])
         results.append(acc.result())
-    want_loss = torch.nn.functional.cross_entropy(
-        row_major.reshape(150, 4), targets.repeat(3), reduction="none"
-    ).view(3, 50).mean(dim=1)
+    want_loss = (
+        torch.nn.functional.cross_entropy(
+            row_major.reshape(150, 4), targets.repeat(3), reduction="none"
+        )
+        .view(3, 50)
+        .mean(dim=1)
+    )
     want_score = (row_major.argmax(dim=-1) == targets).double().mean(dim=1)
     for loss, score in results:
         np.testing.assert_allclose(loss, want_loss.numpy(), rtol=1e-6)
