@@ -1,22 +1,20 @@
-"""The Python face of fitwell: ``train``, ``train_population``, ``load_run`` and ``Run.predict``.
+"""The Python face of fitwell: ``train`` and ``train_population``, built from reusable stages.
 
-Data flows one way: config -> data (load, split, preprocess on train rows) -> population training
--> choice of member on validation -> one read of the sealed test split -> run directory.
+Data flows one way: config -> data (``load_and_prepare``: load, split, preprocess on train rows)
+-> population training and diagnosis (``fit_prepared``) -> choice of members on validation and
+one read of the sealed test split (:mod:`fitwell.finish`) -> run directory. ``fitwell auto``
+prepares the data once and calls ``fit_prepared`` for many populations before one final
+``train_population(prepared=...)``; ``Run`` and ``load_run`` live in :mod:`fitwell.predictor`.
 """
 
 from __future__ import annotations
 
-import math
-import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
 from fitwell import runs
@@ -26,18 +24,37 @@ from fitwell.config import (
     build_config,
     load_toml,
     resolve_hidden,
-    to_toml,
 )
-from fitwell.data import PreparedData, Preprocessor, load_table, prepare
-from fitwell.data.preparation import TargetEncoder
-from fitwell.diagnosis.context import SIGNALS_FILE, diagnose_fit
+from fitwell.data import PreparedData, load_table, prepare
+from fitwell.diagnosis.context import diagnose_fit
 from fitwell.diagnosis.probes import SignalProbe
-from fitwell.ensemble import ensemble_members, split_metrics
-from fitwell.errors import FitwellError, InputError, TrainingFailed
-from fitwell.metrics import regression_report, score_name
-from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
+from fitwell.errors import FitwellError, InputError
+from fitwell.finish import finish_run, l1_zeroed_features
+from fitwell.models import Architecture
+from fitwell.predictor import Run, load_run, model_from_state
 from fitwell.threads import configure_threads, limit_blas_threads
-from fitwell.training import Callback, FitResult, LoopSettings, MemberSettings, ProgressBar, Trainer
+from fitwell.training import (
+    Callback,
+    FitResult,
+    LoopSettings,
+    MemberSettings,
+    ProgressBar,
+    Trainer,
+)
+
+__all__ = [
+    "PopulationFit",
+    "Run",
+    "fit_prepared",
+    "l1_zeroed_features",
+    "load_and_prepare",
+    "load_run",
+    "make_config",
+    "model_from_state",
+    "resolve_device",
+    "train",
+    "train_population",
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,164 +115,118 @@ def _check_population(configs: Sequence[TrainConfig]) -> None:
 
 
 @dataclass
-class Run:
-    """A finished run: its directory, metrics, and a model ready to predict."""
+class PopulationFit:
+    """One trained population, before any member is chosen and before the test split is read.
 
-    run_dir: Path | None
-    metrics: dict[str, Any]
-    history: pd.DataFrame
-    model: PopulationMLP
-    preprocessor: Preprocessor
-    target_encoder: TargetEncoder
-    target: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    ``origin[m]`` is the index in ``configs`` of member ``m``'s settings; ``signals`` is the
+    ``signals.json`` document (probe records, context, findings of the best member).
+    """
 
-    @property
-    def task(self) -> str:
-        return self.target_encoder.task
-
-    def _inputs(self, data: pd.DataFrame | np.ndarray | str | Path) -> pd.DataFrame:
-        if isinstance(data, (str, Path)):
-            from fitwell.data.loading import read_file
-
-            frame, _ = read_file(data)
-            return frame
-        if isinstance(data, np.ndarray):
-            if data.ndim != 2 or data.shape[1] != len(self.preprocessor.input_columns):
-                raise InputError(
-                    f"expected a 2-D array with {len(self.preprocessor.input_columns)} columns; "
-                    f"got shape {data.shape}."
-                )
-            return pd.DataFrame(data, columns=self.preprocessor.input_columns)
-        return data
-
-    @torch.no_grad()
-    def _outputs(
-        self, data: pd.DataFrame | np.ndarray | str | Path, source: str | None = None
-    ) -> np.ndarray:
-        frame = self._inputs(data)
-        if source is None:
-            source = str(data) if isinstance(data, (str, Path)) else "data"
-        x = torch.as_tensor(self.preprocessor.transform(frame, source=source))
-        device = next(self.model.parameters()).device
-        self.model.eval()
-        outputs = self.model.predict_chunks(x.to(device))
-        return ensemble_outputs(outputs, self.task).cpu().numpy()
-
-    def predict(
-        self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
-    ) -> np.ndarray:
-        """Predicted labels (classification) or values in the target's units (regression).
-
-        ``source`` names the data in error messages (default: the path, or "data").
-        """
-        out = self._outputs(data, source)
-        if self.task == "classification":
-            return self.target_encoder.decode(out.argmax(axis=1))
-        return self.target_encoder.decode(out[:, 0])
-
-    def predict_proba(
-        self, data: pd.DataFrame | np.ndarray | str | Path, *, source: str | None = None
-    ) -> np.ndarray:
-        """Class probabilities, columns in ``target_encoder.classes`` order."""
-        if self.task != "classification":
-            raise InputError("predict_proba needs a classification run.")
-        out = torch.as_tensor(self._outputs(data, source))
-        return torch.softmax(out, dim=1).numpy()
+    configs: list[TrainConfig]
+    origin: list[int]
+    fit: FitResult
+    signals: dict[str, Any]
+    arch: Architecture
+    trainer: Trainer
+    probe: SignalProbe
+    seconds: float
 
 
-def _model_from_state(arch: Architecture, state: dict[str, torch.Tensor]) -> PopulationMLP:
-    """The saved model: one member, or an ensemble of K stacked members (``weights.0 [K, ...]``)."""
-    weights = state.get("weights.0")
-    n_members = int(weights.shape[0]) if weights is not None and weights.dim() == 3 else 1
-    model = PopulationMLP(arch, n_members)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise InputError(f"model weights do not match the architecture ({first}).") from None
-    return model
+def load_and_prepare(cfg: TrainConfig) -> PreparedData:
+    """The one data path: load the table, split it (seeded by ``cfg.seed``) and fit
+    preprocessing on the training rows. The test split comes back sealed."""
+    table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
+    return prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Load a run directory written by :func:`train` (JSON + safetensors; nothing unpickled)."""
-    saved = runs.load_model_files(run_dir)
-    folder = Path(run_dir)
-    try:
-        arch = Architecture.from_json(saved.meta["architecture"])
-        pre = Preprocessor.from_json(saved.meta["preprocessing"])
-        enc = TargetEncoder.from_json(saved.meta["target_encoder"])
-        target = str(saved.meta["target"])
-    except KeyError as exc:
-        raise InputError(f"{folder / runs.MODEL_META}: missing field {exc}.") from None
-    model = _model_from_state(arch, saved.state)
-    for name, tensor in saved.state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise InputError(
-                f"{folder / runs.MODEL_FILE}: tensor {name!r} holds non-finite values."
-            )
-    metrics_path = folder / runs.METRICS_FILE
-    metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
-    history_path = folder / runs.HISTORY_FILE
-    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
-    return Run(folder, metrics, history, model, pre, enc, target)
+def _population_members(cfgs: Sequence[TrainConfig]) -> tuple[list[MemberSettings], list[int]]:
+    """One member per restart of each configuration, then extra seeds up to ``ensemble``."""
+    cfg = cfgs[0]
+    members: list[MemberSettings] = []
+    origin: list[int] = []
+    for i, c in enumerate(cfgs):
+        for r in range(c.restarts):
+            members.append(_member_settings(c, c.seed + r))
+            origin.append(i)
+    # Too few members for the ensemble: more seeds, taken from the settings in turn.
+    for j in range(cfg.ensemble - len(members)):
+        i = j % len(cfgs)
+        c = cfgs[i]
+        members.append(_member_settings(c, c.seed + c.restarts + j // len(cfgs)))
+        origin.append(i)
+    return members, origin
 
 
-def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[list[str], list[str]]:
-    """Input columns (and encoded features) whose every first-layer weight is exactly zero."""
-    # Stacked members ``[K, in, out]``: a column is off only when every member switched it off.
-    w = first_layer.detach().abs()
-    norms = (w.sum(dim=(0, 2)) if w.dim() == 3 else w.sum(dim=1)).cpu().numpy()
-    encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
-    columns = [
-        col
-        for col, idx in pre.encoded_groups().items()
-        if idx and all(norms[i] == 0.0 for i in idx)
-    ]
-    return columns, encoded
+def fit_prepared(
+    configs: Sequence[TrainConfig],
+    prepared: PreparedData,
+    *,
+    device: torch.device,
+    callbacks: Sequence[Callback] = (),
+    progress: bool | None = False,
+    session: Any = None,
+    warn: Callable[[str], None] | None = None,
+) -> PopulationFit:
+    """Train ``configs`` as one batched population on prepared arrays and diagnose it.
 
-
-def _test_metrics(
-    model: PopulationMLP, prepared: PreparedData, device: torch.device
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Open the sealed test split (once) and score the chosen model on it."""
-    x_test, y_test = prepared.test.open()
-    model.eval()
-    with torch.no_grad():
-        outputs = model.predict_chunks(torch.as_tensor(x_test, device=device))
-        out = ensemble_outputs(outputs, prepared.task).cpu()
-    enc = prepared.target_encoder
-    if prepared.task == "classification":
-        y = torch.as_tensor(y_test)
-        loss = float(torch.nn.functional.cross_entropy(out, y))
-        pred = out.argmax(dim=1).numpy()
-        acc = float((pred == y_test).mean())
-        labels = list(range(len(enc.classes)))
-        from sklearn.metrics import confusion_matrix
-
-        cm = confusion_matrix(y_test, pred, labels=labels).tolist()
-        return {"accuracy": acc, "loss": loss}, {"confusion_matrix": cm, "labels": enc.classes}
-    pred_std = out[:, 0].numpy()
-    y_true = enc.decode(np.asarray(y_test, dtype=float))
-    y_pred = enc.decode(pred_std)
-    metrics = regression_report(y_true, y_pred)
-    metrics["loss"] = float(np.mean((pred_std - y_test) ** 2))
-    idx = np.linspace(0, len(y_true) - 1, num=min(len(y_true), 500)).astype(int)
-    return metrics, {"y_true": y_true[idx].tolist(), "y_pred": y_pred[idx].tolist()}
-
-
-def _environment(device: torch.device, threads: int) -> dict[str, Any]:
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "threads": threads,
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
+    Reads the training and validation arrays only: the sealed test split stays closed, so any
+    number of populations can be fitted and compared before :func:`fitwell.finish.finish_run`.
+    ``session`` (a :class:`fitwell.resume.RunSession`) checkpoints the run into its folder.
+    """
+    started = time.perf_counter()
+    cfgs = list(configs)
+    _check_population(cfgs)
+    cfg = cfgs[0]
+    hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
+    if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
+        cfgs = [c.replace(hidden=hidden) for c in cfgs]
+        cfg = cfgs[0]
+    arch = Architecture(
+        n_inputs=prepared.n_features,
+        hidden=hidden,
+        n_outputs=prepared.target_encoder.n_outputs,
+        activation=cfg.activation,
+        batch_norm=cfg.batch_norm,
+    )
+    members, origin = _population_members(cfgs)
+    probe = SignalProbe()
+    all_callbacks = [probe, *callbacks]
+    if progress is None or progress:
+        all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
+    torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
+    trainer = Trainer(
+        arch,
+        members,
+        _loop_settings(cfg),
+        task=prepared.task,
+        x_train=prepared.x_train,
+        y_train=prepared.y_train,
+        x_val=prepared.x_val,
+        y_val=prepared.y_val,
+        device=device,
+        callbacks=all_callbacks,
+    )
+    if session is not None:
+        session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
+    fit = trainer.fit()
+    signals = diagnose_fit(
+        fit,
+        prepared,
+        probe,
+        lr=cfg.lr,
+        restored_best=bool(cfg.restore_best and cfg.patience > 0),
+        events=getattr(trainer, "events", []),
+    )
+    return PopulationFit(
+        configs=cfgs,
+        origin=origin,
+        fit=fit,
+        signals=signals,
+        arch=arch,
+        trainer=trainer,
+        probe=probe,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def train(
@@ -294,6 +265,10 @@ def train_population(
     progress: bool | None = False,
     resume: bool = False,
     warn: Callable[[str], None] | None = None,
+    prepared: PreparedData | None = None,
+    keep_files: Sequence[str] = (),
+    extra_metrics: dict[str, Any] | None = None,
+    before_finish: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> Run:
     """Train several configurations at once as one batched population and keep the best.
 
@@ -313,6 +288,13 @@ def train_population(
         One entry per setting; all must share data, architecture, optimizer and epochs.
     out, callbacks, progress
         As in :func:`train`.
+    prepared : PreparedData, optional
+        Data already loaded and split by :func:`load_and_prepare` with the same settings
+        (``fitwell auto`` prepares once); its sealed test split must still be closed.
+    keep_files : sequence of str
+        Names of files that may already be in ``out`` and are kept (``fitwell auto``'s study).
+    extra_metrics, before_finish
+        Passed to :func:`fitwell.finish.finish_run`.
 
     Examples
     --------
@@ -338,265 +320,46 @@ def train_population(
     cfg = cfgs[0]
     started = time.perf_counter()
     if out is not None and not resume:
-        runs.check_destination(out)
-    table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
+        runs.check_destination(out, keep=keep_files)
     threads = configure_threads(cfg.threads)
     # NumPy's BLAS (the doctor's linear reference, preprocessing) gets the same thread budget.
     with limit_blas_threads(threads):
         device = resolve_device(cfg.device)
-        prepared = prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
+        if prepared is None:
+            prepared = load_and_prepare(cfg)
+        elif prepared.test.is_open:
+            raise InputError("the prepared data's test split was already read; prepare again.")
         if len(cfgs) == 1 and cfg.target is None:
-            cfg = cfg.replace(target=prepared.target)
-        hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
-        if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
-            cfg = cfg.replace(hidden=hidden)
+            cfgs = [cfg.replace(target=prepared.target)]
+        if isinstance(cfgs[0].hidden, str):  # "auto": fixed now, so the run state records it
+            hidden = resolve_hidden(cfgs[0].hidden, len(prepared.y_train))
             cfgs = [c.replace(hidden=hidden) for c in cfgs]
-        arch = Architecture(
-            n_inputs=prepared.n_features,
-            hidden=hidden,
-            n_outputs=prepared.target_encoder.n_outputs,
-            activation=cfg.activation,
-            batch_norm=cfg.batch_norm,
-        )
-        members: list[MemberSettings] = []
-        origin: list[int] = []
-        for i, c in enumerate(cfgs):
-            for r in range(c.restarts):
-                members.append(_member_settings(c, c.seed + r))
-                origin.append(i)
-        # Too few members for the ensemble: more seeds, taken from the settings in turn.
-        for j in range(cfg.ensemble - len(members)):
-            i = j % len(cfgs)
-            c = cfgs[i]
-            members.append(_member_settings(c, c.seed + c.restarts + j // len(cfgs)))
-            origin.append(i)
-        probe = SignalProbe()
-        all_callbacks = [probe, *callbacks]
-        if progress is None or progress:
-            all_callbacks.append(ProgressBar(enabled=None if progress is None else True))
-        torch.manual_seed(cfg.seed)  # nothing should draw from the global RNG; pin it anyway
-        trainer = Trainer(
-            arch,
-            members,
-            _loop_settings(cfg),
-            task=prepared.task,
-            x_train=prepared.x_train,
-            y_train=prepared.y_train,
-            x_val=prepared.x_val,
-            y_val=prepared.y_val,
-            device=device,
-            callbacks=all_callbacks,
-        )
         session = None
         if out is not None:
-            from fitwell.resume import RunSession
+            from fitwell.run_state import RunSession
 
-            session = RunSession.open(out, cfgs, prepared, resume=resume)
-            session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
+            session = RunSession.open(out, cfgs, prepared, resume=resume, keep=keep_files)
         try:
-            return _finish(
-                cfg, cfgs, origin, trainer, prepared, arch, device, threads, started, session, probe
+            pop = fit_prepared(
+                cfgs,
+                prepared,
+                device=device,
+                callbacks=callbacks,
+                progress=progress,
+                session=session,
+                warn=warn,
+            )
+            return finish_run(
+                pop,
+                prepared,
+                device=device,
+                threads=threads,
+                started=started,
+                session=session,
+                extra_metrics=extra_metrics,
+                before_finish=before_finish,
             )
         except FitwellError:
             if session is not None:
                 session.abandon()
             raise
-
-
-def _finish(
-    cfg: TrainConfig,
-    cfgs: Sequence[TrainConfig],
-    origin: list[int],
-    trainer: Trainer,
-    prepared: PreparedData,
-    arch: Architecture,
-    device: torch.device,
-    threads: int,
-    started: float,
-    session: Any,
-    probe: SignalProbe,
-) -> Run:
-    """Train, choose the member, open the test split once and write the run's final files."""
-    out = session.folder if session is not None else None
-    fit = trainer.fit()
-    train_seconds = time.perf_counter() - started
-    best = fit.best_member
-    restored = bool(cfg.restore_best and cfg.patience > 0)
-    signals = diagnose_fit(
-        fit,
-        prepared,
-        probe,
-        lr=cfg.lr,
-        restored_best=restored,
-        events=getattr(trainer, "events", []),
-    )
-    diverged = set(probe.stopped) | set(trainer.failed_members)
-    if not best.finite or len(diverged) == len(fit.members):
-        failed = TrainingFailed(
-            "training diverged: no member has finite weights and validation loss "
-            f"({best.stop_reason or 'non-finite values'}). Lower the learning rate."
-        )
-        failed.findings = signals["findings"]  # the CLI prints them with the error
-        raise failed
-    chosen = ensemble_members(fit, cfg.ensemble, excluded=diverged)
-    state = stack_member_states([m.state for m in chosen])
-    model = _model_from_state(arch, {k: v.to(device) for k, v in state.items()})
-    model.to(device)
-    ensemble_val = split_metrics(model, prepared.x_val, prepared.y_val, prepared.task, device)
-    # Every choice is made: read the sealed test split, once.
-    test, test_detail = _test_metrics(model, prepared, device)
-    zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)
-    metrics = _metrics(
-        cfg,
-        cfgs,
-        origin,
-        fit,
-        prepared,
-        test,
-        test_detail,
-        zeroed_cols,
-        zeroed_encoded,
-        device,
-        threads,
-        train_seconds,
-    )
-    metrics["ensemble"] = {
-        "members": [m.member for m in chosen],
-        "seeds": [m.settings.seed for m in chosen],
-        "val": ensemble_val,
-    }
-    metrics["findings"] = signals["findings"]
-    # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
-    metrics["nonfinite_events"] = list(trainer.events)
-    history = pd.DataFrame(fit.history)
-    meta = {
-        "architecture": arch.to_json(),
-        "preprocessing": prepared.preprocessor.to_json(),
-        "target": prepared.target,
-        "target_encoder": prepared.target_encoder.to_json(),
-    }
-    run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        # Each file is written atomically into the run directory; the run is complete (and
-        # loadable) only once ``session.finish`` marks it so, after the last file.
-        folder = run_dir
-        runs.save_model(folder, state, meta)
-        runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
-        runs.write_json(folder / runs.METRICS_FILE, metrics)
-        runs.write_json(folder / SIGNALS_FILE, signals)
-        runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
-        from fitwell.plots import curves_png
-
-        runs.write_atomic(
-            folder / runs.CURVES_FILE,
-            curves_png(
-                fit.history,
-                member=best.member,
-                best_epoch=best.best_epoch if cfg.patience > 0 else 0,
-                score=score_name(prepared.task),
-                title=f"{prepared.source}: learning curves (member {best.member})",
-            ),
-        )
-        _write_report(folder, run_dir.name)
-        session.finish()
-        metrics["run_dir"] = str(run_dir)
-    return Run(
-        run_dir,
-        metrics,
-        history,
-        model,
-        prepared.preprocessor,
-        prepared.target_encoder,
-        prepared.target,
-        extra={"fit": fit, "prepared": prepared, "signals": signals},
-    )
-
-
-def _write_report(folder: Path, name: str) -> None:
-    """Write report.html last, from the files just written (the loop never calls the report).
-
-    A report that fails to render must not cost the user a trained model: warn and go on;
-    ``fitwell report RUN_DIR`` rebuilds it.
-    """
-    from fitwell.report import write_report
-
-    try:
-        write_report(folder, name=name)
-    except Exception as exc:  # any rendering fault; the trained run itself is fine
-        import warnings
-
-        warnings.warn(
-            f"report.html could not be written ({type(exc).__name__}: {exc}); "
-            "rebuild it with `fitwell report RUN_DIR`.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-def _metrics(
-    cfg: TrainConfig,
-    cfgs: Sequence[TrainConfig],
-    origin: list[int],
-    fit: FitResult,
-    prepared: PreparedData,
-    test: dict[str, float],
-    test_detail: dict[str, Any],
-    zeroed_cols: list[str],
-    zeroed_encoded: list[str],
-    device: torch.device,
-    threads: int,
-    seconds: float,
-) -> dict[str, Any]:
-    best = fit.best_member
-    score = score_name(prepared.task)
-    primary = test["accuracy"] if prepared.task == "classification" else test["r2"]
-    val_scores = [m.val_score for m in fit.members]
-    finite_scores = [s for s in val_scores if math.isfinite(s)]
-    return {
-        "task": prepared.task,
-        "score_name": score,
-        "test": test,
-        "test_score": primary,
-        "test_detail": test_detail,
-        "train": {"loss": best.train_loss, score: best.train_score},
-        "val": {"loss": best.val_loss, score: best.val_score},
-        "best_epoch": best.best_epoch,
-        "epochs_run": best.epochs_run,
-        "stop_reason": best.stop_reason,
-        "restored_best_weights": bool(cfg.restore_best and cfg.patience > 0),
-        "restarts": {
-            "val_scores": val_scores,
-            "val_losses": [m.val_loss for m in fit.members],
-            "seeds": [m.settings.seed for m in fit.members],
-            "best": best.member,
-            "spread": (max(finite_scores) - min(finite_scores)) if finite_scores else None,
-        },
-        "population": [
-            {
-                "member": m.member,
-                "config_index": origin[m.member],
-                "seed": m.settings.seed,
-                "lr": m.settings.lr,
-                "l1": m.settings.l1,
-                "l2": m.settings.l2,
-                "dropout": list(m.settings.dropout),
-                "best_epoch": m.best_epoch,
-                "epochs_run": m.epochs_run,
-                "stop_reason": m.stop_reason,
-                "val_loss": m.val_loss,
-                f"val_{score}": m.val_score,
-            }
-            for m in fit.members
-        ]
-        if len(cfgs) > 1 or len(fit.members) > 1
-        else [],
-        "l1_zeroed_features": zeroed_cols,
-        "l1_zeroed_encoded_features": zeroed_encoded,
-        "target_score": cfg.target_score,
-        "target_met": None if cfg.target_score is None else bool(primary >= cfg.target_score),
-        "findings": [],
-        "data": prepared.summary(),
-        "environment": _environment(device, threads),
-        "train_seconds": round(seconds, 3),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,14 +97,15 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def check_destination(out: str | Path) -> Path:
-    """Validate ``--out`` before any work: it must not exist yet (or be an empty folder)."""
+def check_destination(out: str | Path, *, keep: Collection[str] = ()) -> Path:
+    """Validate ``--out`` before any work: it must not exist yet (or be an empty folder, or hold
+    only the files named in ``keep``, which the caller owns)."""
     path = Path(out)
     if path.is_symlink():
         raise InputError(
             f"output directory {str(path)!r} is a symbolic link; give a real folder path."
         )
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(p.name not in keep for p in path.iterdir())):
         raise InputError(
             f"output directory {str(path)!r} already exists and is not empty; "
             "choose another --out or remove it."

@@ -1,0 +1,287 @@
+"""The end of a fit: choose the members, read the sealed test split once, write the run.
+
+Every choice (which members, how many) is made on validation data before the test split is
+opened; ``finish_run`` is the only code that opens it.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fitwell import runs
+from fitwell.config import TrainConfig, to_toml
+from fitwell.data import PreparedData, Preprocessor
+from fitwell.diagnosis.context import SIGNALS_FILE
+from fitwell.ensemble import ensemble_members, split_metrics
+from fitwell.errors import TrainingFailed
+from fitwell.metrics import regression_report, score_name
+from fitwell.models import PopulationMLP, ensemble_outputs, stack_member_states
+from fitwell.predictor import Run, model_from_state
+from fitwell.training import FitResult
+
+if TYPE_CHECKING:
+    from fitwell.api import PopulationFit
+
+
+def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[list[str], list[str]]:
+    """Input columns (and encoded features) whose every first-layer weight is exactly zero."""
+    # Stacked members ``[K, in, out]``: a column is off only when every member switched it off.
+    w = first_layer.detach().abs()
+    norms = (w.sum(dim=(0, 2)) if w.dim() == 3 else w.sum(dim=1)).cpu().numpy()
+    encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
+    columns = [
+        col
+        for col, idx in pre.encoded_groups().items()
+        if idx and all(norms[i] == 0.0 for i in idx)
+    ]
+    return columns, encoded
+
+
+def _test_metrics(
+    model: PopulationMLP, prepared: PreparedData, device: torch.device
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Open the sealed test split (once) and score the chosen model on it."""
+    x_test, y_test = prepared.test.open()
+    model.eval()
+    with torch.no_grad():
+        outputs = model.predict_chunks(torch.as_tensor(x_test, device=device))
+        out = ensemble_outputs(outputs, prepared.task).cpu()
+    enc = prepared.target_encoder
+    if prepared.task == "classification":
+        y = torch.as_tensor(y_test)
+        loss = float(torch.nn.functional.cross_entropy(out, y))
+        pred = out.argmax(dim=1).numpy()
+        acc = float((pred == y_test).mean())
+        labels = list(range(len(enc.classes)))
+        from sklearn.metrics import confusion_matrix
+
+        cm = confusion_matrix(y_test, pred, labels=labels).tolist()
+        return {"accuracy": acc, "loss": loss}, {"confusion_matrix": cm, "labels": enc.classes}
+    pred_std = out[:, 0].numpy()
+    y_true = enc.decode(np.asarray(y_test, dtype=float))
+    y_pred = enc.decode(pred_std)
+    metrics = regression_report(y_true, y_pred)
+    metrics["loss"] = float(np.mean((pred_std - y_test) ** 2))
+    idx = np.linspace(0, len(y_true) - 1, num=min(len(y_true), 500)).astype(int)
+    return metrics, {"y_true": y_true[idx].tolist(), "y_pred": y_pred[idx].tolist()}
+
+
+def _environment(device: torch.device, threads: int) -> dict[str, Any]:
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": threads,
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def finish_run(
+    pop: PopulationFit,
+    prepared: PreparedData,
+    *,
+    device: torch.device,
+    threads: int,
+    started: float,
+    session: Any = None,
+    extra_metrics: dict[str, Any] | None = None,
+    before_finish: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> Run:
+    """Choose the members, open the test split once and write the run's final files.
+
+    ``extra_metrics`` join ``metrics.json`` (``fitwell auto`` adds its search and repair
+    records); ``before_finish(folder, metrics)`` writes further files into the run before it is
+    marked finished.
+    """
+    cfg, cfgs, origin, fit, arch = pop.configs[0], pop.configs, pop.origin, pop.fit, pop.arch
+    trainer, probe, signals = pop.trainer, pop.probe, pop.signals
+    out = session.folder if session is not None else None
+    train_seconds = time.perf_counter() - started
+    best = fit.best_member
+    diverged = set(probe.stopped) | set(trainer.failed_members)
+    if not best.finite or len(diverged) == len(fit.members):
+        failed = TrainingFailed(
+            "training diverged: no member has finite weights and validation loss "
+            f"({best.stop_reason or 'non-finite values'}). Lower the learning rate."
+        )
+        failed.findings = signals["findings"]  # the CLI prints them with the error
+        raise failed
+    chosen = ensemble_members(fit, cfg.ensemble, excluded=diverged)
+    state = stack_member_states([m.state for m in chosen])
+    model = model_from_state(arch, {k: v.to(device) for k, v in state.items()})
+    model.to(device)
+    ensemble_val = split_metrics(model, prepared.x_val, prepared.y_val, prepared.task, device)
+    # Every choice is made: read the sealed test split, once.
+    test, test_detail = _test_metrics(model, prepared, device)
+    zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)
+    metrics = _metrics(
+        cfg,
+        cfgs,
+        origin,
+        fit,
+        prepared,
+        test,
+        test_detail,
+        zeroed_cols,
+        zeroed_encoded,
+        device,
+        threads,
+        train_seconds,
+    )
+    metrics["ensemble"] = {
+        "members": [m.member for m in chosen],
+        "seeds": [m.settings.seed for m in chosen],
+        "val": ensemble_val,
+    }
+    metrics["findings"] = signals["findings"]
+    metrics.update(extra_metrics or {})
+    # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
+    metrics["nonfinite_events"] = list(trainer.events)
+    history = pd.DataFrame(fit.history)
+    meta = {
+        "architecture": arch.to_json(),
+        "preprocessing": prepared.preprocessor.to_json(),
+        "target": prepared.target,
+        "target_encoder": prepared.target_encoder.to_json(),
+    }
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        # Each file is written atomically into the run directory; the run is complete (and
+        # loadable) only once ``session.finish`` marks it so, after the last file.
+        folder = run_dir
+        runs.save_model(folder, state, meta)
+        runs.write_atomic(folder / runs.HISTORY_FILE, history.to_csv(index=False))
+        runs.write_json(folder / runs.METRICS_FILE, metrics)
+        runs.write_json(folder / SIGNALS_FILE, signals)
+        runs.write_atomic(folder / runs.CONFIG_FILE, to_toml(cfg))
+        from fitwell.plots import curves_png
+
+        runs.write_atomic(
+            folder / runs.CURVES_FILE,
+            curves_png(
+                fit.history,
+                member=best.member,
+                best_epoch=best.best_epoch if cfg.patience > 0 else 0,
+                score=score_name(prepared.task),
+                title=f"{prepared.source}: learning curves (member {best.member})",
+            ),
+        )
+        if before_finish is not None:
+            before_finish(folder, metrics)
+        _write_report(folder, run_dir.name)
+        session.finish()
+        metrics["run_dir"] = str(run_dir)
+    return Run(
+        run_dir,
+        metrics,
+        history,
+        model,
+        prepared.preprocessor,
+        prepared.target_encoder,
+        prepared.target,
+        extra={"fit": fit, "prepared": prepared, "signals": signals},
+    )
+
+
+def _write_report(folder: Path, name: str) -> None:
+    """Write report.html last, from the files just written (the loop never calls the report).
+
+    A report that fails to render must not cost the user a trained model: warn and go on;
+    ``fitwell report RUN_DIR`` rebuilds it.
+    """
+    from fitwell.report import write_report
+
+    try:
+        write_report(folder, name=name)
+    except Exception as exc:  # any rendering fault; the trained run itself is fine
+        import warnings
+
+        warnings.warn(
+            f"report.html could not be written ({type(exc).__name__}: {exc}); "
+            "rebuild it with `fitwell report RUN_DIR`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _metrics(
+    cfg: TrainConfig,
+    cfgs: Sequence[TrainConfig],
+    origin: list[int],
+    fit: FitResult,
+    prepared: PreparedData,
+    test: dict[str, float],
+    test_detail: dict[str, Any],
+    zeroed_cols: list[str],
+    zeroed_encoded: list[str],
+    device: torch.device,
+    threads: int,
+    seconds: float,
+) -> dict[str, Any]:
+    best = fit.best_member
+    score = score_name(prepared.task)
+    primary = test["accuracy"] if prepared.task == "classification" else test["r2"]
+    val_scores = [m.val_score for m in fit.members]
+    finite_scores = [s for s in val_scores if math.isfinite(s)]
+    return {
+        "task": prepared.task,
+        "score_name": score,
+        "test": test,
+        "test_score": primary,
+        "test_detail": test_detail,
+        "train": {"loss": best.train_loss, score: best.train_score},
+        "val": {"loss": best.val_loss, score: best.val_score},
+        "best_epoch": best.best_epoch,
+        "epochs_run": best.epochs_run,
+        "stop_reason": best.stop_reason,
+        "restored_best_weights": bool(cfg.restore_best and cfg.patience > 0),
+        "restarts": {
+            "val_scores": val_scores,
+            "val_losses": [m.val_loss for m in fit.members],
+            "seeds": [m.settings.seed for m in fit.members],
+            "best": best.member,
+            "spread": (max(finite_scores) - min(finite_scores)) if finite_scores else None,
+        },
+        "population": [
+            {
+                "member": m.member,
+                "config_index": origin[m.member],
+                "seed": m.settings.seed,
+                "lr": m.settings.lr,
+                "l1": m.settings.l1,
+                "l2": m.settings.l2,
+                "dropout": list(m.settings.dropout),
+                "best_epoch": m.best_epoch,
+                "epochs_run": m.epochs_run,
+                "stop_reason": m.stop_reason,
+                "val_loss": m.val_loss,
+                f"val_{score}": m.val_score,
+            }
+            for m in fit.members
+        ]
+        if len(cfgs) > 1 or len(fit.members) > 1
+        else [],
+        "l1_zeroed_features": zeroed_cols,
+        "l1_zeroed_encoded_features": zeroed_encoded,
+        "target_score": cfg.target_score,
+        "target_met": None if cfg.target_score is None else bool(primary >= cfg.target_score),
+        "findings": [],
+        "data": prepared.summary(),
+        "environment": _environment(device, threads),
+        "train_seconds": round(seconds, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
