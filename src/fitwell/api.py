@@ -268,7 +268,7 @@ def train_population(
     prepared: PreparedData | None = None,
     keep_files: Sequence[str] = (),
     extra_metrics: dict[str, Any] | None = None,
-    before_finish: Callable[[Path, dict[str, Any]], None] | None = None,
+    before_finish: Callable[[Path | None, dict[str, Any]], None] | None = None,
 ) -> Run:
     """Train several configurations at once as one batched population and keep the best.
 

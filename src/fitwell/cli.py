@@ -108,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_training_flags(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "auto",
+        help="diagnose, repair and search a network within a time budget, then test once",
+    )
+    _add_training_flags(p)  # they set the start configuration
+    g = p.add_argument_group("auto")
+    g.add_argument(
+        "--time-budget", default="10m", help="wall time for all stages: 90s, 10m, 1h (default 10m)"
+    )
+    g.add_argument("--trials", type=int, help="at most this many search trials")
+    g.add_argument("--no-repair", dest="repair", action="store_false", help="skip the repairs")
+    g.add_argument("--no-search", dest="search", action="store_false", help="skip the search")
+    g.add_argument(
+        "--storage",
+        help="Optuna storage URL (sqlite:///f.db, postgresql+psycopg://...) or journal file; "
+        "default: study.journal in the run directory",
+    )
+    g.add_argument("--study-name", help="study name in the storage (default fitwell-auto)")
+    g.add_argument("--resume", action="store_true", help="continue a killed search in --out")
+    p.set_defaults(func=cmd_auto)
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run_dir", help="the run directory of the interrupted `fitwell train`")
     _add_training_flags(p)  # given flags must match the run's; the data file may have moved
@@ -256,6 +276,111 @@ def print_summary(m: dict[str, Any]) -> None:
     print_findings(m.get("findings", []))
     if m.get("run_dir"):
         console.print(f"run directory: {m['run_dir']}")
+
+
+_AUTO_ONLY = {"time_budget", "trials", "repair", "search", "storage", "study_name", "resume"}
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    from fitwell.auto import auto
+
+    settings = {
+        k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS | _AUTO_ONLY and v is not None
+    }
+    if args.tensorboard:
+        from fitwell.errors import InputError
+
+        raise InputError("--tensorboard is not supported by `fitwell auto`; use `fitwell train`.")
+    show = not (args.quiet or args.json)
+    if args.resume and not args.out:
+        from fitwell.errors import InputError
+
+        raise InputError("--resume needs the --out of the search to continue.")
+    out = Path(args.out) if args.out else _default_out(settings)
+
+    def log(message: str) -> None:
+        if show:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+    config = args.config
+    run = auto(
+        config=config,
+        time_budget=args.time_budget,
+        trials=args.trials,
+        repair=args.repair,
+        search=args.search,
+        storage=args.storage,
+        study_name=args.study_name,
+        resume=args.resume,
+        out=out,
+        log=log,
+        **settings,
+    )
+    m = run.metrics
+    record = m["auto"]
+    if args.json:
+        from fitwell.runs import json_safe
+
+        doc = summary_json(m) | {
+            "repairs": record["repairs"],
+            "trials": run.extra.get("trials", []),
+            "best_settings": record["best_settings"],
+            "auto": {k: v for k, v in record.items() if k not in ("repairs",)},
+        }
+        print(json.dumps(json_safe(doc), default=str))
+    elif not args.quiet:
+        print_auto_summary(m)
+        print_summary(m)
+    if record.get("refused"):
+        sys.stderr.write(
+            "error: no model beats the trivial baseline on validation (no_signal); "
+            f"nothing is claimed. See {m.get('run_dir')}/report.html\n"
+        )
+        return EXIT_TARGET_MISSED
+    if m.get("target_met") is False:
+        return EXIT_TARGET_MISSED
+    return EXIT_OK
+
+
+def print_auto_summary(m: dict[str, Any]) -> None:
+    """What auto did: leakage first, then repairs kept, the search, and the winner."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    record = m["auto"]
+    if any(
+        f.get("code") == "leakage" and f.get("severity") in ("error", "warning")
+        for f in m.get("findings", [])
+    ):
+        console.print(
+            "[red]error[/] [bold]leakage[/]: test rows also occur in the training "
+            "rows; the test score below overstates what the model does on new data"
+        )
+    kept = [r for r in record["repairs"] if r.get("kept")]
+    tried = len(record["repairs"])
+    console.print(
+        f"[bold]auto[/] · {record.get('seconds_used', 0):.0f} s of "
+        + (f"{record['budget_seconds']:.0f} s" if record.get("budget_seconds") else "no time limit")
+        + f" · repairs tried {tried}, kept {len(kept)}"
+        + "".join(
+            f" · {r['finding']} → {r['change']}"
+            for r in kept
+            if r.get("chosen") or r.get("reason", "").startswith("applied")
+        )
+    )
+    s = record.get("search") or {}
+    if s:
+        console.print(
+            f"search: {s['trials']} trials in {s['populations']} populations "
+            f"({s['complete']} complete, {s['pruned']} pruned, {s['failed']} failed) · "
+            + (
+                f"best trial {s['best_trial']} val loss {s['best_val_loss']:.4g}"
+                if s.get("best_trial") is not None
+                else "no completed trial"
+            )
+        )
+    console.print(f"winner: {record['winner']}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -99,13 +99,14 @@ def finish_run(
     started: float,
     session: Any = None,
     extra_metrics: dict[str, Any] | None = None,
-    before_finish: Callable[[Path, dict[str, Any]], None] | None = None,
+    before_finish: Callable[[Path | None, dict[str, Any]], None] | None = None,
 ) -> Run:
     """Choose the members, open the test split once and write the run's final files.
 
     ``extra_metrics`` join ``metrics.json`` (``fitwell auto`` adds its search and repair
-    records); ``before_finish(folder, metrics)`` writes further files into the run before it is
-    marked finished.
+    records); ``before_finish(folder, metrics)`` runs once the test is scored and before any file is
+    written (``folder`` is ``None`` when nothing is written): it may add to ``metrics`` and write
+    further files into the run.
     """
     cfg, cfgs, origin, fit, arch = pop.configs[0], pop.configs, pop.origin, pop.fit, pop.arch
     trainer, probe, signals = pop.trainer, pop.probe, pop.signals
@@ -149,6 +150,8 @@ def finish_run(
     }
     metrics["findings"] = signals["findings"]
     metrics.update(extra_metrics or {})
+    if before_finish is not None:
+        before_finish(Path(out) if out is not None else None, metrics)
     # Rollbacks of the non-finite guard (kind, epoch, step, member, action, lr), for the record.
     metrics["nonfinite_events"] = list(trainer.events)
     history = pd.DataFrame(fit.history)
@@ -180,8 +183,6 @@ def finish_run(
                 title=f"{prepared.source}: learning curves (member {best.member})",
             ),
         )
-        if before_finish is not None:
-            before_finish(folder, metrics)
         _write_report(folder, run_dir.name)
         session.finish()
         metrics["run_dir"] = str(run_dir)

@@ -1,0 +1,150 @@
+"""Where auto's populations train: an interface, and this process as its implementation.
+
+A job is plain data (settings dicts, a time limit, rung epochs) and its outcome is a weights-free
+summary (per member: curve, best loss, score, how it ended; per setting: the doctor's findings),
+so an executor on other machines can return it as it is. The final model is always trained where
+the driver runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fitwell.auto.budget import Deadline
+from fitwell.auto.pruning import RungPruner
+from fitwell.config import TrainConfig, build_config
+from fitwell.data import PreparedData
+from fitwell.diagnosis.context import findings_from_signals
+
+
+@dataclass
+class PopulationJob:
+    """One population: settings that share a shape, each trained with ``restarts`` seeds."""
+
+    settings: list[dict[str, Any]]
+    seconds: float | None = None  # time limit from the start of training (None: none)
+    rungs: list[int] = field(default_factory=list)  # successive-halving epochs (empty: none)
+    label: str = ""
+
+
+@dataclass
+class MemberOutcome:
+    """How one member (one seed of one setting) ended."""
+
+    member: int
+    setting: int
+    seed: int
+    val_loss: float
+    val_score: float
+    train_loss: float
+    best_epoch: int
+    epochs_run: int
+    stop_reason: str
+    pruned_at: int | None
+    val_curve: list[float]
+
+
+@dataclass
+class PopulationOutcome:
+    """A job's weights-free result."""
+
+    members: list[MemberOutcome]
+    findings: list[list[dict[str, Any]]]  # per setting: findings of its best seed
+    seconds: float
+    epochs: int
+    stopped_by_deadline: bool
+
+    def of_setting(self, index: int) -> list[MemberOutcome]:
+        return [m for m in self.members if m.setting == index]
+
+
+class Executor(Protocol):
+    """Runs populations on the prepared data; ``run`` blocks until the job is done."""
+
+    def run(self, job: PopulationJob) -> PopulationOutcome: ...
+
+
+def setting_findings(signals: dict[str, Any], fit: Any, members: list[int]) -> list[dict]:
+    """The doctor's findings for one setting of a population: its best seed, judged against its
+    own restarts only (the population's signals are shared; the context is narrowed)."""
+    results = [fit.members[m] for m in members]
+    finite = [r for r in results if math.isfinite(r.val_loss)]
+    best = min(finite, key=lambda r: r.val_loss) if finite else results[0]
+    doc = copy.copy(signals)
+    ctx = dict(signals["context"])
+    restored = bool(ctx.get("restored_best"))
+    ctx.update(
+        member=best.member,
+        model_epoch=best.best_epoch if restored and best.best_epoch > 0 else best.epochs_run,
+        lr=best.settings.lr,
+        l2=best.settings.l2,
+        dropout=list(best.settings.dropout),
+        restart_groups=[
+            g for g in ctx.get("restart_groups", []) if all(int(m) in members for m, _ in g)
+        ],
+        all_members=list(members),
+        divergence={k: v for k, v in ctx.get("divergence", {}).items() if int(k) in members},
+    )
+    doc["context"] = ctx
+    return findings_from_signals(doc, fit.history)
+
+
+class LocalExecutor:
+    """Trains each population in this process, on data prepared once."""
+
+    def __init__(self, prepared: PreparedData, *, device: Any, threads: int | None) -> None:
+        self.prepared = prepared
+        self.device = device
+        self.threads = threads
+
+    def run(self, job: PopulationJob) -> PopulationOutcome:
+        from fitwell.api import fit_prepared
+
+        cfgs: list[TrainConfig] = [build_config(s) for s in job.settings]
+        started = time.perf_counter()
+        deadline = Deadline(None if job.seconds is None else started + job.seconds)
+        pruner = RungPruner(job.rungs)
+        callbacks = [deadline, pruner] if job.rungs else [deadline]
+        pop = fit_prepared(cfgs, self.prepared, device=self.device, callbacks=callbacks)
+        return summarize(pop, pruner.pruned, deadline.fired, time.perf_counter() - started)
+
+
+def summarize(
+    pop: Any, pruned: dict[int, int], stopped_by_deadline: bool, seconds: float
+) -> PopulationOutcome:
+    """A fitted population as a weights-free outcome."""
+    fit = pop.fit
+    curves: dict[int, list[float]] = {}
+    for row in fit.history:
+        curves.setdefault(int(row["member"]), []).append(float(row["val_loss"]))
+    members = [
+        MemberOutcome(
+            member=r.member,
+            setting=pop.origin[r.member],
+            seed=r.settings.seed,
+            val_loss=r.val_loss if r.finite else math.inf,
+            val_score=r.val_score,
+            train_loss=r.train_loss,
+            best_epoch=r.best_epoch,
+            epochs_run=r.epochs_run,
+            stop_reason=r.stop_reason,
+            pruned_at=pruned.get(r.member),
+            val_curve=curves.get(r.member, []),
+        )
+        for r in fit.members
+    ]
+    findings = [
+        setting_findings(pop.signals, fit, [m.member for m in members if m.setting == i])
+        for i in range(len(pop.configs))
+    ]
+    return PopulationOutcome(
+        members=members,
+        findings=findings,
+        seconds=seconds,
+        epochs=fit.epochs_run,
+        stopped_by_deadline=stopped_by_deadline,
+    )

@@ -1,0 +1,613 @@
+"""``fitwell auto``: diagnose, repair, search as populations, restart, and test once.
+
+The table is loaded, split and preprocessed once. Every stage trains populations on those
+arrays through an executor and reads validation results only; the last stage trains the winner's
+restarts with :func:`fitwell.api.train_population`, which opens the sealed test split once.
+
+Stages and their cumulative share of the time budget (:mod:`fitwell.auto.budget`):
+1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor;
+2. repairs (to 35%): the doctor's findings drive the repair table (:mod:`fitwell.auto.repairs`),
+   at most two rounds; a change is kept only when it beats the seeds' spread and its finding
+   is gone;
+3. search (to 80%): Optuna TPE from the repaired configuration (:mod:`fitwell.auto.search`);
+4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble,
+   then the one read of the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fitwell import runs
+from fitwell.auto import repairs as repair_table
+from fitwell.auto import search as search_space
+from fitwell.auto.budget import SHARES, Budget, Deadline
+from fitwell.auto.executors import Executor, LocalExecutor, PopulationJob, PopulationOutcome
+from fitwell.auto.pruning import rungs_for
+from fitwell.config import TrainConfig, resolve_hidden
+from fitwell.errors import InputError
+
+BASELINE_SEEDS = 3
+POPULATION_SIZE = 8
+REPAIR_ROUNDS = 2
+REPAIRS_FILE = "repairs.json"
+TRIALS_FILE = "trials.csv"
+AUTO_STATE_FILE = "auto_state.json"
+AUTO_STATE_FORMAT = "fitwell-auto-state"
+# Files of the search that live in the run directory beside the run's own.
+AUTO_FILES = (
+    AUTO_STATE_FILE,
+    REPAIRS_FILE,
+    search_space.STUDY_FILE,
+    search_space.STUDY_FILE + ".lock",
+)
+_NOT_SEARCHED = ("data", "dataset", "target", "task", "split", "scale", "device", "threads")
+
+
+def parse_budget(value: str | float | int | None) -> float | None:
+    """``90``, ``"90s"``, ``"10m"``, ``"1.5h"`` -> seconds; ``None`` or ``"none"``: no limit."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        if text in ("none", "off", ""):
+            return None
+        units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+        factor = units.get(text[-1], None)
+        number = text[:-1] if factor is not None else text
+        try:
+            seconds = float(number) * (factor or 1.0)
+        except ValueError:
+            raise InputError(
+                f"`time_budget` must be seconds or a duration such as 90s, 10m, 1h; got {value!r}."
+            ) from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InputError(f"`time_budget` must be a positive duration; got {value!r}.")
+    return seconds
+
+
+def _seeded(settings: dict[str, Any], *, seed: int, seeds: int) -> dict[str, Any]:
+    return settings | {"seed": seed, "restarts": seeds, "ensemble": 1}
+
+
+def _losses(outcome: PopulationOutcome, setting: int) -> list[float]:
+    return [m.val_loss for m in outcome.of_setting(setting)]
+
+
+def _codes(findings: Sequence[dict[str, Any]]) -> list[str]:
+    return [str(f["code"]) for f in findings if f.get("severity") in ("error", "warning")]
+
+
+def _stage_line(name: str, budget: Budget) -> str:
+    if budget.seconds is None:
+        return name
+    share = SHARES[name]
+    return f"{name} (until {share:.0%} of the budget: {budget.left(name):.0f} s left)"
+
+
+class AutoSearch:
+    """One ``fitwell auto`` run: the state the stages share, and each stage as a method."""
+
+    def __init__(
+        self,
+        start: TrainConfig,
+        *,
+        executor: Executor,
+        budget: Budget,
+        trials: int | None,
+        population_size: int,
+        log: Callable[[str], None],
+    ) -> None:
+        self.start = start
+        self.seed = start.seed
+        self.executor = executor
+        self.budget = budget
+        self.trials = trials
+        self.population_size = population_size
+        self.log = log
+        self.current = start.to_dict()
+        self.current_losses: list[float] = []
+        self.current_findings: list[dict[str, Any]] = []
+        self.baseline: dict[str, Any] = {}
+        self.repairs: list[dict[str, Any]] = []
+        self.restarts = max(start.restarts, 1)
+        self.stages: list[dict[str, Any]] = []
+        self.search_record: dict[str, Any] = {}
+        self.seconds_per_population: float | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _run(self, settings: list[dict[str, Any]], stage: str, *, label: str, rungs=()) -> Any:
+        left = self.budget.left(stage)
+        job = PopulationJob(
+            settings=settings,
+            seconds=None if math.isinf(left) else max(left, 0.0),
+            rungs=list(rungs),
+            label=label,
+        )
+        return self.executor.run(job)
+
+    def _timed(self, name: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        share = None if self.budget.seconds is None else seconds / self.budget.seconds
+        self.stages.append({"stage": name, "seconds": round(seconds, 3), "share": share})
+
+    # ------------------------------------------------------------------ stage 1
+    def run_baseline(self) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        self.log(f"[1/5] {_stage_line('baseline', self.budget)}: start config x {BASELINE_SEEDS}")
+        out = self._run(
+            [_seeded(self.current, seed=self.seed, seeds=BASELINE_SEEDS)],
+            "baseline",
+            label="baseline",
+        )
+        self.seconds_per_population = out.seconds
+        self.current_losses = _losses(out, 0)
+        self.current_findings = out.findings[0]
+        self.baseline = {
+            "val_losses": self.current_losses,
+            "median_val_loss": repair_table.median_loss(self.current_losses),
+            "spread": repair_table.seed_spread(self.current_losses),
+            "findings": [
+                {k: f.get(k) for k in ("code", "severity", "advice")} for f in out.findings[0]
+            ],
+            "seconds": round(out.seconds, 3),
+            "stopped_by_deadline": out.stopped_by_deadline,
+        }
+        codes = _codes(out.findings[0])
+        self.log(
+            f"      median val loss {self.baseline['median_val_loss']:.4g} "
+            f"(seed spread {self.baseline['spread']:.3g}); findings: "
+            + (", ".join(codes) if codes else "none")
+        )
+        self._timed("baseline", started)
+        return out.findings[0]
+
+    # ------------------------------------------------------------------ stage 2
+    def run_repairs(self) -> None:
+        started = time.perf_counter()
+        tried: set[str] = set()
+        for round_no in range(1, REPAIR_ROUNDS + 1):
+            codes = [c for c in repair_table.repairable(self.current_findings) if c not in tried]
+            if not codes:
+                break
+            code = codes[0]
+            tried.add(code)
+            if code in repair_table.RESTARTS_ONLY:
+                change = repair_table.REPAIRS[code][0]
+                self.restarts = int(change.changes({"restarts": self.restarts})["restarts"])
+                self.repairs.append(
+                    {
+                        "round": round_no,
+                        "finding": code,
+                        "change": change.name,
+                        "settings": {"restarts": self.restarts},
+                        "kept": True,
+                        "reason": "applied in the restarts stage (more seeds, best kept)",
+                    }
+                )
+                self.log(f"[2/5] repair {code}: {change.name} -> restarts {self.restarts}")
+                continue
+            if self.budget.left("repairs") <= 0:
+                self.log(f"[2/5] repair {code}: skipped, the repairs' share of the budget is used")
+                break
+            self._repair_round(round_no, code)
+        self._timed("repairs", started)
+
+    def _repair_round(self, round_no: int, code: str) -> None:
+        changes = repair_table.candidates(code, self.current)
+        self.log(
+            f"[2/5] {_stage_line('repairs', self.budget)}: round {round_no}, `{code}`: "
+            + "; ".join(c.name for c in changes)
+        )
+        same = [c for c in changes if c.same_shape(self.current)]
+        groups = ([same] if same else []) + [[c] for c in changes if c not in same]
+        results: list[tuple[Any, dict[str, Any], list[float], list[dict[str, Any]], bool]] = []
+        for group in groups:
+            settings = [self.current | c.changes(self.current) for c in group]
+            try:
+                out = self._run(
+                    [_seeded(s, seed=self.seed, seeds=BASELINE_SEEDS) for s in settings],
+                    "repairs",
+                    label=f"repair {code}",
+                )
+            except InputError as exc:  # a change the data cannot take (e.g. too many layers)
+                for c in group:
+                    self.repairs.append(
+                        {
+                            "round": round_no,
+                            "finding": code,
+                            "change": c.name,
+                            "kept": False,
+                            "reason": f"could not train: {exc}",
+                        }
+                    )
+                continue
+            for i, c in enumerate(group):
+                results.append(
+                    (c, settings[i], _losses(out, i), out.findings[i], out.stopped_by_deadline)
+                )
+        best: tuple[float, dict[str, Any], list[float], list[dict[str, Any]]] | None = None
+        for change, cand, losses, findings, cut in results:
+            kept, reason = repair_table.accept_repair(
+                self.current_losses, losses, code=code, codes_after=_codes(findings)
+            )
+            if cut:
+                reason += " (training cut short by the budget)"
+            record = {
+                "round": round_no,
+                "finding": code,
+                "change": change.name,
+                "settings": change.changes(self.current),
+                "val_loss_before": repair_table.median_loss(self.current_losses),
+                "val_loss_after": repair_table.median_loss(losses),
+                "spread_before": repair_table.seed_spread(self.current_losses),
+                "spread_after": repair_table.seed_spread(losses),
+                "findings_after": _codes(findings),
+                "kept": kept,
+                "reason": reason,
+            }
+            self.repairs.append(record)
+            self.log(f"      {change.name}: {'kept' if kept else 'not kept'} — {reason}")
+            median = repair_table.median_loss(losses)
+            if kept and (best is None or median < best[0]):
+                best = (median, cand, losses, findings)
+        if best is not None:
+            _, cand, losses, findings = best
+            for r in self.repairs:
+                if r.get("round") == round_no and r.get("settings") == {
+                    k: v for k, v in cand.items() if self.current.get(k) != v
+                }:
+                    r["chosen"] = True
+            self.current = dict(cand)
+            self.current_losses, self.current_findings = losses, findings
+
+    # ------------------------------------------------------------------ stage 3
+    def run_search(self, study: Any, *, resume: bool) -> None:
+        from optuna.trial import TrialState
+
+        started = time.perf_counter()
+        self.log(
+            f"[3/5] {_stage_line('search', self.budget)}: Optuna TPE, populations of "
+            f"{self.population_size} trials"
+        )
+        queued = search_space.requeue_running(study) if resume else []
+        pending: dict[tuple, list[dict[str, Any]]] = {}
+        for p in queued:
+            pending.setdefault(search_space.shape_of(p), []).append(p)
+        counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial(search_space.params_from_settings(self.current))
+        base = {k: v for k, v in self.current.items()}
+        rungs = rungs_for(int(base.get("max_epochs", 200)))
+        populations = 0
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=counted))
+            done -= len([k for k in study.user_attrs if k.startswith("requeued_")])
+            if self.trials is not None and done >= self.trials:
+                break
+            left = self.budget.left("search")
+            estimate = self.seconds_per_population or 0.0
+            if left <= 0 or (populations and left < 0.5 * estimate):
+                break
+            size = self.population_size
+            if self.trials is not None:
+                size = min(size, self.trials - done)
+            group = None
+            if pending:
+                shape = next(iter(pending))
+                group, pending[shape] = pending[shape][:size], pending[shape][size:]
+                if not pending[shape]:
+                    del pending[shape]
+            trials, params = search_space.ask_population(study, size, queued=group)
+            settings = [
+                search_space.settings_from_params(
+                    p, base, seed=self.seed + search_space.SEED_OFFSET + t.number
+                )
+                for t, p in zip(trials, params, strict=True)
+            ]
+            try:
+                out = self._run(settings, "search", label="search", rungs=rungs)
+            except InputError as exc:
+                for t in trials:
+                    study.tell(t, state=TrialState.FAIL)
+                    self.log(f"      trial {t.number}: failed ({exc})")
+                populations += 1
+                continue
+            populations += 1
+            self.seconds_per_population = out.seconds
+            states = []
+            for i, t in enumerate(trials):
+                member = out.of_setting(i)[0]
+                t.set_user_attr("seconds", round(out.seconds / len(trials), 3))
+                t.set_user_attr("population", populations)
+                states.append(search_space.tell_member(study, t, member, report_every=5))
+            best = _best_trial(study)
+            p0 = params[0]
+            self.log(
+                f"      population {populations}: {len(trials)} trials "
+                f"({p0['n_layers']} x {p0['width']} {p0['activation']}, batch {p0['batch_size']}"
+                f"{', batch norm' if p0['batch_norm'] else ''}) in {out.seconds:.1f} s: "
+                f"{states.count('complete')} complete, {states.count('pruned')} pruned"
+                + (f"; best so far trial {best.number}, val loss {best.value:.4g}" if best else "")
+            )
+        trials_all = study.get_trials(deepcopy=False)
+        best = _best_trial(study)
+        self.search_record = {
+            "study": study.study_name,
+            "populations": populations,
+            "trials": len(trials_all),
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials_all),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials_all),
+            "failed": sum(t.state == TrialState.FAIL for t in trials_all),
+            "best_trial": best.number if best else None,
+            "best_val_loss": best.value if best else None,
+            "best_params": dict(best.params) if best else None,
+            "rungs": rungs,
+            "importances": search_space.importances(study),
+        }
+        self._timed("search", started)
+
+    def winner(self, study: Any | None) -> tuple[dict[str, Any], str]:
+        """The search's best trial when its validation loss beats the repaired configuration's
+        best seed (both single members), else the repaired configuration."""
+        best = _best_trial(study) if study is not None else None
+        own = min([v for v in self.current_losses if math.isfinite(v)], default=math.inf)
+        if best is not None and best.value < own:
+            chosen = search_space.settings_from_params(best.params, self.current, seed=self.seed)
+            return chosen, f"search trial {best.number} (val loss {best.value:.4g} < {own:.4g})"
+        return dict(self.current), (
+            "the repaired start configuration" if self.repairs else "the start configuration"
+        ) + (f" (val loss {own:.4g})" if math.isfinite(own) else "")
+
+
+# Writing the run (plots, report) after the last epoch takes ~1-3 s on a CPU: leave it room.
+WRITE_RESERVE = 0.05  # of the budget, at most WRITE_RESERVE_MAX seconds
+WRITE_RESERVE_MAX = 5.0
+
+
+def _final_deadline(budget: Budget) -> float | None:
+    deadline = budget.deadline("restarts")
+    if deadline is None or budget.seconds is None:
+        return deadline
+    return deadline - min(WRITE_RESERVE * budget.seconds, WRITE_RESERVE_MAX)
+
+
+def _best_trial(study: Any) -> Any | None:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(done, key=lambda t: (t.value, t.number)) if done else None
+
+
+def _prepare_folder(folder: Path, *, resume: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    """Create the run folder (or check a resumed one) and its ``auto_state.json``."""
+    state_path = folder / AUTO_STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise InputError(
+                f"{folder}: no {AUTO_STATE_FILE}; --resume continues a `fitwell auto` run "
+                "started with the same --out."
+            )
+        state = runs.read_json(state_path)
+        if not isinstance(state, dict) or state.get("format") != AUTO_STATE_FORMAT:
+            raise InputError(f"{state_path}: not a fitwell auto state file.")
+        old = state.get("settings", {})
+        for key in sorted(set(old) | set(settings)):
+            if key != "data" and old.get(key) != settings.get(key):
+                raise InputError(
+                    f"{folder}: cannot resume with changed settings: `{key}` was "
+                    f"{old.get(key)!r}, now {settings.get(key)!r}."
+                )
+        # A final training that was interrupted is started again: its files go.
+        for entry in folder.iterdir():
+            if entry.name not in AUTO_FILES:
+                if entry.is_dir() and not entry.is_symlink():
+                    import shutil
+
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        state["resumes"] = int(state.get("resumes", 0)) + 1
+    else:
+        runs.check_destination(folder)
+        folder.mkdir(exist_ok=True)
+        state = {"format": AUTO_STATE_FORMAT, "settings": settings, "resumes": 0}
+    runs.write_json(state_path, state)
+    return state
+
+
+def auto(
+    data: str | Path | None = None,
+    *,
+    config: TrainConfig | dict | str | Path | None = None,
+    time_budget: str | float | None = "10m",
+    trials: int | None = None,
+    repair: bool = True,
+    search: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    resume: bool = False,
+    out: str | Path | None = None,
+    progress: bool | None = False,
+    log: Callable[[str], None] | None = None,
+    population_size: int = POPULATION_SIZE,
+    executor: Executor | None = None,
+    **settings: Any,
+) -> Any:
+    """Diagnose, repair and search a network for a table within a time budget; test once.
+
+    Parameters
+    ----------
+    data : path, optional
+        CSV, Parquet or ``.npz`` file; or ``dataset="digits"`` (a built-in).
+    config : TrainConfig, dict or TOML path, optional
+        The start configuration (default: fitwell's defaults); ``settings`` override it.
+    time_budget : seconds or duration string, default "10m"
+        Wall time for all stages (start-up excluded); ``None`` with ``trials`` for a search
+        bounded by trial count alone (reproducible across machines).
+    trials : int, optional
+        At most this many search trials (all processes sharing the study together).
+    repair, search : bool, default True
+        Run the repair and search stages.
+    storage : str, optional
+        Optuna storage URL (``sqlite:///...``, ``postgresql+psycopg://...``) or a journal file
+        path; default: ``study.journal`` in ``out`` (in memory without ``out``).
+    study_name : str, optional
+        Study name in the storage (default ``fitwell-auto``).
+    resume : bool, default False
+        Continue a killed search in ``out``: trials left RUNNING are failed and re-queued.
+    out : path, optional
+        Run directory (as ``fitwell train``'s, plus ``repairs.json``, ``trials.csv`` and the
+        study).
+    log : callable, optional
+        Receives one line per stage and population (the CLI prints them to stderr).
+
+    Returns
+    -------
+    Run
+        As :func:`fitwell.train`; ``run.metrics["auto"]`` holds the stages, repairs and search.
+    """
+    from fitwell.api import load_and_prepare, make_config, resolve_device, train_population
+    from fitwell.threads import configure_threads, limit_blas_threads
+
+    seconds = parse_budget(time_budget)
+    if trials is not None and (isinstance(trials, bool) or int(trials) < 0):
+        raise InputError(f"`trials` must be a whole number >= 0; got {trials!r}.")
+    if seconds is None and trials is None and search:
+        raise InputError("give a time budget or --trials: without either the search never ends.")
+    if population_size < 1:
+        raise InputError(f"`population_size` must be >= 1; got {population_size}.")
+    say = log or (lambda _msg: None)
+    budget = Budget(seconds)
+    cfg = make_config(config, data=str(data) if data is not None else None, **settings)
+    folder = Path(out) if out is not None else None
+    if folder is not None:
+        _prepare_folder(folder, resume=resume, settings=cfg.to_dict())
+    threads = configure_threads(cfg.threads)
+    with limit_blas_threads(threads):
+        device = resolve_device(cfg.device)
+        prepared = load_and_prepare(cfg)
+        start = cfg.replace(
+            hidden=resolve_hidden(cfg.hidden, len(prepared.y_train)), target=prepared.target
+        )
+        runner = executor or LocalExecutor(prepared, device=device, threads=threads)
+        job = AutoSearch(
+            start,
+            executor=runner,
+            budget=budget,
+            trials=trials,
+            population_size=population_size,
+            log=say,
+        )
+        findings = job.run_baseline()
+        codes = _codes(findings)
+        refused = "no_signal" if "no_signal" in codes else None
+        if "leakage" in codes:
+            say("      error: leakage — test rows also occur in the training rows (see findings)")
+        study = None
+        if refused:
+            say("      no model beats the trivial baseline on validation: no repair, no search")
+        else:
+            if repair:
+                job.run_repairs()
+            if search and (trials is None or trials > 0):
+                study = search_space.open_study(
+                    search_space.storage_for(storage, folder),
+                    study_name or "fitwell-auto",
+                    seed=job.seed,
+                    resume=resume or storage is not None,
+                )
+                job.run_search(study, resume=resume)
+        chosen, why = job.winner(study)
+        final = chosen | {
+            "seed": start.seed,
+            "restarts": job.restarts,
+            "ensemble": start.ensemble,
+            "target_score": start.target_score,
+        }
+        final = {k: v for k, v in final.items() if v is not None}
+        say(
+            f"[4/5] {_stage_line('restarts', budget)}: {why}, "
+            f"{max(job.restarts, start.ensemble)} seeds, ensemble of {start.ensemble}"
+        )
+        started_final = time.perf_counter()
+        record: dict[str, Any] = {
+            "budget_seconds": seconds,
+            "trials_limit": trials,
+            "stages": job.stages,
+            "baseline": job.baseline,
+            "repairs": job.repairs,
+            "search": job.search_record,
+            "start_settings": _searched(start.to_dict()),
+            "best_settings": _searched(final),
+            "winner": why,
+            "refused": refused,
+        }
+        trial_rows = search_space.trial_rows(study) if study is not None else []
+
+        def write_files(run_folder: Path | None, metrics: dict[str, Any]) -> None:
+            job._timed("restarts", started_final)
+            metrics["auto"]["seconds_used"] = round(budget.elapsed(), 3)
+            if run_folder is None:
+                return
+            runs.write_json(
+                run_folder / REPAIRS_FILE,
+                {
+                    "baseline": job.baseline,
+                    "repairs": job.repairs,
+                    "restarts": job.restarts,
+                },
+            )
+            import pandas as pd
+
+            runs.write_atomic(
+                run_folder / TRIALS_FILE,
+                pd.DataFrame(trial_rows, columns=_TRIAL_COLUMNS).to_csv(index=False),
+            )
+
+        run = train_population(
+            [final],
+            out=folder,
+            prepared=prepared,
+            keep_files=AUTO_FILES,
+            callbacks=[Deadline(_final_deadline(budget))],
+            progress=progress,
+            extra_metrics={"auto": record},
+            before_finish=write_files,
+        )
+        say(
+            f"[5/5] test split read once: {run.metrics['score_name']} "
+            f"{run.metrics['test_score']:.4f}"
+        )
+        if folder is not None:
+            state = runs.read_json(folder / AUTO_STATE_FILE)
+            state["finished"] = True
+            runs.write_json(folder / AUTO_STATE_FILE, state)
+        run.metrics["auto"] = record
+        run.extra["trials"] = trial_rows
+        return run
+
+
+_TRIAL_COLUMNS = [
+    "number",
+    "state",
+    *search_space.SHAPE_PARAMS,
+    *search_space.MEMBER_PARAMS,
+    "val_loss",
+    "val_score",
+    "best_epoch",
+    "epochs_run",
+    "seconds",
+    "population",
+]
+
+
+def _searched(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings a search can change (data, device and the like left out)."""
+    return {k: v for k, v in settings.items() if k not in _NOT_SEARCHED}

@@ -1,0 +1,253 @@
+"""The repair table: for each finding of the doctor, the config changes to try, in order.
+
+Pure data and pure functions: ``candidates(code, settings)`` lists the changes that apply to a
+configuration (a change that would leave it as it is is skipped), and ``accept_repair`` decides
+from validation losses alone whether a change is kept. Nothing here trains.
+
+The orders follow what fixes each fault most often and costs least (AutoTrainer's repair
+orders, ICSE 2021, adapted to fitwell's options):
+
+================== ============================================================================
+finding            candidate changes, in order
+================== ============================================================================
+vanishing_gradients relu + kaiming init; batch norm; one layer fewer
+saturated_activations relu + kaiming init; batch norm; initial weights x0.5
+exploding_gradients lr /3; lr /10; batch norm
+dead_relu          leaky_relu; hidden biases start at 0.01; lr /3
+divergence         lr /3; lr /10; lr /100
+lr_too_high        lr /3; lr /10
+slow_convergence   lr x3; lr x10; adam (when another optimizer ran)
+overfitting        L2 (x10, at least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
+underfitting       layers twice as wide; one layer more; no regularization (L1, L2, dropout 0)
+local_minimum      three times the restarts (applied in the restarts stage, not retrained)
+================== ============================================================================
+
+Changes of ``lr``, ``l1``, ``l2`` and ``dropout`` keep the network's shape, so all candidates of
+that kind train together as one population; the others train as their own populations.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fitwell.config import AUTO_DEPTH, PER_MEMBER_FIELDS
+
+Settings = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One candidate repair: a name for the log and a function from settings to new values."""
+
+    name: str
+    apply: Callable[[Settings], dict[str, Any]]
+
+    def changes(self, settings: Settings) -> dict[str, Any]:
+        """The settings this change sets, without those already at that value."""
+        return {k: v for k, v in self.apply(settings).items() if _differs(settings.get(k), v)}
+
+    def same_shape(self, settings: Settings) -> bool:
+        """True when only per-member settings change (it can join a shared population)."""
+        return all(k in PER_MEMBER_FIELDS for k in self.changes(settings))
+
+
+def _differs(old: Any, new: Any) -> bool:
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return list(old) != list(new)
+    return bool(old != new)
+
+
+def _hidden(settings: Settings, n_train_rows: int | None = None) -> list[int]:
+    hidden = settings.get("hidden", "auto")
+    if isinstance(hidden, str):
+        from fitwell.config import resolve_hidden
+
+        return list(resolve_hidden(hidden, n_train_rows or 4096))
+    return [int(h) for h in hidden]
+
+
+def _dropouts(settings: Settings) -> list[float]:
+    d = settings.get("dropout", 0.0)
+    n = len(_hidden(settings)) if not isinstance(settings.get("hidden"), str) else AUTO_DEPTH
+    if isinstance(d, (int, float)):
+        return [float(d)] * n
+    return [float(p) for p in d]
+
+
+def _lr_times(factor: float) -> Callable[[Settings], dict[str, Any]]:
+    return lambda s: {"lr": float(s.get("lr", 3e-3)) * factor}
+
+
+def _relu_kaiming(s: Settings) -> dict[str, Any]:
+    return {"activation": "relu", "init": "kaiming"}
+
+
+def _fewer_layers(s: Settings) -> dict[str, Any]:
+    hidden = _hidden(s)
+    if len(hidden) <= 1:
+        return {}
+    new = hidden[:-1]
+    out: dict[str, Any] = {"hidden": new}
+    d = s.get("dropout", 0.0)
+    if not isinstance(d, (int, float)):
+        out["dropout"] = list(d)[: len(new)]
+    return out
+
+
+def _more_layers(s: Settings) -> dict[str, Any]:
+    hidden = _hidden(s)
+    new = [*hidden, hidden[-1] if hidden else 64]
+    out: dict[str, Any] = {"hidden": new}
+    d = s.get("dropout", 0.0)
+    if not isinstance(d, (int, float)):
+        drops = list(d)
+        out["dropout"] = [*drops, drops[-1] if drops else 0.0]
+    return out
+
+
+def _scale_width(factor: float) -> Callable[[Settings], dict[str, Any]]:
+    def apply(s: Settings) -> dict[str, Any]:
+        return {"hidden": [max(4, int(round(h * factor))) for h in _hidden(s)]}
+
+    return apply
+
+
+def _more_l2(s: Settings) -> dict[str, Any]:
+    return {"l2": max(float(s.get("l2", 0.0)) * 10.0, 1e-4)}
+
+
+def _more_dropout(s: Settings) -> dict[str, Any]:
+    drops = _dropouts(s)
+    if not drops:
+        return {}
+    return {"dropout": [min(0.5, p + 0.2) for p in drops]}
+
+
+def _no_regularization(s: Settings) -> dict[str, Any]:
+    drops = _dropouts(s)
+    return {"l1": 0.0, "l2": 0.0, "dropout": [0.0] * len(drops) if drops else 0.0}
+
+
+def _more_restarts(s: Settings) -> dict[str, Any]:
+    return {"restarts": max(3, int(s.get("restarts", 1)) * 3)}
+
+
+def _adam(s: Settings) -> dict[str, Any]:
+    return {"optimizer": "adam", "lr": 3e-3} if s.get("optimizer", "adam") != "adam" else {}
+
+
+REPAIRS: dict[str, tuple[Change, ...]] = {
+    "vanishing_gradients": (
+        Change("relu + kaiming init", _relu_kaiming),
+        Change("batch norm", lambda s: {"batch_norm": True}),
+        Change("one layer fewer", _fewer_layers),
+    ),
+    "saturated_activations": (
+        Change("relu + kaiming init", _relu_kaiming),
+        Change("batch norm", lambda s: {"batch_norm": True}),
+        Change("initial weights x0.5", lambda s: {"init_scale": s.get("init_scale", 1.0) * 0.5}),
+    ),
+    "exploding_gradients": (
+        Change("lr /3", _lr_times(1 / 3)),
+        Change("lr /10", _lr_times(0.1)),
+        Change("batch norm", lambda s: {"batch_norm": True}),
+    ),
+    "dead_relu": (
+        Change("leaky_relu", lambda s: {"activation": "leaky_relu"}),
+        Change("hidden biases start at 0.01", lambda s: {"bias_init": 0.01}),
+        Change("lr /3", _lr_times(1 / 3)),
+    ),
+    "divergence": (
+        Change("lr /3", _lr_times(1 / 3)),
+        Change("lr /10", _lr_times(0.1)),
+        Change("lr /100", _lr_times(0.01)),
+    ),
+    "lr_too_high": (
+        Change("lr /3", _lr_times(1 / 3)),
+        Change("lr /10", _lr_times(0.1)),
+    ),
+    "slow_convergence": (
+        Change("lr x3", _lr_times(3.0)),
+        Change("lr x10", _lr_times(10.0)),
+        Change("adam", _adam),
+    ),
+    "overfitting": (
+        Change("L2 x10 (at least 1e-4)", _more_l2),
+        Change("dropout +0.2 (at most 0.5)", _more_dropout),
+        Change("layers half as wide", _scale_width(0.5)),
+    ),
+    "underfitting": (
+        Change("layers twice as wide", _scale_width(2.0)),
+        Change("one layer more", _more_layers),
+        Change("no regularization", _no_regularization),
+    ),
+    "local_minimum": (Change("three times the restarts", _more_restarts),),
+}
+
+# Changes that need no trial population: they act in the restarts stage.
+RESTARTS_ONLY = frozenset({"local_minimum"})
+
+
+def candidates(code: str, settings: Settings) -> list[Change]:
+    """The table's changes for ``code`` that would change ``settings``, in order."""
+    return [c for c in REPAIRS.get(code, ()) if c.changes(settings)]
+
+
+def repairable(findings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Codes of the warning/error findings that the table can repair, most severe first."""
+    out: list[str] = []
+    for f in findings:
+        code = str(f.get("code"))
+        if f.get("severity") in ("error", "warning") and code in REPAIRS and code not in out:
+            out.append(code)
+    return out
+
+
+def seed_spread(val_losses: Sequence[float]) -> float:
+    """Max minus min of the finite seeds' validation losses (0 with fewer than two)."""
+    finite = [v for v in val_losses if math.isfinite(v)]
+    return max(finite) - min(finite) if len(finite) >= 2 else 0.0
+
+
+def median_loss(val_losses: Sequence[float]) -> float:
+    """Median validation loss over seeds; a seed that diverged counts as +inf."""
+    values = [v if math.isfinite(v) else math.inf for v in val_losses]
+    return statistics.median(values) if values else math.inf
+
+
+def accept_repair(
+    before: Sequence[float],
+    after: Sequence[float],
+    *,
+    code: str,
+    codes_after: Sequence[str],
+) -> tuple[bool, str]:
+    """Keep a change only when the median validation loss over seeds improves by more than the
+    changed configuration's seed spread **and** the finding it targets is gone.
+
+    Why both: a lower loss alone can be seed luck, and a vanished finding alone can be a
+    different fault hiding it. Why the changed configuration's spread: it is the noise of the
+    number being judged, while a broken start's wide spread is often the symptom itself (a
+    learning rate that diverges for some seeds and not others) and would veto every repair.
+    Returns ``(kept, reason)``.
+    """
+    m_before, m_after = median_loss(before), median_loss(after)
+    spread = seed_spread(after)
+    gain = m_before - m_after if math.isfinite(m_before) or math.isfinite(m_after) else 0.0
+    if not math.isfinite(m_after):
+        return False, f"median validation loss not finite after the change ({m_after})"
+    if not gain > spread:
+        return False, (
+            f"median validation loss {m_before:.4g} -> {m_after:.4g}: gain {gain:.3g} is not "
+            f"above the seed spread {spread:.3g}"
+        )
+    if code in codes_after:
+        return False, f"`{code}` is still found after the change"
+    return True, (
+        f"median validation loss {m_before:.4g} -> {m_after:.4g} (gain {gain:.3g} > seed "
+        f"spread {spread:.3g}) and `{code}` is gone"
+    )
