@@ -585,10 +585,6 @@ def auto(
             f"[5/5] test split read once: {run.metrics['score_name']} "
             f"{run.metrics['test_score']:.4f}"
         )
-        if folder is not None:
-            state = runs.read_json(folder / AUTO_STATE_FILE)
-            state["finished"] = True
-            runs.write_json(folder / AUTO_STATE_FILE, state)
         run.metrics["auto"] = record
         run.extra["trials"] = trial_rows
         return run

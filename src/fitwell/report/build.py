@@ -196,9 +196,43 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         if detail.get("y_true") and detail.get("y_pred")
         else None
     )
+    ctx.update(_auto_context(folder, metrics))
     config_path = folder / runs.CONFIG_FILE
     ctx["config_text"] = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
     return ctx
+
+
+TRIALS_FILE = "trials.csv"
+
+
+def _auto_context(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The Repairs and Search sections of a ``fitwell auto`` run (absent for ``train``)."""
+    record = metrics.get("auto")
+    if not isinstance(record, dict):
+        return {"auto": None}
+    rows: list[dict[str, Any]] = []
+    path = folder / TRIALS_FILE
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    start = record.get("start_settings") or {}
+    best = record.get("best_settings") or {}
+    keys = [k for k in best if k in start or k in best]
+    return {
+        "auto": record,
+        "auto_repairs": [r for r in record.get("repairs") or [] if isinstance(r, dict)],
+        "search_chart": charts.search_scores(rows) if rows else None,
+        "importances": sorted(
+            (
+                (str(k), float(v))
+                for k, v in (record.get("search") or {}).get("importances", {}).items()
+            ),
+            key=lambda kv: -kv[1],
+        ),
+        "settings_diff": [
+            (k, start.get(k), best.get(k), start.get(k) != best.get(k)) for k in keys
+        ],
+    }
 
 
 def render(ctx: dict[str, Any]) -> str:

@@ -259,3 +259,37 @@ def predicted_vs_true(y_true: Sequence[float], y_pred: Sequence[float]) -> str:
     ax.set_ylabel("predicted")
     ax.grid(alpha=0.3)
     return to_data_uri(fig)
+
+
+def search_scores(rows: Sequence[dict[str, Any]]) -> str | None:
+    """Validation loss of every search trial by number (complete dots, pruned crosses at their
+    last reported loss) and the best-so-far line over complete trials."""
+    points = [
+        (int(r["number"]), float(r["val_loss"]), str(r.get("state")))
+        for r in rows
+        if r.get("val_loss") not in (None, "") and math.isfinite(float(r["val_loss"]))
+    ]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    done = [(n, v) for n, v, s in points if s == "complete"]
+    pruned = [(n, v) for n, v, s in points if s == "pruned"]
+    if pruned:
+        ax.scatter(*zip(*pruned, strict=True), marker="x", color="0.6", s=18, label="pruned")
+    if done:
+        ax.scatter(*zip(*done, strict=True), color="C0", s=24, label="complete")
+        best, xs, ys = math.inf, [], []
+        for n, v in sorted(done):
+            best = min(best, v)
+            xs.append(n)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="C3", label="best so far")
+    finite = sorted(v for _, v, _ in points)
+    top = finite[min(len(finite) - 1, int(0.9 * len(finite)))]  # a few blow-ups off the chart
+    ax.set_ylim(finite[0] - 0.05 * (top - finite[0] + 1e-9), top + 0.1 * (top - finite[0] + 1e-9))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_data_uri(fig)
