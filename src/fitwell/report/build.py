@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,22 +70,23 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
 
 def _l1_strengths(folder: Path, metrics: dict[str, Any]) -> list[float] | None:
     """The distinct L1 strengths the run's members trained with; None when not recorded."""
-    values = [p.get("l1") for p in metrics.get("population") or [] if isinstance(p, dict)]
+    values: list[Any] = [
+        p.get("l1") for p in metrics.get("population") or [] if isinstance(p, dict)
+    ]
     if not values:
         path = folder / runs.CONFIG_FILE
         if not path.is_file():
             return None
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ModuleNotFoundError:  # Python 3.10
+        else:
             import tomli as tomllib
         try:
             values = [tomllib.loads(path.read_text(encoding="utf-8")).get("l1", 0.0)]
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return None
-    return sorted({float(v) for v in values})
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sorted(set(numbers)) if len(numbers) == len(values) else None
 
 
 def _signals(folder: Path) -> dict[str, Any] | None:
