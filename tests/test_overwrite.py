@@ -117,3 +117,12 @@ def test_an_interrupted_replacement_puts_the_old_run_back(tmp_path: Path) -> Non
             raise KeyboardInterrupt
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_the_working_folder_is_not_replaced(tmp_path: Path, monkeypatch) -> None:
+    out = _old_run(tmp_path / "run")
+    monkeypatch.chdir(out)
+    with pytest.raises(InputError, match="working folder"):
+        with runs.replacing_run("."):
+            pytest.fail("the body must not run")
+    assert (out / runs.MODEL_FILE).is_file()

@@ -179,6 +179,11 @@ def check_replaceable(out: str | Path) -> Path:
             f"output {str(path)!r} is not a folder; --overwrite replaces only a fitwell run "
             "directory. Choose another --out."
         )
+    if path.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise InputError(
+            f"output directory {str(path)!r} is the working folder or holds it; run fitwell "
+            "from outside the run directory to replace it."
+        )
     foreign = _foreign_entries(path)
     if foreign:
         shown = ", ".join(repr(n) for n in foreign[:5]) + (" …" if len(foreign) > 5 else "")
@@ -211,7 +216,13 @@ def replacing_run(out: str | Path) -> Iterator[None]:
         return
     check_replaceable(path)
     aside = path.parent / f".{path.name}.replaced-{secrets.token_hex(4)}"
-    os.rename(path, aside)
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise InputError(
+            f"cannot move the run {str(out)!r} aside to replace it ({exc.strerror}); "
+            "choose another --out."
+        ) from None
     fsync_dir(path.parent)
     try:
         yield
