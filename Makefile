@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup chromium demo test lint bench clean
 
 $(BIN)/fitwell: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +16,21 @@ $(BIN)/fitwell: pyproject.toml
 setup: $(BIN)/fitwell
 
 demo: setup
-	rm -rf runs/digits-demo
-	$(BIN)/fitwell train --dataset digits --out runs/digits-demo
+	mkdir -p runs
+	$(BIN)/fitwell train --dataset digits --out runs/digits-demo --overwrite
 
-test: setup
+# The report's browser test opens report.html in headless Chromium: installed from Debian's
+# packages when missing and running as root, otherwise one line says what to install.
+chromium:
+	@if command -v chromium || command -v chromium-browser || command -v google-chrome; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "error: make test needs Chromium for the report's browser test; install it (Debian/Ubuntu: sudo apt-get install chromium) and rerun make test" >&2; \
+		exit 1; \
+	fi >/dev/null
+
+test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -44,6 +44,18 @@ def test_reason_names_best_epoch():
     assert "epoch 2" in reason and "0.5" in reason
 
 
+def test_reason_without_min_delta_reads_naturally():
+    _, reason = early_stopping_decision([1.0, 0.5, 0.6, 0.7], patience=2, min_delta=0.0)
+    assert reason == "validation loss did not improve for 2 epochs (best 0.5 at epoch 2)"
+
+
+def test_reason_names_min_delta_when_set():
+    _, reason = early_stopping_decision([1.0, 0.5, 0.6, 0.7], patience=2, min_delta=0.01)
+    assert reason == (
+        "validation loss did not improve by more than 0.01 for 2 epochs (best 0.5 at epoch 2)"
+    )
+
+
 class FakeTrainer:
     """Just enough of a Trainer for the callback: weights that encode the epoch."""
 

@@ -224,3 +224,31 @@ def test_first_layer_magnitudes_sum_every_averaged_member(l1_run: Path) -> None:
     expected = np.abs(first).sum(axis=(0, 2))
     np.testing.assert_allclose(values, expected, rtol=1e-6)
     assert names == ["signal", "noise_a", "noise_b"]
+
+
+def _l1_section(folder: Path) -> str:
+    html = (folder / REPORT_FILE).read_text(encoding="utf-8")
+    return html[html.index('id="l1"') : html.index('id="findings"')]
+
+
+def test_l1_section_is_one_line_when_l1_is_off(tmp_path: Path) -> None:
+    fitwell.train(dataset="iris", out=tmp_path / "run", ensemble=1, **FAST)
+    section = _l1_section(tmp_path / "run")
+    assert "<img" not in section  # no bar per input column
+    assert section.count("<p") == 1
+    assert "L1 was off" in section
+
+
+def test_l1_section_keeps_the_chart_when_l1_is_on(l1_run: Path) -> None:
+    section = _l1_section(l1_run)
+    assert "L1 was off" not in section
+    assert 'alt="first-layer weight magnitude per input column"' in section
+
+
+def test_l1_strengths_come_from_the_population_or_the_config(tmp_path: Path) -> None:
+    from fitwell.report.build import _l1_strengths
+
+    assert _l1_strengths(tmp_path, {"population": [{"l1": 0.0}, {"l1": 0.1}]}) == [0.0, 0.1]
+    assert _l1_strengths(tmp_path, {}) is None  # no config.toml: not known, not "off"
+    (tmp_path / runs.CONFIG_FILE).write_text("l1 = 0.0\n", encoding="utf-8")
+    assert _l1_strengths(tmp_path, {}) == [0.0]

@@ -95,7 +95,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func", "tensorboard"}
+_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func", "tensorboard", "overwrite"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="train a model and write a run directory")
     _add_training_flags(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the fitwell run already in --out once the new run finishes "
+        "(a folder with other files is refused)",
+    )
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
         "auto",
@@ -175,8 +181,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fitwell.training.tensorboard import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(args.tensorboard))
+    from contextlib import nullcontext
+
+    from fitwell.runs import replacing_run
+
     try:
-        run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+        with replacing_run(out) if args.overwrite else nullcontext():
+            run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
     except TrainingFailed as exc:  # divergence: the findings travel with the error
         for cb in callbacks:
             cb.log_findings(exc.findings or [])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
@@ -108,11 +110,130 @@ def check_destination(out: str | Path, *, keep: Collection[str] = ()) -> Path:
     if path.exists() and (not path.is_dir() or any(p.name not in keep for p in path.iterdir())):
         raise InputError(
             f"output directory {str(path)!r} already exists and is not empty; "
-            "choose another --out or remove it."
+            "choose another --out, remove it, or pass --overwrite to replace a fitwell run."
         )
     if not path.parent.exists():
         raise InputError(f"parent folder of --out {str(path.parent)!r} does not exist.")
     return path
+
+
+# Everything a fitwell run directory holds: the final files, and the checkpoints of a run that
+# has not finished. `--overwrite` replaces only a folder made of these (the user's files stay).
+RUN_ENTRIES = frozenset(
+    {
+        MODEL_FILE,
+        MODEL_META,
+        METRICS_FILE,
+        HISTORY_FILE,
+        CURVES_FILE,
+        CONFIG_FILE,
+        RUN_STATE_FILE,
+        MANIFEST_FILE,
+        "signals.json",
+        "report.html",
+    }
+)
+_RUN_TEMPORARY = re.compile(r"^\..+\.tmp$")  # a write_atomic temporary left by a crash
+_CHECKPOINT_ENTRY = re.compile(r"^(epoch-\d{4,}|\.tmp-epoch-\d{4,}-.*)$")
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Names in ``folder`` that a fitwell run does not write (symbolic links count as foreign)."""
+    foreign = []
+    for entry in folder.iterdir():
+        if entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.name == "checkpoints" and entry.is_dir():
+            foreign.extend(
+                f"checkpoints/{e.name}"
+                for e in entry.iterdir()
+                if e.is_symlink() or not e.is_dir() or not _CHECKPOINT_ENTRY.match(e.name)
+            )
+        elif not entry.is_file() or not (
+            entry.name in RUN_ENTRIES or _RUN_TEMPORARY.match(entry.name)
+        ):
+            foreign.append(entry.name)
+    return sorted(foreign)
+
+
+def _has_run_marker(folder: Path) -> bool:
+    """True when the run's state file or model description says it was written by fitwell."""
+    for name, fmt in ((RUN_STATE_FILE, "fitwell-run-state"), (MODEL_META, RUN_FORMAT)):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("format") == fmt:
+            return True
+    return False
+
+
+def check_replaceable(out: str | Path) -> Path:
+    """Check that ``out`` is a fitwell run directory that ``--overwrite`` may replace."""
+    path = Path(out)
+    if path.is_symlink():
+        raise InputError(
+            f"output directory {str(path)!r} is a symbolic link; give a real folder path."
+        )
+    if not path.is_dir():
+        raise InputError(
+            f"output {str(path)!r} is not a folder; --overwrite replaces only a fitwell run "
+            "directory. Choose another --out."
+        )
+    if path.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise InputError(
+            f"output directory {str(path)!r} is the working folder or holds it; run fitwell "
+            "from outside the run directory to replace it."
+        )
+    foreign = _foreign_entries(path)
+    if foreign:
+        shown = ", ".join(repr(n) for n in foreign[:5]) + (" …" if len(foreign) > 5 else "")
+        raise InputError(
+            f"output directory {str(path)!r} holds files that are not part of a fitwell run "
+            f"({shown}); --overwrite replaces only a fitwell run directory. Choose another "
+            "--out or move those files."
+        )
+    if not _has_run_marker(path):
+        raise InputError(
+            f"output directory {str(path)!r} is not a fitwell run (no valid {RUN_STATE_FILE} "
+            f"or {MODEL_META}); --overwrite replaces only a fitwell run directory."
+        )
+    return path
+
+
+@contextmanager
+def replacing_run(out: str | Path) -> Iterator[None]:
+    """Let a new run be written at ``out`` in place of the fitwell run already there.
+
+    The old run is moved aside (one rename, beside it) before the new one starts and deleted only
+    when the body succeeds. If the body fails or is interrupted, whatever the new run left at
+    ``out`` is removed and the old run is moved back, so a bad input never costs the old run. A
+    missing ``out`` or an empty folder has nothing to replace. After a hard kill the old run is
+    still on disk as the hidden folder ``.NAME.replaced-*`` beside ``out``.
+    """
+    path = Path(out)
+    if not path.is_symlink() and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
+        yield
+        return
+    check_replaceable(path)
+    aside = path.parent / f".{path.name}.replaced-{secrets.token_hex(4)}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise InputError(
+            f"cannot move the run {str(out)!r} aside to replace it ({exc.strerror}); "
+            "choose another --out."
+        ) from None
+    fsync_dir(path.parent)
+    try:
+        yield
+    except BaseException:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)  # only the new run can be there now
+        os.rename(aside, path)
+        fsync_dir(path.parent)
+        raise
+    shutil.rmtree(aside)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,27 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
         names.append(str(column))
         values.append(float(sum(per_feature[i] for i in idx)))
     return names, values
+
+
+def _l1_strengths(folder: Path, metrics: dict[str, Any]) -> list[float] | None:
+    """The distinct L1 strengths the run's members trained with; None when not recorded."""
+    values: list[Any] = [
+        p.get("l1") for p in metrics.get("population") or [] if isinstance(p, dict)
+    ]
+    if not values:
+        path = folder / runs.CONFIG_FILE
+        if not path.is_file():
+            return None
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:
+            import tomli as tomllib
+        try:
+            values = [tomllib.loads(path.read_text(encoding="utf-8")).get("l1", 0.0)]
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sorted(set(numbers)) if len(numbers) == len(values) else None
 
 
 def _signals(folder: Path) -> dict[str, Any] | None:
@@ -174,7 +196,9 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
 
     zeroed = [str(c) for c in metrics.get("l1_zeroed_features") or []]
     ctx["zeroed"] = zeroed
-    magnitudes = _first_layer_magnitudes(folder)
+    # With L1 off nothing can be switched off: one line says so instead of a chart of every input.
+    ctx["l1_off"] = _l1_strengths(folder, metrics) == [0.0]
+    magnitudes = None if ctx["l1_off"] else _first_layer_magnitudes(folder)
     ctx["weights_chart"] = (
         charts.feature_weights(magnitudes[0], magnitudes[1], set(zeroed)) if magnitudes else None
     )

@@ -65,8 +65,10 @@ def early_stopping_decision(
             best_epoch, best = epoch, loss
     waited = len(val_losses) - best_epoch
     if waited >= patience:
+        # "by more than 0" reads oddly: name the margin only when there is one.
+        by = f" by more than {min_delta:g}" if min_delta > 0 else ""
         return True, (
-            f"validation loss did not improve by more than {min_delta:g} for {patience} epochs "
+            f"validation loss did not improve{by} for {patience} epochs "
             f"(best {best:.4g} at epoch {best_epoch})"
         )
     return False, ""
