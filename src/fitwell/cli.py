@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--study-name", help="study name in the storage (default fitwell-auto)")
     g.add_argument("--resume", action="store_true", help="continue a killed search in --out")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the fitwell run already in --out once the new run finishes",
+    )
     p.set_defaults(func=cmd_auto)
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run_dir", help="the run directory of the interrupted `fitwell train`")
@@ -289,12 +294,19 @@ def print_summary(m: dict[str, Any]) -> None:
         console.print(f"run directory: {m['run_dir']}")
 
 
-_AUTO_ONLY = {"time_budget", "trials", "repair", "search", "storage", "study_name", "resume"}
+_AUTO_ONLY = {
+    "time_budget",
+    "trials",
+    "repair",
+    "search",
+    "storage",
+    "study_name",
+    "resume",
+    "overwrite",
+}
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
-    from fitwell.auto import auto
-
     settings = {
         k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS | _AUTO_ONLY and v is not None
     }
@@ -314,9 +326,26 @@ def cmd_auto(args: argparse.Namespace) -> int:
             sys.stderr.write(message + "\n")
             sys.stderr.flush()
 
-    config = args.config
-    run = auto(
-        config=config,
+    from contextlib import nullcontext
+
+    from fitwell.runs import replacing_run
+
+    if args.resume and args.overwrite:
+        from fitwell.errors import InputError
+
+        raise InputError(
+            "--resume continues the search in --out; --overwrite replaces it: not both."
+        )
+    with replacing_run(out) if args.overwrite else nullcontext():
+        run = _auto_run(args, out, log, settings)
+    return _auto_report(args, run)
+
+
+def _auto_run(args: argparse.Namespace, out: Path, log: Any, settings: dict[str, Any]) -> Any:
+    from fitwell.auto import auto
+
+    return auto(
+        config=args.config,
         time_budget=args.time_budget,
         trials=args.trials,
         repair=args.repair,
@@ -328,6 +357,9 @@ def cmd_auto(args: argparse.Namespace) -> int:
         log=log,
         **settings,
     )
+
+
+def _auto_report(args: argparse.Namespace, run: Any) -> int:
     m = run.metrics
     record = m["auto"]
     if args.json:

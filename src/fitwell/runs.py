@@ -131,6 +131,11 @@ RUN_ENTRIES = frozenset(
         MANIFEST_FILE,
         "signals.json",
         "report.html",
+        # fitwell auto's search, kept beside the run it chose
+        "auto_state.json",
+        "repairs.json",
+        "trials.csv",
+        "study.journal",
     }
 )
 _RUN_TEMPORARY = re.compile(r"^\..+\.tmp$")  # a write_atomic temporary left by a crash

@@ -103,6 +103,7 @@ class AutoSearch:
         trials: int | None,
         population_size: int,
         log: Callable[[str], None],
+        prune: bool = True,
     ) -> None:
         self.start = start
         self.seed = start.seed
@@ -110,6 +111,7 @@ class AutoSearch:
         self.budget = budget
         self.trials = trials
         self.population_size = population_size
+        self.prune = prune
         self.log = log
         self.current = start.to_dict()
         self.current_losses: list[float] = []
@@ -284,7 +286,7 @@ class AutoSearch:
         if not study.get_trials(deepcopy=False):
             study.enqueue_trial(search_space.params_from_settings(self.current))
         base = {k: v for k, v in self.current.items()}
-        rungs = rungs_for(int(base.get("max_epochs", 200)))
+        rungs = rungs_for(int(base.get("max_epochs", 200))) if self.prune else []
         populations = 0
         while True:
             done = len(study.get_trials(deepcopy=False, states=counted))
@@ -437,6 +439,7 @@ def auto(
     progress: bool | None = False,
     log: Callable[[str], None] | None = None,
     population_size: int = POPULATION_SIZE,
+    prune: bool = True,
     executor: Executor | None = None,
     **settings: Any,
 ) -> Any:
@@ -467,6 +470,12 @@ def auto(
         study).
     log : callable, optional
         Receives one line per stage and population (the CLI prints them to stderr).
+    population_size : int, default 8
+        Search trials trained together as one population (1: one trial at a time).
+    prune : bool, default True
+        Successive halving inside each population at the rung epochs.
+    executor : Executor, optional
+        Where populations train (default: this process).
 
     Returns
     -------
@@ -504,6 +513,7 @@ def auto(
             trials=trials,
             population_size=population_size,
             log=say,
+            prune=prune,
         )
         findings = job.run_baseline()
         codes = _codes(findings)
