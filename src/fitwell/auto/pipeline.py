@@ -32,6 +32,7 @@ from fitwell.config import TrainConfig, resolve_hidden
 from fitwell.errors import InputError
 
 BASELINE_SEEDS = 3
+FINAL_SAFETY = 1.25  # the restarts stage's time estimate, with room for the run's files
 POPULATION_SIZE = 8
 REPAIR_ROUNDS = 2
 REPAIRS_FILE = "repairs.json"
@@ -122,10 +123,31 @@ class AutoSearch:
         self.stages: list[dict[str, Any]] = []
         self.search_record: dict[str, Any] = {}
         self.seconds_per_population: float | None = None
+        # Seconds the restarts stage is expected to need (from the baseline, then from the best
+        # trial's own cost): the search ends early enough to leave it that.
+        self.final_estimate = 0.0
+        self.baseline_cut = False
 
     # ------------------------------------------------------------------ helpers
-    def _run(self, settings: list[dict[str, Any]], stage: str, *, label: str, rungs=()) -> Any:
-        left = self.budget.left(stage)
+    def _search_left(self) -> float:
+        """Seconds the search may still use: to its share's end, or later when the restarts
+        stage needs less than its share, earlier when it needs more."""
+        if self.budget.seconds is None:
+            return math.inf
+        reserve = max(self.final_estimate, (1.0 - SHARES["search"]) * self.budget.seconds)
+        reserve = min(reserve, 0.5 * self.budget.seconds)  # the search keeps some time
+        return self.budget.seconds - self.budget.elapsed() - reserve
+
+    def _run(
+        self,
+        settings: list[dict[str, Any]],
+        stage: str,
+        *,
+        label: str,
+        rungs: Sequence[int] = (),
+        seconds: float | None = None,
+    ) -> Any:
+        left = self.budget.left(stage) if seconds is None else seconds
         job = PopulationJob(
             settings=settings,
             seconds=None if math.isinf(left) else max(left, 0.0),
@@ -149,8 +171,10 @@ class AutoSearch:
             label="baseline",
         )
         self.seconds_per_population = out.seconds
+        self.final_estimate = FINAL_SAFETY * out.seconds * self._final_seeds() / BASELINE_SEEDS
         self.current_losses = _losses(out, 0)
         self.current_findings = out.findings[0]
+        self.baseline_cut = out.stopped_by_deadline
         self.baseline = {
             "val_losses": self.current_losses,
             "median_val_loss": repair_table.median_loss(self.current_losses),
@@ -171,9 +195,28 @@ class AutoSearch:
         return out.findings[0]
 
     # ------------------------------------------------------------------ stage 2
+    def _final_seeds(self) -> int:
+        return max(self.restarts, self.start.ensemble)
+
     def run_repairs(self) -> None:
         started = time.perf_counter()
         tried: set[str] = set()
+        if self.baseline_cut and repair_table.repairable(self.current_findings):
+            # A run stopped by the clock is unfinished: its findings (slow convergence,
+            # underfitting) describe the cut, not the configuration.
+            self.log("[2/5] repairs: skipped, the baseline was cut short by the budget")
+            self.repairs.append(
+                {
+                    "round": 0,
+                    "finding": ", ".join(repair_table.repairable(self.current_findings)),
+                    "change": "none",
+                    "kept": False,
+                    "reason": "the baseline was cut short by the time budget; its findings "
+                    "describe an unfinished run, so nothing was repaired",
+                }
+            )
+            self._timed("repairs", started)
+            return
         for round_no in range(1, REPAIR_ROUNDS + 1):
             codes = [c for c in repair_table.repairable(self.current_findings) if c not in tried]
             if not codes:
@@ -274,9 +317,11 @@ class AutoSearch:
         from optuna.trial import TrialState
 
         started = time.perf_counter()
+        left = self._search_left()
         self.log(
-            f"[3/5] {_stage_line('search', self.budget)}: Optuna TPE, populations of "
-            f"{self.population_size} trials"
+            "[3/5] search"
+            + ("" if math.isinf(left) else f" ({left:.0f} s, leaving the restarts what they need)")
+            + f": Optuna TPE, populations of {self.population_size} trials"
         )
         queued = search_space.requeue_running(study) if resume else []
         pending: dict[tuple, list[dict[str, Any]]] = {}
@@ -293,7 +338,7 @@ class AutoSearch:
             done -= len([k for k in study.user_attrs if k.startswith("requeued_")])
             if self.trials is not None and done >= self.trials:
                 break
-            left = self.budget.left("search")
+            left = self._search_left()
             estimate = self.seconds_per_population or 0.0
             if left <= 0 or (populations and left < 0.5 * estimate):
                 break
@@ -314,7 +359,9 @@ class AutoSearch:
                 for t, p in zip(trials, params, strict=True)
             ]
             try:
-                out = self._run(settings, "search", label="search", rungs=rungs)
+                out = self._run(
+                    settings, "search", label="search", rungs=rungs, seconds=max(left, 0.0)
+                )
             except InputError as exc:
                 for t in trials:
                     study.tell(t, state=TrialState.FAIL)
@@ -324,12 +371,23 @@ class AutoSearch:
             populations += 1
             self.seconds_per_population = out.seconds
             states = []
+            member_epochs = sum(max(m.epochs_run, 1) for m in out.members)
             for i, t in enumerate(trials):
                 member = out.of_setting(i)[0]
                 t.set_user_attr("seconds", round(out.seconds / len(trials), 3))
                 t.set_user_attr("population", populations)
+                t.set_user_attr("member_epoch_seconds", out.seconds / member_epochs)
                 states.append(search_space.tell_member(study, t, member, report_every=5))
             best = _best_trial(study)
+            if best is not None and "member_epoch_seconds" in best.user_attrs:
+                # The winner retrained: its seeds, as many epochs as it ran (early stopping
+                # included), at its shape's cost per member-epoch.
+                self.final_estimate = (
+                    FINAL_SAFETY
+                    * float(best.user_attrs["member_epoch_seconds"])
+                    * max(int(best.user_attrs.get("epochs_run") or 1), 1)
+                    * self._final_seeds()
+                )
             p0 = params[0]
             self.log(
                 f"      population {populations}: {len(trials)} trials "
