@@ -32,6 +32,8 @@ from fitwell.config import TrainConfig, resolve_hidden
 from fitwell.errors import InputError
 
 BASELINE_SEEDS = 3
+# Findings that a run stopped early by the clock would show whatever its configuration.
+SHOWN_BY_A_CUT = frozenset({"slow_convergence", "underfitting", "overfitting", "local_minimum"})
 FINAL_SAFETY = 1.25  # the restarts stage's time estimate, with room for the run's files
 POPULATION_SIZE = 8
 REPAIR_ROUNDS = 2
@@ -201,22 +203,28 @@ class AutoSearch:
     def run_repairs(self) -> None:
         started = time.perf_counter()
         tried: set[str] = set()
-        if self.baseline_cut and repair_table.repairable(self.current_findings):
-            # A run stopped by the clock is unfinished: its findings (slow convergence,
-            # underfitting) describe the cut, not the configuration.
-            self.log("[2/5] repairs: skipped, the baseline was cut short by the budget")
+        cut_codes = [
+            c for c in repair_table.repairable(self.current_findings) if c in SHOWN_BY_A_CUT
+        ]
+        if self.baseline_cut and cut_codes:
+            # A run stopped by the clock is unfinished: these findings describe the cut, not the
+            # configuration. Faults of the optimization itself show in the first epochs and
+            # are still repaired.
+            tried.update(cut_codes)
+            self.log(
+                f"[2/5] repairs: {', '.join(cut_codes)} not repaired: the baseline was cut short "
+                "by the budget, so these findings may describe the cut"
+            )
             self.repairs.append(
                 {
                     "round": 0,
-                    "finding": ", ".join(repair_table.repairable(self.current_findings)),
+                    "finding": ", ".join(cut_codes),
                     "change": "none",
                     "kept": False,
-                    "reason": "the baseline was cut short by the time budget; its findings "
-                    "describe an unfinished run, so nothing was repaired",
+                    "reason": "the baseline was cut short by the time budget; these findings "
+                    "may describe an unfinished run, so they were not repaired",
                 }
             )
-            self._timed("repairs", started)
-            return
         for round_no in range(1, REPAIR_ROUNDS + 1):
             codes = [c for c in repair_table.repairable(self.current_findings) if c not in tried]
             if not codes:
