@@ -363,3 +363,7 @@ def train_population(
             if session is not None:
                 session.abandon()
             raise
+        except BaseException:  # interrupted: resumable, and resumable by this process too
+            if session is not None:
+                session.release()
+            raise

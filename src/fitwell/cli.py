@@ -536,7 +536,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fitwell.report import write_report
+    from fitwell.runs import check_not_running
 
+    check_not_running(args.run_dir)
     print(write_report(args.run_dir))
     return EXIT_OK
 

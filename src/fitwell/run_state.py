@@ -81,6 +81,7 @@ class RunSession:
     state: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
     kept: tuple[str, ...] = ()
+    lock: runs.RunLock | None = None
 
     @classmethod
     def open(
@@ -102,6 +103,9 @@ class RunSession:
         fp = fingerprint(cfgs, prepared)
         if resume:
             state = read_run_state(folder)
+            # One live process per run: taken before anything in the folder is touched (a
+            # second `resume` would otherwise clean the first one's checkpoint temporaries).
+            lock = runs.RunLock(folder)
             diff = differing_field(state["configs"], cfgs)
             if diff is not None:
                 name, old, new = diff
@@ -122,12 +126,15 @@ class RunSession:
                         f"({source}) differs from the run's ({key} changed). Resume with the "
                         "original data or start a new run."
                     )
-            session = cls(folder, stored, resumed=True, state=state)
+            session = cls(folder, stored, resumed=True, state=state, lock=lock)
+            state["owner"] = runs.owner()
+            runs.write_json(folder / runs.RUN_STATE_FILE, state)
             clean_temporaries(folder)
             return session
         existed = folder.is_dir()
         folder.mkdir(exist_ok=True)
         kept = tuple(n for n in keep if (folder / n).exists())
+        lock = runs.RunLock(folder)
         state = {
             "format": RUN_STATE_FORMAT,
             "status": "running",
@@ -136,10 +143,13 @@ class RunSession:
             "fingerprint": fp,
             "started_at": _now(),
             "resumes": [],
+            "owner": runs.owner(),
         }
         runs.write_json(folder / runs.RUN_STATE_FILE, state)
         runs.fsync_dir(folder.parent)
-        return cls(folder, stored, created=True, existed_empty=existed, state=state, kept=kept)
+        return cls(
+            folder, stored, created=True, existed_empty=existed, state=state, kept=kept, lock=lock
+        )
 
     def attach(
         self, trainer: Trainer, *, every: int, warn: Callable[[str], None] | None = None
@@ -168,9 +178,22 @@ class RunSession:
         self.state["finished_at"] = _now()
         runs.write_json(self.folder / runs.RUN_STATE_FILE, self.state)
         shutil.rmtree(self.folder / "checkpoints", ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let other processes at the run directory (it is finished or abandoned)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def abandon(self) -> None:
         """Training failed for a reason resuming cannot fix: remove what this run created."""
+        try:
+            self._remove_created()
+        finally:
+            self.release()
+
+    def _remove_created(self) -> None:
         if not self.created:
             return
         if self.kept:  # the caller's files stay; only what this run wrote goes

@@ -221,6 +221,7 @@ def replacing_run(out: str | Path) -> Iterator[None]:
         yield
         return
     check_replaceable(path)
+    check_not_running(path)
     aside = path.parent / f".{path.name}.replaced-{secrets.token_hex(4)}"
     try:
         os.rename(path, aside)
@@ -369,3 +370,63 @@ def load_model_files(run_dir: str | Path) -> SavedModel:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: not a valid safetensors file ({first}).") from None
     return SavedModel(meta=meta, state=state)
+
+
+# ------------------------------------------------------------------------- one owner per run
+OWNER_FILE = "run_state.json"  # where the owning process's pid and host are recorded
+
+
+class RunLock:
+    """An exclusive ``flock`` on the run directory itself, held while a process trains into it.
+
+    The kernel drops it when the process dies (a SIGKILLed run is resumable at once), and no
+    file is added to the run. Other processes (``resume``, ``train --overwrite``, ``report``)
+    test it with :func:`check_not_running` and refuse, naming the owner's pid and host.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import fcntl
+
+        self.folder = Path(folder)
+        self.fd: int | None = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise InputError(_running_message(self.folder)) from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def owner() -> dict[str, Any]:
+    """This process, as recorded in the run state: pid and host."""
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _running_message(folder: Path) -> str:
+    who = "another process"
+    try:
+        state = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        o = state.get("owner") or {}
+        if o.get("pid") is not None:
+            who = f"process {o.get('pid')} on host {o.get('host', '?')}"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (
+        f"{folder}: a run is in progress there ({who}); wait for it to finish, or stop it "
+        "before resuming, replacing or reporting on it."
+    )
+
+
+def check_not_running(folder: str | Path) -> None:
+    """Refuse a run directory that a live process is training into (see :class:`RunLock`)."""
+    path = Path(folder)
+    if not path.is_dir() or path.is_symlink():
+        return
+    RunLock(path).release()
