@@ -9,7 +9,6 @@ URL, and every user string goes through Jinja2's autoescaping.
 
 from __future__ import annotations
 
-import csv
 import math
 from importlib import resources
 from pathlib import Path
@@ -27,19 +26,7 @@ SEVERITIES = ("error", "warning", "info")
 def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows: list[dict[str, Any]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                try:
-                    row[key] = float(value) if value not in ("", None) else math.nan
-                except ValueError:
-                    row[key] = value
-            row["epoch"] = int(row["epoch"])
-            row["member"] = int(row["member"])
-            rows.append(row)
-    return rows
+    return runs.read_history(path)  # damage is an InputError naming the file and line
 
 
 def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | None:
@@ -197,8 +184,20 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         else None
     )
     config_path = folder / runs.CONFIG_FILE
-    ctx["config_text"] = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    ctx["config_text"] = _config_text(config_path) if config_path.is_file() else None
     return ctx
+
+
+def _config_text(path: Path) -> str:
+    """The run's ``config.toml``, checked to be TOML before it is shown."""
+    from fitwell.config import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}); restore the run or retrain.") from None
+    return text
 
 
 def render(ctx: dict[str, Any]) -> str:
