@@ -462,3 +462,13 @@ def test_tensorboard_inside_the_run_is_refused(
         "--tensorboard",
     )
     assert not out.exists()
+
+
+def test_report_on_a_resealed_truncated_model(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Found by the property test: the report's feature chart read the weights unguarded.
+    path = run / runs.MODEL_FILE
+    path.write_bytes(path.read_bytes()[:5])
+    runs.seal_run(run)
+    refused(cli(capsys, "report", run), "model.safetensors", "not a valid safetensors file")

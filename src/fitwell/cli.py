@@ -232,7 +232,7 @@ def _write_failure(exc: OSError, out: Path, *, created: bool) -> Exception:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         tail = "nothing was kept; fix the cause and train again."
-    return InputError(f"cannot write {str(where)!r} ({reason}); {tail}")
+    return InputError(f"{where}: {reason}; {tail}")
 
 
 def summary_json(m: dict[str, Any]) -> dict[str, Any]:

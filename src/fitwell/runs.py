@@ -138,6 +138,13 @@ def check_writable_folder(folder: Path, flag: str) -> None:
         ) from None
 
 
+def _looks_like_run(folder: Path) -> bool:
+    """A fitwell run directory, finished or not (``manifest.json`` alone is a common name)."""
+    return (folder / RUN_STATE_FILE).is_file() or (
+        (folder / MODEL_META).is_file() and (folder / MANIFEST_FILE).is_file()
+    )
+
+
 def check_output_file(out: str | Path, *, run_dir: str | Path | None = None) -> Path:
     """Validate a file a read-only command will write (``predict --out``), before any work.
 
@@ -157,9 +164,7 @@ def check_output_file(out: str | Path, *, run_dir: str | Path | None = None) -> 
     resolved = path.resolve()
     guarded = [Path(run_dir).resolve()] if run_dir is not None else []
     for folder in resolved.parents:
-        if folder in guarded or any(
-            (folder / marker).is_file() for marker in (RUN_STATE_FILE, MANIFEST_FILE, MODEL_META)
-        ):
+        if folder in guarded or _looks_like_run(folder):
             raise InputError(
                 f"--out {text!r} lies inside the run directory {str(folder)!r}; predictions are "
                 "written outside runs so that a run is never changed. Choose another --out."

@@ -34,6 +34,7 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
     meta_path, weights_path = folder / runs.MODEL_META, folder / runs.MODEL_FILE
     if not (meta_path.is_file() and weights_path.is_file()):
         return None
+    from safetensors import SafetensorError
     from safetensors.numpy import load
 
     from fitwell.data.preprocessing import Preprocessor
@@ -41,9 +42,16 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
     meta = runs.read_json(meta_path)
     try:
         state = load(weights_path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(
+            f"{weights_path}: not a valid safetensors file ({first_line}); retrain or restore "
+            "the run."
+        ) from None
+    try:
         first = state["weights.0"]
         pre = Preprocessor.from_json(meta["preprocessing"])
-    except (KeyError, ValueError, OSError):
+    except (KeyError, TypeError, ValueError):
         return None
     # Stacked members [K, in, out] (an ensemble) or one [in, out]: sum over members and units.
     per_feature = abs(first).sum(axis=(0, 2)) if first.ndim == 3 else abs(first).sum(axis=1)
