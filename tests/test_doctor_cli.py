@@ -119,4 +119,4 @@ def test_leaky_split_and_shuffled_labels(tmp_path: Path) -> None:
 def test_doctor_on_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     res = run_cli("doctor", str(tmp_path))
     assert res.returncode == 2
-    assert res.stderr.startswith("error:") and "signals.json" in res.stderr
+    assert res.stderr.startswith("error:") and "manifest.json" in res.stderr

@@ -174,12 +174,19 @@ def _default_out(settings: dict[str, Any]) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fitwell.api import make_config, train
+    from fitwell.errors import InputError, TrainingFailed
 
     settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
+    _check_not_empty(args, "out", "tensorboard")
     cfg = make_config(args.config, **settings)
-    out = Path(args.out) if args.out else _default_out(cfg.to_dict())
+    out = Path(args.out) if args.out is not None else _default_out(cfg.to_dict())
+    if args.tensorboard is not None and _is_within(Path(args.tensorboard), out):
+        raise InputError(
+            f"--tensorboard {args.tensorboard!r} lies inside the run directory {str(out)!r}, "
+            "which holds only the run's own files; choose a folder outside it."
+        )
     show = not (args.quiet or args.json)
-    from fitwell.errors import TrainingFailed
+    existed = out.exists()
 
     callbacks: list[Any] = []
     if args.tensorboard:
@@ -193,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with replacing_run(out) if args.overwrite else nullcontext():
             run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+    except OSError as exc:
+        raise _write_failure(exc, out, created=not existed) from None
     except TrainingFailed as exc:  # divergence: the findings travel with the error
         for cb in callbacks:
             cb.log_findings(exc.findings or [])
@@ -216,6 +225,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     if m.get("target_met") is False:
         return EXIT_TARGET_MISSED
     return EXIT_OK
+
+
+def _check_not_empty(args: argparse.Namespace, *names: str) -> None:
+    """``--out ""`` is a mistake (an unset variable in a script), not a request for the default."""
+    from fitwell.errors import InputError
+
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and str(value).strip() == "":
+            raise InputError(
+                f"--{name} is empty; give a path, or leave --{name} out for the default."
+            )
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    inner, outer = path.resolve(), folder.resolve()
+    return inner == outer or outer in inner.parents
+
+
+def _write_failure(exc: OSError, out: Path, *, created: bool) -> Exception:
+    """An OS error while a run was written (disk full, file too large, permission): one line that
+    names the path and says whether the run can be resumed or that nothing was kept."""
+    from fitwell.errors import InputError
+    from fitwell.runs import RUN_STATE_FILE
+
+    where = exc.filename or out
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    state: Any = None
+    try:
+        state = json.loads((out / RUN_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and state.get("status") == "running":
+        tail = (
+            f"the run so far is kept in {str(out)!r}: fix the cause (free space, raise the file "
+            f"size limit) and continue it with `fitwell resume {out}`."
+        )
+    else:
+        import shutil
+
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        tail = "nothing was kept; fix the cause and train again."
+    return InputError(f"{where}: {reason}; {tail}")
 
 
 def summary_json(m: dict[str, Any]) -> dict[str, Any]:
@@ -439,9 +492,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     def warn(msg: str) -> None:
         sys.stderr.write(f"warning: {msg}\n")
 
-    run = resume(
-        args.run_dir, data=args.data, progress=None if show else False, warn=warn, **settings
-    )
+    try:
+        run = resume(
+            args.run_dir, data=args.data, progress=None if show else False, warn=warn, **settings
+        )
+    except OSError as exc:
+        raise _write_failure(exc, Path(args.run_dir), created=False) from None
     m = run.metrics
     if args.json:
         print(json.dumps(summary_json(m), default=str))
@@ -476,8 +532,9 @@ def print_findings(findings: list[dict[str, Any]], *, stderr: bool = False) -> N
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from fitwell.diagnosis.context import findings_from_files
-    from fitwell.runs import json_safe
+    from fitwell.runs import json_safe, verify_run
 
+    verify_run(args.run_dir)  # a run is trusted only whole, checksums included
     findings = findings_from_files(args.run_dir)
     if args.json:
         print(json.dumps(json_safe({"run_dir": args.run_dir, "findings": findings})))
@@ -489,15 +546,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
     from fitwell.api import load_run
-    from fitwell.data.loading import read_file
+    from fitwell.data.loading import Table, read_file, validate_table
     from fitwell.errors import InputError
+    from fitwell.runs import check_output_file
 
+    out = None
+    if args.out is not None:  # checked before any work: a read-only command never harms a run
+        out = check_output_file(args.out, run_dir=args.run_dir)
+        if Path(args.data).exists() and _is_within(out, Path(args.data)):
+            raise InputError(f"--out {args.out!r} is the input file {args.data!r}; choose another.")
     run = load_run(args.run_dir)
     frame, _ = read_file(args.data)
-    run.preprocessor.transform(frame, source=str(args.data))  # errors name the file
+    source = str(args.data)
     expected = run.preprocessor.input_columns
     missing = [c for c in expected if c not in frame.columns]
     if missing:
@@ -505,6 +569,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{args.data}: missing column(s) {', '.join(repr(c) for c in missing)} that the "
             "model was trained on."
         )
+    if len(frame) == 0:
+        raise InputError(f"{args.data}: no data rows to predict.")
+    # The checks training applies (types, finite, range, cell size), on the model's columns.
+    validate_table(
+        Table(frame[expected].copy(), target=None, source=source),
+        require_target=False,
+        allow_empty_columns=True,
+    )
+    run.preprocessor.transform(frame, source=source)  # errors name the file, column and row
     extra = [c for c in frame.columns if c not in expected and c != run.target]
     if extra:
         shown = ", ".join(repr(c) for c in extra[:10])
@@ -515,45 +588,94 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"note: column {col!r} has {n} value(s) unseen in training; "
             "they encode as no category\n"
         )
-    if len(frame) == 0:
-        raise InputError(f"{args.data}: no data rows to predict.")
-    result = pd.DataFrame({"prediction": run.predict(frame, source=args.data)})
+    result = pd.DataFrame({"prediction": run.predict(frame, source=source)})
+    checked = np.asarray(result["prediction"]) if run.task == "regression" else None
     if run.task == "classification":
-        proba = run.predict_proba(frame, source=args.data)
+        proba = run.predict_proba(frame, source=source)
         for i, c in enumerate(run.target_encoder.classes):
             result[f"proba_{c}"] = proba[:, i]
-    if args.out:
-        out = Path(args.out)
-        if not out.parent.exists():
-            raise InputError(f"folder of --out {str(out.parent)!r} does not exist.")
+        checked = proba
+    bad = ~np.isfinite(np.asarray(checked, dtype=float).reshape(len(result), -1)).all(axis=1)
+    if bad.any():  # a wrong answer must never leave with exit 0
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{args.data}: data row {row} gives a non-finite prediction ({int(bad.sum())} row(s) "
+            "in all); its values lie far outside what the model was trained on."
+        )
+    text = result.to_csv(index=False)
+    if out is not None:
         from fitwell.runs import write_atomic
 
-        write_atomic(out, result.to_csv(index=False))
+        try:
+            write_atomic(out, text)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write {str(out)!r} ({exc.strerror or exc}); nothing was written."
+            ) from None
     else:
-        sys.stdout.write(result.to_csv(index=False))
+        sys.stdout.write(text)
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from fitwell.errors import InputError
     from fitwell.report import write_report
-    from fitwell.runs import check_not_running
+    from fitwell.runs import check_not_running, verify_run
 
     check_not_running(args.run_dir)
-    print(write_report(args.run_dir))
+    verify_run(args.run_dir)  # rebuilt only from files the manifest vouches for
+    try:
+        path = write_report(args.run_dir)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {str(exc.filename or args.run_dir)!r} ({exc.strerror or exc}); "
+            "the run itself is unchanged. Fix the cause and run `fitwell report` again."
+        ) from None
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # The manifest vouches for the bytes; this is a run whose files were made by hand.
+        raise InputError(
+            f"{args.run_dir}: metrics.json or signals.json lack the fields a report needs "
+            f"({exc!r}); retrain or restore the run."
+        ) from None
+    print(path)
     return EXIT_OK
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Warnings reach the user as one ``warning:`` line, never as source file and code lines."""
+    text = " ".join(str(message).split())
+    (file or sys.stderr).write(f"warning: {text}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from fitwell.errors import FitwellError
 
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
     try:
         return int(args.func(args))
     except FitwellError as exc:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"error: {message}\n")
         return exc.exit_code
+    except OSError as exc:  # a file the command had to read or write: the path, then what to do
+        where = f"{exc.filename!s}: " if exc.filename else ""
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"error: {where}{reason}; check the path, free space and permissions.\n")
+        return EXIT_INPUT
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130
@@ -566,6 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rerun with FITWELL_DEBUG=1 for the traceback\n"
         )
         return 4
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,6 +50,15 @@ def resolve_hidden(hidden: tuple[int, ...] | str, n_train_rows: int) -> tuple[in
     width = 2 ** math.ceil(math.log2(max(n_train_rows, 1) / 4)) if n_train_rows > 4 else low
     return (int(min(high, max(low, width))),) * AUTO_DEPTH
 
+
+# The seed reaches NumPy and scikit-learn, which take 32-bit unsigned seeds.
+MAX_SEED = 2**32 - 1
+# Members trained at once (restarts per setting, ensemble size): beyond this a population is a
+# sweep that belongs in several runs; memory is checked separately from the model's shape.
+MAX_MEMBERS = 1000
+# Counts (epochs, batch size, widths) beyond this are typos; torch's int64 shapes would accept
+# them and fail later, or allocate until the machine swaps.
+MAX_COUNT = 2**31 - 1
 
 # Settings that may differ between members of one population without changing tensor shapes.
 PER_MEMBER_FIELDS = ("seed", "lr", "l1", "l2", "dropout")
@@ -190,16 +201,44 @@ class TrainConfig:
 _FIELD_NAMES = tuple(f.name for f in fields(TrainConfig) if f.name != "extra")
 
 
+def _to_int(value: Any) -> int:
+    """An integer setting: an int (or a string of one), never a bool or a float.
+
+    ``1e3`` in TOML is a float and ``true`` a bool; both are refused alike rather than one
+    silently truncated and the other rejected.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    raise TypeError(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
 def _as_tuple(value: Any, cast: type, name: str, problems: list[str]) -> tuple | None:
     if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p != ""]
+        parts: list[Any] = value.replace(" ", "").split(",")
+        if any(p == "" for p in parts):
+            problems.append(
+                f"`{name}` has an empty item in {value!r}; remove the extra comma "
+                "(an empty `hidden` alone means a linear model)"
+            )
+            return None
     elif isinstance(value, (list, tuple)):
         parts = list(value)
     else:
         parts = [value]
+    convert = _to_int if cast is int else _to_float
     try:
-        return tuple(cast(p) for p in parts)
-    except (TypeError, ValueError):
+        return tuple(convert(p) for p in parts)
+    except (TypeError, ValueError, OverflowError):
         problems.append(
             f"`{name}` must be a comma-separated list of {cast.__name__}; got {value!r}"
         )
@@ -221,7 +260,9 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     if "hidden" in raw:
         if isinstance(raw["hidden"], str) and raw["hidden"].strip() == "auto":
             raw["hidden"] = "auto"
-        elif raw["hidden"] in ("", [], ()):
+        elif raw["hidden"] in ([], ()) or (
+            isinstance(raw["hidden"], str) and raw["hidden"].strip() == ""
+        ):
             raw["hidden"] = ()
         else:
             raw["hidden"] = _as_tuple(raw["hidden"], int, "hidden", problems)
@@ -233,12 +274,12 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     for name in ("lr", "momentum", "init_scale", "bias_init", "l1", "l2", "min_delta"):
         if name in raw:
             try:
-                raw[name] = float(raw[name])
+                raw[name] = _to_float(raw[name])
             except (TypeError, ValueError):
                 problems.append(f"`{name}` must be a number; got {raw[name]!r}")
     if raw.get("target_score") is not None:
         try:
-            raw["target_score"] = float(raw["target_score"])
+            raw["target_score"] = _to_float(raw["target_score"])
         except (TypeError, ValueError):
             problems.append(f"`target_score` must be a number; got {raw['target_score']!r}")
     for name in (
@@ -253,13 +294,15 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     ):
         if raw.get(name) is not None:
             v = raw[name]
-            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-                problems.append(f"`{name}` must be an integer; got {v!r}")
-                continue
             try:
-                raw[name] = int(v)
+                raw[name] = _to_int(v)
             except (TypeError, ValueError):
-                problems.append(f"`{name}` must be an integer; got {v!r}")
+                hint = (
+                    f"; write {int(v)} without a decimal point or exponent"
+                    if isinstance(v, float) and v.is_integer() and math.isfinite(v)
+                    else ""
+                )
+                problems.append(f"`{name}` must be an integer; got {v!r}{hint}")
     bad_fields = {name for name in raw if any(f"`{name}`" in p for p in problems)}
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k not in bad_fields})
     _check(cfg, problems)
@@ -331,14 +374,36 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         problems.append(f"`patience` must be >= 0; got {cfg.patience}. Use 0 to disable it")
     if cfg.restarts < 1:
         problems.append(f"`restarts` must be >= 1; got {cfg.restarts}")
+    elif cfg.restarts > MAX_MEMBERS:
+        problems.append(
+            f"`restarts` must be at most {MAX_MEMBERS}; got {cfg.restarts}. Train several runs "
+            "instead"
+        )
     if cfg.ensemble < 1:
         problems.append(f"`ensemble` must be >= 1; got {cfg.ensemble}. Use 1 for a single model")
-    if cfg.seed < 0:
-        problems.append(f"`seed` must be >= 0; got {cfg.seed}")
+    elif cfg.ensemble > MAX_MEMBERS:
+        problems.append(f"`ensemble` must be at most {MAX_MEMBERS}; got {cfg.ensemble}")
+    if not (0 <= cfg.seed <= MAX_SEED):
+        problems.append(
+            f"`seed` must be in [0, {MAX_SEED}] (what NumPy and scikit-learn accept); "
+            f"got {cfg.seed}"
+        )
     if cfg.checkpoint_every < 0:
         problems.append(f"`checkpoint_every` must be >= 0; got {cfg.checkpoint_every}")
+    cores = os.cpu_count() or 1
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"`threads` must be >= 1; got {cfg.threads}")
+    elif cfg.threads is not None and cfg.threads > cores:
+        problems.append(
+            f"`threads` must be at most the {cores} CPU core(s) of this machine (more only "
+            f"slows torch down); got {cfg.threads}"
+        )
+    for name in ("batch_size", "max_epochs", "patience", "checkpoint_every"):
+        v = getattr(cfg, name)
+        if v > MAX_COUNT:
+            problems.append(f"`{name}` must be at most {MAX_COUNT}; got {v}")
+    if not isinstance(cfg.hidden, str) and any(h > MAX_COUNT for h in cfg.hidden):
+        problems.append(f"`hidden` widths must be at most {MAX_COUNT}; got {cfg.hidden}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -197,6 +197,65 @@ class Architecture:
         return list(zip(dims[:-1], dims[1:], strict=True))
 
 
+def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor in the state of a :class:`PopulationMLP` (no allocation)."""
+    k = n_members
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer, (i, o) in enumerate(arch.layer_sizes):
+        shapes[f"weights.{layer}"] = (k, i, o)
+        shapes[f"biases.{layer}"] = (k, 1, o)
+    if arch.batch_norm:
+        for layer, h in enumerate(arch.hidden):
+            for name in (f"bn_weights.{layer}", f"bn_biases.{layer}"):
+                shapes[name] = (k * h,)
+            shapes[f"bn_mean_{layer}"] = (k * h,)
+            shapes[f"bn_var_{layer}"] = (k * h,)
+    return shapes
+
+
+# Float32 copies of the weights alive while training: weights, gradients, Adam's two moments,
+# the best-epoch and start-of-epoch snapshots, the probe's epoch-start copy and final states.
+TRAINING_WEIGHT_COPIES = 8
+# Activations of one batch kept for the backward pass (pre-activation, activation, dropout mask,
+# gradient), per unit and row.
+TRAINING_ACTIVATION_COPIES = 4
+
+
+def model_bytes(
+    arch: Architecture, n_members: int, *, training: bool = False, batch_size: int = 0
+) -> int:
+    """Estimated bytes of a model of this shape: its weights, or everything training holds."""
+    params = sum(math.prod(s) for s in state_shapes(arch, n_members).values())
+    if not training:
+        return 4 * params
+    units = sum(arch.hidden) + arch.n_outputs + arch.n_inputs
+    activations = TRAINING_ACTIVATION_COPIES * 4 * n_members * batch_size * units
+    return TRAINING_WEIGHT_COPIES * 4 * params + activations
+
+
+def check_model_memory(
+    arch: Architecture,
+    n_members: int,
+    device: torch.device,
+    *,
+    training: bool = False,
+    batch_size: int = 0,
+) -> None:
+    """Refuse a model whose estimated memory exceeds what ``device`` has, before allocating it."""
+    from fitwell.resources import check_memory
+
+    estimate = model_bytes(arch, n_members, training=training, batch_size=batch_size)
+    params = estimate if not training else model_bytes(arch, n_members)
+    check_memory(
+        estimate,
+        device,
+        f"{'training ' if training else ''}a model of {params // 4:,} parameters "
+        f"({n_members} member(s), hidden {list(arch.hidden)})",
+        "use narrower or fewer --hidden layers, fewer --restarts or --ensemble members, or a "
+        "smaller --batch-size.",
+    )
+
+
 def init_std(activation: str, init: str, scale: float, fan_in: int, fan_out: int) -> float:
     """Standard deviation of the normal initialisation of one weight matrix.
 
@@ -262,6 +321,7 @@ class PopulationMLP(nn.Module):
                 f"unknown activation {arch.activation!r}."
                 f"{did_you_mean(arch.activation, ACTIVATIONS)}"
             )
+        check_model_memory(arch, n_members, torch.device("cpu"))
         self.arch = arch
         self.n_members = n_members
         self.act = ACTIVATION_FUNCTIONS[arch.activation]

@@ -132,7 +132,13 @@ class RunSession:
             clean_temporaries(folder)
             return session
         existed = folder.is_dir()
-        folder.mkdir(exist_ok=True)
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:  # checked before any work; a race or an odd file system remains
+            raise InputError(
+                f"--out: cannot create {str(folder)!r} ({exc.strerror or type(exc).__name__}); "
+                "choose a folder you can write to."
+            ) from None
         kept = tuple(n for n in keep if (folder / n).exists())
         lock = runs.RunLock(folder)
         state = {
@@ -173,7 +179,8 @@ class RunSession:
         trainer.callbacks.insert(0, Checkpointer(self.folder, every=every))
 
     def finish(self) -> None:
-        """Mark the run finished (every final file is in place), then drop its checkpoints."""
+        """Seal every final file in the manifest, mark the run finished, drop its checkpoints."""
+        runs.seal_run(self.folder)
         self.state["status"] = "finished"
         self.state["finished_at"] = _now()
         runs.write_json(self.folder / runs.RUN_STATE_FILE, self.state)

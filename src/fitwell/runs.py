@@ -114,6 +114,65 @@ def check_destination(out: str | Path, *, keep: Collection[str] = ()) -> Path:
         )
     if not path.parent.exists():
         raise InputError(f"parent folder of --out {str(path.parent)!r} does not exist.")
+    check_writable_folder(path.parent, "--out")
+    return path
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Prove that files can be created in ``folder`` by creating (and removing) one.
+
+    Permission bits say little: root ignores them, and an immutable folder, a read-only mount or
+    /proc refuse writes whatever the bits say. Asking the file system itself is the only check
+    that cannot disagree with the later write.
+    """
+    where = str(folder) or "."
+    if not Path(where).is_dir():
+        raise InputError(
+            f"{flag}: {where!r} is not a folder; give a path inside an existing folder."
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fitwell-write-test-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(
+            f"{flag}: cannot create files in {where!r} ({exc.strerror or type(exc).__name__}); "
+            "choose a folder you can write to."
+        ) from None
+
+
+def _looks_like_run(folder: Path) -> bool:
+    """A fitwell run directory, finished or not (``manifest.json`` alone is a common name)."""
+    return (folder / RUN_STATE_FILE).is_file() or (
+        (folder / MODEL_META).is_file() and (folder / MANIFEST_FILE).is_file()
+    )
+
+
+def check_output_file(out: str | Path, *, run_dir: str | Path | None = None) -> Path:
+    """Validate a file a read-only command will write (``predict --out``), before any work.
+
+    It must name a file (not a folder) in an existing, writable folder, and never lie inside a
+    run directory: a read-only command must not change a run.
+    """
+    text = str(out)
+    if text.strip() == "":
+        raise InputError("--out is empty; give a file name, or leave --out out to print to stdout.")
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        raise InputError(f"--out {text!r} is a folder; give a file name such as predictions.csv.")
+    if path.is_symlink():
+        raise InputError(f"--out {text!r} is a symbolic link; give a real file path.")
+    if not path.parent.exists():
+        raise InputError(f"folder of --out {str(path.parent)!r} does not exist.")
+    resolved = path.resolve()
+    guarded = [Path(run_dir).resolve()] if run_dir is not None else []
+    for folder in resolved.parents:
+        if folder in guarded or _looks_like_run(folder):
+            raise InputError(
+                f"--out {text!r} lies inside the run directory {str(folder)!r}; predictions are "
+                "written outside runs so that a run is never changed. Choose another --out."
+            )
+    check_writable_folder(path.parent, "--out")
     return path
 
 
@@ -294,22 +353,135 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Files of a finished run that the manifest does not seal: the manifest itself, the state marker
+# (written after it) and the report, which ``fitwell report`` rebuilds from the sealed files.
+UNSEALED_FILES = (MANIFEST_FILE, RUN_STATE_FILE, "report.html")
+# What every finished run holds; a manifest that does not cover them all cannot vouch for the run.
+REQUIRED_FILES = (MODEL_FILE, MODEL_META, METRICS_FILE, HISTORY_FILE, CONFIG_FILE, "signals.json")
+MANIFEST_VERSION = 2
+
+
+def seal_run(folder: Path) -> None:
+    """Write ``manifest.json``: the sha256 of every file of the finished run (last step but one)."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in UNSEALED_FILES)
+    write_json(
+        folder / MANIFEST_FILE,
+        {
+            "format": RUN_FORMAT,
+            "version": MANIFEST_VERSION,
+            "sha256": {n: sha256_file(folder / n) for n in names},
+        },
+    )
+
+
 def verify_manifest(folder: Path) -> None:
-    """Check the model files against the checksums written with them (catches flipped bytes)."""
+    """Trust a run only whole: every file listed, present and matching its checksum.
+
+    A missing manifest, a manifest that misses a run file, a file it does not list and a changed
+    byte are all refused: deleting or editing the manifest cannot switch the check off.
+    """
+    folder = Path(folder)
     path = folder / MANIFEST_FILE
-    if not path.exists():
-        return  # written by an older fitwell: the format checks below still apply
+    if not path.is_file():
+        raise InputError(
+            f"{path}: not found; a run is trusted only with its checksums. Is {str(folder)!r} a "
+            "finished fitwell run? Retrain or restore the run."
+        )
     manifest = read_json(path)
     sums = manifest.get("sha256") if isinstance(manifest, dict) else None
-    if not isinstance(sums, dict) or set(sums) != set(_SEALED_FILES):
-        raise InputError(f"{path}: not a fitwell checksum manifest.")
-    for name in _SEALED_FILES:
+    if (
+        not isinstance(sums, dict)
+        or manifest.get("format") != RUN_FORMAT
+        or not all(isinstance(v, str) for v in sums.values())
+        or any(Path(n).name != n or n in ("", ".", "..") for n in sums)
+    ):
+        raise InputError(f"{path}: not a fitwell checksum manifest; retrain or restore the run.")
+    uncovered = [n for n in REQUIRED_FILES if n not in sums]
+    if uncovered:
+        raise InputError(
+            f"{path}: does not cover {', '.join(uncovered)} (written by an older fitwell, or "
+            "edited), so those files cannot be verified; retrain or restore the run."
+        )
+    present = {p.name: p for p in folder.iterdir()}
+    for name in sorted(set(present) - set(sums) - set(UNSEALED_FILES)):
+        raise InputError(
+            f"{folder / name}: not listed in {MANIFEST_FILE}; a run directory is trusted only "
+            "whole. Remove it or restore the run."
+        )
+    for name in sorted(sums):
         target = folder / name
-        if target.is_file() and sha256_file(target) != sums[name]:
+        if not target.is_file():
+            raise InputError(
+                f"{target}: listed in {MANIFEST_FILE} but missing or not a file; restore the run."
+            )
+        if sha256_file(target) != sums[name]:
             raise InputError(
                 f"{target}: checksum does not match {MANIFEST_FILE}; the file is corrupt or was "
                 "modified. Retrain or restore the run."
             )
+
+
+def verify_run(run_dir: str | Path) -> Path:
+    """A finished, whole run directory (see :func:`verify_manifest`), else :class:`InputError`."""
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: run directory does not exist.")
+    check_finished(folder)
+    verify_manifest(folder)
+    return folder
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``history.csv``: ``epoch`` and ``member`` as ints, the rest as floats (NaN blank).
+
+    Damage (no header, a missing column, a text value) is refused naming the file and line.
+    """
+    import csv
+    import math
+
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = reader.fieldnames or []
+            missing = [c for c in ("epoch", "member") if c not in fields]
+            if missing or len(set(fields)) != len(fields):
+                raise InputError(
+                    f"{path}: damaged header (missing {', '.join(missing) or 'nothing'}, got "
+                    f"{len(fields)} column(s)); restore the run or retrain."
+                )
+            for raw in reader:
+                line = reader.line_num
+                row: dict[str, Any] = {}
+                for key, value in raw.items():
+                    if key is None or value is None:
+                        raise InputError(
+                            f"{path}: line {line} has a different number of fields than the "
+                            "header; restore the run or retrain."
+                        )
+                    try:
+                        row[key] = float(value) if value != "" else math.nan
+                    except ValueError:
+                        raise InputError(
+                            f"{path}: line {line}, column {key!r} holds {value[:40]!r}, not a "
+                            "number; restore the run or retrain."
+                        ) from None
+                for key in ("epoch", "member"):
+                    v = row[key]
+                    if not (math.isfinite(v) and v.is_integer() and v >= 0):
+                        raise InputError(
+                            f"{path}: line {line}, column {key!r} holds {v!r}, not a count; "
+                            "restore the run or retrain."
+                        )
+                    row[key] = int(v)
+                rows.append(row)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found; is this a fitwell run directory?") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a readable CSV file ({exc}).") from None
+    return rows
 
 
 def check_finished(folder: Path) -> None:
@@ -348,8 +520,7 @@ def load_model_files(run_dir: str | Path) -> SavedModel:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise InputError(f"{folder}: run directory does not exist.")
-    check_finished(folder)
-    verify_manifest(folder)
+    verify_run(folder)
     meta = read_json(folder / MODEL_META)
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise InputError(f"{folder / MODEL_META}: not a fitwell model description.")
@@ -369,6 +540,7 @@ def load_model_files(run_dir: str | Path) -> SavedModel:
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: not a valid safetensors file ({first}).") from None
+    check_state_shapes(meta, state, path)
     return SavedModel(meta=meta, state=state)
 
 
@@ -430,3 +602,40 @@ def check_not_running(folder: str | Path) -> None:
     if not path.is_dir() or path.is_symlink():
         return
     RunLock(path).release()
+
+
+def check_state_shapes(meta: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+    """Every tensor the architecture needs, with its shape, from the safetensors file alone.
+
+    Done before any model is built: a tampered ``model.json`` (``hidden`` of 10**9) would
+    otherwise allocate its model first and fail, or exhaust memory, afterwards.
+    """
+    from fitwell.models import Architecture, state_shapes
+
+    arch_doc = meta.get("architecture")
+    if not isinstance(arch_doc, dict):
+        raise InputError(f"{path.parent / MODEL_META}: missing field 'architecture'.")
+    arch = Architecture.from_json(arch_doc)
+    first = state.get("weights.0")
+    if first is None or first.dim() != 3:
+        raise InputError(
+            f"{path}: tensor 'weights.0' is missing or not [members, inputs, outputs]; "
+            "retrain or restore the run."
+        )
+    expected = state_shapes(arch, int(first.shape[0]))
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise InputError(
+            f"{path}: tensors do not match {MODEL_META}'s architecture (missing "
+            f"{', '.join(missing) or 'none'}; unexpected {', '.join(extra) or 'none'}); the "
+            "files do not belong together. Retrain or restore the run."
+        )
+    for name, shape in expected.items():
+        got = tuple(state[name].shape)
+        if got != shape:
+            raise InputError(
+                f"{path}: tensor {name!r} has shape {list(got)} but {MODEL_META}'s architecture "
+                f"needs {list(shape)}; the files do not belong together. Retrain or restore the "
+                "run."
+            )

@@ -20,6 +20,10 @@ from fitwell.errors import InputError, did_you_mean
 # and multiplied through the network (3.4e38 is float32's limit; squares of 1e19 already overflow).
 MAX_ABS_VALUE = 1e15
 
+# Longest cell (characters) a table may hold: Python's csv default field limit. Longer cells are
+# pasted documents or binary junk, not a feature value.
+MAX_CELL_CHARS = 131_072
+
 SUPPORTED_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".npz")
 
 
@@ -113,6 +117,27 @@ def _read_csv(p: Path) -> pd.DataFrame:
     if "\x00" in text:
         raise InputError(f"{name}: contains NUL bytes; is it a binary file?")
     sep = "\t" if p.suffix.lower() == ".tsv" else ","
+    # The csv module's own field limit would stop at an oversized cell without naming it: lift
+    # it while reading (restored after) and name the row and column here instead.
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(max(old_limit, len(text) + 1))
+    try:
+        return _parse_csv(name, text, sep)
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _check_cell_sizes(name: str, row: list[str], header: list[str], lineno: int) -> None:
+    for i, cell in enumerate(row):
+        if len(cell) > MAX_CELL_CHARS:
+            column = header[i] if i < len(header) else f"#{i + 1}"
+            raise InputError(
+                f"{name}: row {lineno}, column {column!r} holds a cell of {len(cell):,} "
+                f"characters (at most {MAX_CELL_CHARS:,}); is this a table of features?"
+            )
+
+
+def _parse_csv(name: str, text: str, sep: str) -> pd.DataFrame:
     rows = csv.reader(io.StringIO(text), delimiter=sep)
     try:
         header = next(rows)
@@ -120,6 +145,7 @@ def _read_csv(p: Path) -> pd.DataFrame:
         raise InputError(f"{name}: file is empty.") from None
     except csv.Error as exc:
         raise InputError(f"{name}: cannot parse the header ({exc}).") from None
+    _check_cell_sizes(name, header, [f"#{i + 1}" for i in range(len(header))], 1)
     header = [h.strip() for h in header]
     if len(header) == 1:
         for other, label in (
@@ -140,7 +166,9 @@ def _read_csv(p: Path) -> pd.DataFrame:
             raise InputError(f"{name}: column {col!r} appears more than once in the header.")
         seen.add(col)
     try:
-        for lineno, row in enumerate(rows, start=2):
+        for row in rows:
+            lineno = rows.line_num
+            _check_cell_sizes(name, row, header, lineno)
             if row and len(row) != len(header):
                 raise InputError(
                     f"{name}: row {lineno} has {len(row)} fields, the header has {len(header)}."
@@ -198,8 +226,14 @@ def _numeric_mostly(series: pd.Series) -> tuple[float, pd.Series]:
     return (float(parsed.notna().mean()) if len(values) else 0.0), parsed
 
 
-def validate_table(table: Table, *, require_target: bool = True) -> None:
-    """Reject tables that cannot be trained on, naming the file, column, row and value."""
+def validate_table(
+    table: Table, *, require_target: bool = True, allow_empty_columns: bool = False
+) -> None:
+    """Reject tables that cannot be trained on, naming the file, column, row and value.
+
+    ``allow_empty_columns``: a column with no values at all is fine (rows to predict, where the
+    preprocessing imputes it); every value that is there is checked as in training.
+    """
     src, frame = table.source, table.frame
     if frame.shape[1] == 0:
         raise InputError(f"{src}: no columns.")
@@ -240,6 +274,8 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
     for col in features:
         series = frame[col]
         if series.isna().all():
+            if allow_empty_columns:
+                continue
             raise InputError(f"{src}: column {col!r} has no values (all missing); drop it.")
         if pd.api.types.is_bool_dtype(series):
             continue
@@ -260,6 +296,13 @@ def validate_table(table: Table, *, require_target: bool = True) -> None:
                 raise InputError(
                     f"{src}: column {col!r} holds a {type(series.iloc[row]).__name__} in data row "
                     f"{row}; cells must be numbers or text."
+                )
+            lengths = series.map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
+            if len(lengths) and lengths.max() > MAX_CELL_CHARS:
+                row = int(np.argmax(lengths > MAX_CELL_CHARS))
+                raise InputError(
+                    f"{src}: column {col!r} holds a cell of {int(lengths[row]):,} characters in "
+                    f"data row {row} (at most {MAX_CELL_CHARS:,}); is this a table of features?"
                 )
             share, parsed = _numeric_mostly(series)
             # A column that is almost all numbers holds a typo, not a category.

@@ -44,7 +44,7 @@ class TargetEncoder:
             labels = pd.unique(pd.Series(values))
             if len(labels) < 2:
                 raise InputError(
-                    f"{source}: target column {column!r} has a single class {labels[0]!r}; "
+                    f"{source}: target column {column!r} has a single class {_plain(labels[0])!r}; "
                     "classification needs at least two."
                 )
             try:

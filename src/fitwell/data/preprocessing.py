@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fitwell.data.loading import MAX_ABS_VALUE
 from fitwell.errors import InputError
 
 
@@ -112,6 +113,15 @@ class Preprocessor:
                     raise InputError(
                         f"{source}: column {spec.name!r} has a non-finite value in data row {row}."
                     )
+                # The same bound training applies: beyond it the float32 network overflows.
+                big = np.abs(col) > MAX_ABS_VALUE
+                if big.any():
+                    row = int(np.flatnonzero(big)[0])
+                    raise InputError(
+                        f"{source}: column {spec.name!r} has a value {col[row]:.4g} in data row "
+                        f"{row} beyond +-{MAX_ABS_VALUE:g}, outside what the model can take; "
+                        "rescale it as the training data was."
+                    )
                 if self.scale:
                     col = (col - spec.mean) / spec.std
                 blocks.append(col[:, None])
@@ -125,7 +135,16 @@ class Preprocessor:
                 blocks.append(onehot)
         if not blocks:
             return np.zeros((len(frame), 0), dtype=np.float32)
-        return np.hstack(blocks).astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow is reported below, by column and row
+            out = np.hstack(blocks).astype(np.float32)
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise InputError(
+                f"{source}: feature {self.encoded_names[col]!r} in data row {row} overflows "
+                "float32 once scaled by the training statistics; rescale that column."
+            )
+        return out
 
     def unknown_categories(self, frame: pd.DataFrame) -> dict[str, int]:
         """Count values per categorical column that were never seen in training."""

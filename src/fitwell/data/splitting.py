@@ -44,6 +44,7 @@ def split_indices(
             )
         if counts.min() < 3:
             small = labels[int(np.argmin(counts))]
+            small = small.item() if isinstance(small, np.generic) else small
             raise InputError(
                 f"{source}: class {small!r} has only {int(counts.min())} row(s); a stratified "
                 "train/validation/test split needs at least 3 per class. Add rows or drop it."
@@ -54,7 +55,7 @@ def split_indices(
     )
     strat_rest = stratify[rest] if stratify is not None else None
     train, val = train_test_split(
-        rest, test_size=n_val, random_state=seed + 1, shuffle=True, stratify=strat_rest
+        rest, test_size=n_val, random_state=(seed + 1) % 2**32, shuffle=True, stratify=strat_rest
     )
     return np.sort(train), np.sort(val), np.sort(test)
 

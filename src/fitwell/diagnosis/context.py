@@ -123,10 +123,8 @@ def findings_from_signals(signals: dict[str, Any], history: Sequence[dict[str, A
 
 def findings_from_files(run_dir: str | Path) -> list[dict[str, Any]]:
     """Re-derive the findings of a finished run from its ``signals.json`` and ``history.csv``."""
-    import pandas as pd
-
     from fitwell.errors import InputError
-    from fitwell.runs import HISTORY_FILE, read_json
+    from fitwell.runs import HISTORY_FILE, read_history, read_json
 
     folder = Path(run_dir)
     if not folder.is_dir():
@@ -137,12 +135,20 @@ def findings_from_files(run_dir: str | Path) -> list[dict[str, Any]]:
     history_path = folder / HISTORY_FILE
     rows: list[dict[str, Any]] = []
     if history_path.exists():
-        frame = pd.read_csv(history_path)
         rows = [
             {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in frame.to_dict(orient="records")
+            for r in read_history(history_path)
         ]
-    return findings_from_signals(signals, rows)
+    try:
+        return findings_from_signals(signals, rows)
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # The manifest vouches for the bytes; this catches a hand-made or older signals file.
+        raise InputError(
+            f"{folder / SIGNALS_FILE}: does not have the expected fields ({exc!r}); "
+            "retrain or restore the run."
+        ) from None
 
 
 def diagnose_fit(

@@ -283,6 +283,8 @@ class SignalProbe(Callback):
     def _dead_fractions(self) -> list[list[float]] | None:
         if self.activation not in RELU_LIKE or any(a is None for a in self._alive):
             return None
+        if not self._alive:  # a linear model: no hidden layer, no unit that could die
+            return []
         dead_units = [
             (a < DEAD_ACTIVE_RATE * max(rows, 1)).sum(dim=1)
             for a, rows in zip(self._alive, self._unit_rows, strict=True)

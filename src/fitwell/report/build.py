@@ -28,19 +28,7 @@ SEVERITIES = ("error", "warning", "info")
 def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows: list[dict[str, Any]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {}
-            for key, value in raw.items():
-                try:
-                    row[key] = float(value) if value not in ("", None) else math.nan
-                except ValueError:
-                    row[key] = value
-            row["epoch"] = int(row["epoch"])
-            row["member"] = int(row["member"])
-            rows.append(row)
-    return rows
+    return runs.read_history(path)  # damage is an InputError naming the file and line
 
 
 def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | None:
@@ -48,6 +36,7 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
     meta_path, weights_path = folder / runs.MODEL_META, folder / runs.MODEL_FILE
     if not (meta_path.is_file() and weights_path.is_file()):
         return None
+    from safetensors import SafetensorError
     from safetensors.numpy import load
 
     from fitwell.data.preprocessing import Preprocessor
@@ -55,9 +44,16 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
     meta = runs.read_json(meta_path)
     try:
         state = load(weights_path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(
+            f"{weights_path}: not a valid safetensors file ({first_line}); retrain or restore "
+            "the run."
+        ) from None
+    try:
         first = state["weights.0"]
         pre = Preprocessor.from_json(meta["preprocessing"])
-    except (KeyError, ValueError, OSError):
+    except (KeyError, TypeError, ValueError):
         return None
     # Stacked members [K, in, out] (an ensemble) or one [in, out]: sum over members and units.
     per_feature = abs(first).sum(axis=(0, 2)) if first.ndim == 3 else abs(first).sum(axis=1)
@@ -222,7 +218,7 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
     )
     ctx.update(_auto_context(folder, metrics))
     config_path = folder / runs.CONFIG_FILE
-    ctx["config_text"] = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    ctx["config_text"] = _config_text(config_path) if config_path.is_file() else None
     return ctx
 
 
@@ -257,6 +253,18 @@ def _auto_context(folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
             (k, start.get(k), best.get(k), start.get(k) != best.get(k)) for k in keys
         ],
     }
+
+
+def _config_text(path: Path) -> str:
+    """The run's ``config.toml``, checked to be TOML before it is shown."""
+    from fitwell.config import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML ({exc}); restore the run or retrain.") from None
+    return text
 
 
 def render(ctx: dict[str, Any]) -> str:

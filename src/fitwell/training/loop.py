@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fitwell.metrics import SplitAccumulator, row_objective, score_name, training_objective
-from fitwell.models import Architecture, PopulationMLP
+from fitwell.models import Architecture, PopulationMLP, check_model_memory
 from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.memory import keep_freed_memory_in_heap
@@ -113,6 +113,11 @@ class Trainer:
         device: torch.device,
         callbacks: Sequence[Callback] = (),
     ) -> None:
+        # From the shape alone, before any tensor exists: a typo like hidden 10**9 is refused
+        # with the estimate instead of failing in the allocator.
+        check_model_memory(
+            arch, len(members), device, training=True, batch_size=min(loop.batch_size, len(x_train))
+        )
         self.arch = arch
         self.members = list(members)
         self.loop = loop
