@@ -34,7 +34,10 @@ from fitwell.errors import InputError
 BASELINE_SEEDS = 3
 # Findings that a run stopped early by the clock would show whatever its configuration.
 SHOWN_BY_A_CUT = frozenset({"slow_convergence", "underfitting", "overfitting", "local_minimum"})
-FINAL_SAFETY = 1.25  # the restarts stage's time estimate, with room for the run's files
+FINAL_SAFETY = 1.25
+# The best search trials retrained with the baseline's seeds before one is chosen: a single
+# seed's lowest validation loss out of many trials is an optimistic pick (the winner's curse).
+CONFIRM_TOP = 2  # the restarts stage's time estimate, with room for the run's files
 POPULATION_SIZE = 8
 REPAIR_ROUNDS = 2
 REPAIRS_FILE = "repairs.json"
@@ -129,6 +132,7 @@ class AutoSearch:
         # trial's own cost): the search ends early enough to leave it that.
         self.final_estimate = 0.0
         self.baseline_cut = False
+        self.confirmed: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ helpers
     def _search_left(self) -> float:
@@ -225,10 +229,12 @@ class AutoSearch:
                     "may describe an unfinished run, so they were not repaired",
                 }
             )
-        for round_no in range(1, REPAIR_ROUNDS + 1):
+        round_no = 0
+        while round_no < REPAIR_ROUNDS:
             codes = [c for c in repair_table.repairable(self.current_findings) if c not in tried]
             if not codes:
                 break
+            round_no += 1
             code = codes[0]
             tried.add(code)
             if code in repair_table.RESTARTS_ONLY:
@@ -245,6 +251,7 @@ class AutoSearch:
                     }
                 )
                 self.log(f"[2/5] repair {code}: {change.name} -> restarts {self.restarts}")
+                round_no -= 1  # no population trained: it does not use up a round
                 continue
             if self.budget.left("repairs") <= 0:
                 self.log(f"[2/5] repair {code}: skipped, the repairs' share of the budget is used")
@@ -346,7 +353,7 @@ class AutoSearch:
             done -= len([k for k in study.user_attrs if k.startswith("requeued_")])
             if self.trials is not None and done >= self.trials:
                 break
-            left = self._search_left()
+            left = self._search_left() - CONFIRM_TOP * self.final_estimate
             estimate = self.seconds_per_population or 0.0
             if left <= 0 or (populations and left < 0.5 * estimate):
                 break
@@ -404,6 +411,7 @@ class AutoSearch:
                 f"{states.count('complete')} complete, {states.count('pruned')} pruned"
                 + (f"; best so far trial {best.number}, val loss {best.value:.4g}" if best else "")
             )
+        self.confirm(study)
         trials_all = study.get_trials(deepcopy=False)
         best = _best_trial(study)
         self.search_record = {
@@ -418,20 +426,85 @@ class AutoSearch:
             "best_params": dict(best.params) if best else None,
             "rungs": rungs,
             "importances": search_space.importances(study),
+            "confirmed": self.confirmed,
         }
         self._timed("search", started)
 
+    def confirm(self, study: Any) -> None:
+        """Retrain the best distinct trials with the baseline's seeds, time permitting."""
+        from optuna.trial import TrialState
+
+        done = sorted(
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+            key=lambda t: (t.value, t.number),
+        )
+        picks: list[Any] = []
+        for t in done:
+            if all(t.params != p.params for p in picks):
+                picks.append(t)
+            if len(picks) == CONFIRM_TOP:
+                break
+        for t in picks:
+            left = self._search_left()
+            if left <= 0.5 * self.final_estimate:
+                self.log(f"      trial {t.number}: not confirmed, no time left for it")
+                break
+            settings = search_space.settings_from_params(t.params, self.current, seed=self.seed)
+            out = self._run(
+                [_seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)],
+                "search",
+                label="confirm",
+                seconds=left,
+            )
+            losses = _losses(out, 0)
+            self.confirmed.append(
+                {
+                    "trial": t.number,
+                    "val_losses": losses,
+                    "median_val_loss": repair_table.median_loss(losses),
+                    "spread": repair_table.seed_spread(losses),
+                    "cut_by_budget": out.stopped_by_deadline,
+                }
+            )
+            self.log(
+                f"      trial {t.number} with the baseline's {BASELINE_SEEDS} seeds: median val "
+                f"loss {repair_table.median_loss(losses):.4g} (single seed {t.value:.4g})"
+            )
+
     def winner(self, study: Any | None) -> tuple[dict[str, Any], str]:
-        """The search's best trial when its validation loss beats the repaired configuration's
-        best seed (both single members), else the repaired configuration."""
-        best = _best_trial(study) if study is not None else None
+        """The configuration the restarts stage trains.
+
+        With confirmed trials: the lowest median validation loss over the same seeds, among the
+        repaired configuration and the confirmed trials. Without (no search, or no time): the
+        best trial when its single-seed loss beats the repaired configuration's best seed.
+        """
+        name = "the repaired start configuration" if self.repairs else "the start configuration"
+        own_median = repair_table.median_loss(self.current_losses)
+        if self.confirmed and study is not None:
+            best = min(self.confirmed, key=lambda c: (c["median_val_loss"], c["trial"]))
+            if best["median_val_loss"] < own_median:
+                trial = study.get_trials(deepcopy=False)[best["trial"]]
+                chosen = search_space.settings_from_params(
+                    trial.params, self.current, seed=self.seed
+                )
+                return chosen, (
+                    f"search trial {best['trial']} (median val loss over {BASELINE_SEEDS} seeds "
+                    f"{best['median_val_loss']:.4g} < {own_median:.4g})"
+                )
+            return dict(self.current), (
+                f"{name} (median val loss {own_median:.4g}; the best confirmed trial reached "
+                f"{best['median_val_loss']:.4g})"
+            )
+        best_trial = _best_trial(study) if study is not None else None
         own = min([v for v in self.current_losses if math.isfinite(v)], default=math.inf)
-        if best is not None and best.value < own:
-            chosen = search_space.settings_from_params(best.params, self.current, seed=self.seed)
-            return chosen, f"search trial {best.number} (val loss {best.value:.4g} < {own:.4g})"
-        return dict(self.current), (
-            "the repaired start configuration" if self.repairs else "the start configuration"
-        ) + (f" (val loss {own:.4g})" if math.isfinite(own) else "")
+        if best_trial is not None and best_trial.value < own:
+            chosen = search_space.settings_from_params(
+                best_trial.params, self.current, seed=self.seed
+            )
+            return chosen, (
+                f"search trial {best_trial.number} (val loss {best_trial.value:.4g} < {own:.4g})"
+            )
+        return dict(self.current), name + (f" (val loss {own:.4g})" if math.isfinite(own) else "")
 
 
 # Writing the run (plots, report) after the last epoch takes ~1-3 s on a CPU: leave it room.

@@ -5,18 +5,22 @@ configuration (a change that would leave it as it is is skipped), and ``accept_r
 from validation losses alone whether a change is kept. Nothing here trains.
 
 The orders follow what fixes each fault most often and costs least (AutoTrainer's repair
-orders, ICSE 2021, adapted to fitwell's options):
+orders, ICSE 2021, adapted to fitwell's options). Learning rates move by orders of magnitude for
+divergence and slow convergence: a rate that diverges or barely moves is usually off by 10-1000x
+(a typed 1e-6 for 1e-3), and all candidates of one finding train in one population anyway.
+Initialisation fixes restore the default scale, since a scaled-up init is the usual cause of
+saturated or exploding layers.
 
 ================== ============================================================================
 finding            candidate changes, in order
 ================== ============================================================================
-vanishing_gradients relu + kaiming init; batch norm; one layer fewer
-saturated_activations relu + kaiming init; batch norm; initial weights x0.5
-exploding_gradients lr /3; lr /10; batch norm
+vanishing_gradients relu + kaiming init (default scale); batch norm; one layer fewer
+saturated_activations default init scale; relu + kaiming init (default scale); batch norm
+exploding_gradients default init scale; lr /10; batch norm
 dead_relu          leaky_relu; hidden biases start at 0.01; lr /3
-divergence         lr /3; lr /10; lr /100
-lr_too_high        lr /3; lr /10
-slow_convergence   lr x3; lr x10; adam (when another optimizer ran)
+divergence         lr /10; lr /100; lr /1000
+lr_too_high        lr /3; lr /10; lr /30
+slow_convergence   lr x10; lr x100; lr x1000; adam (when another optimizer ran)
 overfitting        L2 (x10, at least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
 underfitting       layers twice as wide; one layer more; no regularization (L1, L2, dropout 0)
 local_minimum      three times the restarts (applied in the restarts stage, not retrained)
@@ -83,7 +87,11 @@ def _lr_times(factor: float) -> Callable[[Settings], dict[str, Any]]:
 
 
 def _relu_kaiming(s: Settings) -> dict[str, Any]:
-    return {"activation": "relu", "init": "kaiming"}
+    return {"activation": "relu", "init": "kaiming", "init_scale": 1.0}
+
+
+def _default_init(s: Settings) -> dict[str, Any]:
+    return {"init": "auto", "init_scale": 1.0}
 
 
 def _fewer_layers(s: Settings) -> dict[str, Any]:
@@ -147,12 +155,12 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("one layer fewer", _fewer_layers),
     ),
     "saturated_activations": (
+        Change("default init scale", _default_init),
         Change("relu + kaiming init", _relu_kaiming),
         Change("batch norm", lambda s: {"batch_norm": True}),
-        Change("initial weights x0.5", lambda s: {"init_scale": s.get("init_scale", 1.0) * 0.5}),
     ),
     "exploding_gradients": (
-        Change("lr /3", _lr_times(1 / 3)),
+        Change("default init scale", _default_init),
         Change("lr /10", _lr_times(0.1)),
         Change("batch norm", lambda s: {"batch_norm": True}),
     ),
@@ -162,17 +170,19 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("lr /3", _lr_times(1 / 3)),
     ),
     "divergence": (
-        Change("lr /3", _lr_times(1 / 3)),
         Change("lr /10", _lr_times(0.1)),
         Change("lr /100", _lr_times(0.01)),
+        Change("lr /1000", _lr_times(0.001)),
     ),
     "lr_too_high": (
         Change("lr /3", _lr_times(1 / 3)),
         Change("lr /10", _lr_times(0.1)),
+        Change("lr /30", _lr_times(1 / 30)),
     ),
     "slow_convergence": (
-        Change("lr x3", _lr_times(3.0)),
         Change("lr x10", _lr_times(10.0)),
+        Change("lr x100", _lr_times(100.0)),
+        Change("lr x1000", _lr_times(1000.0)),
         Change("adam", _adam),
     ),
     "overfitting": (
