@@ -194,9 +194,12 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
     ctx["zeroed"] = zeroed
     # With L1 off nothing can be switched off: one line says so instead of a chart of every input.
     ctx["l1_off"] = _l1_strengths(folder, metrics) == [0.0]
-    magnitudes = None if ctx["l1_off"] else _first_layer_magnitudes(folder)
+    # Read either way: a damaged weights file is refused even when no chart needs it.
+    magnitudes = _first_layer_magnitudes(folder)
     ctx["weights_chart"] = (
-        charts.feature_weights(magnitudes[0], magnitudes[1], set(zeroed)) if magnitudes else None
+        charts.feature_weights(magnitudes[0], magnitudes[1], set(zeroed))
+        if magnitudes and not ctx["l1_off"]
+        else None
     )
 
     ctx["findings"] = _findings(metrics)
