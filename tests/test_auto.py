@@ -63,7 +63,7 @@ def test_table_changes(code, settings, expected):
         assert got[1] == {"dropout": [pytest.approx(0.4), pytest.approx(0.4)]}
         assert got[2] == {"hidden": [32, 32]}
     if code == "underfitting":
-        assert got[0] == {"hidden": [16, 16]} and got[1] == {"hidden": [8, 8, 8]}
+        assert got[0] == {"hidden": [64, 64]} and got[1] == {"hidden": [8, 8, 8]}
     if code == "dead_relu":
         assert got[0] == {"activation": "leaky_relu"}
     if code == "exploding_gradients":

@@ -239,19 +239,30 @@ class AutoSearch:
             tried.add(code)
             if code in repair_table.RESTARTS_ONLY:
                 change = repair_table.REPAIRS[code][0]
+                before_restarts = self.restarts
                 self.restarts = int(change.changes({"restarts": self.restarts})["restarts"])
-                self.repairs.append(
-                    {
-                        "round": round_no,
-                        "finding": code,
-                        "change": change.name,
-                        "settings": {"restarts": self.restarts},
-                        "kept": True,
-                        "reason": "applied in the restarts stage (more seeds, best kept)",
-                    }
-                )
+                restarts_record: dict[str, Any] = {
+                    "round": round_no,
+                    "finding": code,
+                    "change": change.name,
+                    "settings": {"restarts": self.restarts},
+                    "kept": True,
+                    "reason": "applied in the restarts stage (more seeds, best kept)",
+                }
+                self.repairs.append(restarts_record)
                 self.log(f"[2/5] repair {code}: {change.name} -> restarts {self.restarts}")
-                round_no -= 1  # no population trained: it does not use up a round
+                rest = [c for c in repair_table.candidates(code, self.current) if c != change]
+                if not rest or self.budget.left("repairs") <= 0:
+                    round_no -= 1  # no population trained: it does not use up a round
+                    continue
+                self._repair_round(round_no, code, rest)
+                if code not in _codes(self.current_findings):
+                    # A kept change made the seeds agree: the extra restarts are not needed.
+                    self.restarts = before_restarts
+                    restarts_record["kept"] = False
+                    restarts_record["reason"] = (
+                        f"not needed: after a kept change `{code}` is gone from the seeds"
+                    )
                 continue
             if self.budget.left("repairs") <= 0:
                 self.log(f"[2/5] repair {code}: skipped, the repairs' share of the budget is used")
@@ -259,8 +270,11 @@ class AutoSearch:
             self._repair_round(round_no, code)
         self._timed("repairs", started)
 
-    def _repair_round(self, round_no: int, code: str) -> None:
-        changes = repair_table.candidates(code, self.current)
+    def _repair_round(
+        self, round_no: int, code: str, changes: list[repair_table.Change] | None = None
+    ) -> None:
+        if changes is None:
+            changes = repair_table.candidates(code, self.current)
         self.log(
             f"[2/5] {_stage_line('repairs', self.budget)}: round {round_no}, `{code}`: "
             + "; ".join(c.name for c in changes)

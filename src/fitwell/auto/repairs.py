@@ -22,8 +22,8 @@ divergence         lr /10; lr /100; lr /1000
 lr_too_high        lr /3; lr /10; lr /30
 slow_convergence   lr x10; lr x100; lr x1000; adam (when another optimizer ran)
 overfitting        L2 (x10, at least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
-underfitting       layers twice as wide; one layer more; no regularization (L1, L2, dropout 0)
-local_minimum      three times the restarts (applied in the restarts stage, not retrained)
+underfitting       layers 4x as wide (at least 64); one layer more; no regularization
+local_minimum      three times the restarts (in the restarts stage); layers 4x as wide (>= 64)
 ================== ============================================================================
 
 Changes of ``lr``, ``l1``, ``l2`` and ``dropout`` keep the network's shape, so all candidates of
@@ -117,11 +117,16 @@ def _more_layers(s: Settings) -> dict[str, Any]:
     return out
 
 
-def _scale_width(factor: float) -> Callable[[Settings], dict[str, Any]]:
+def _scale_width(factor: float, *, at_least: int = 4) -> Callable[[Settings], dict[str, Any]]:
     def apply(s: Settings) -> dict[str, Any]:
-        return {"hidden": [max(4, int(round(h * factor))) for h in _hidden(s)]}
+        return {"hidden": [max(at_least, int(round(h * factor))) for h in _hidden(s)]}
 
     return apply
+
+
+# Capacity shortfalls are usually large (a 2-unit layer where 64 are needed), and a network too
+# wide for its data is held back by early stopping: widen by 4x, to at least 64 units.
+_WIDER = _scale_width(4.0, at_least=64)
 
 
 def _more_l2(s: Settings) -> dict[str, Any]:
@@ -191,14 +196,19 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("layers half as wide", _scale_width(0.5)),
     ),
     "underfitting": (
-        Change("layers twice as wide", _scale_width(2.0)),
+        Change("layers 4x as wide (at least 64)", _WIDER),
         Change("one layer more", _more_layers),
         Change("no regularization", _no_regularization),
     ),
-    "local_minimum": (Change("three times the restarts", _more_restarts),),
+    # Restarts act in the restarts stage (no trial population); a tiny network's many minima
+    # also go away with width (over-parametrized networks have benign landscapes).
+    "local_minimum": (
+        Change("three times the restarts", _more_restarts),
+        Change("layers 4x as wide (at least 64)", _WIDER),
+    ),
 }
 
-# Changes that need no trial population: they act in the restarts stage.
+# Findings whose first change needs no trial population: it acts in the restarts stage.
 RESTARTS_ONLY = frozenset({"local_minimum"})
 
 
