@@ -63,6 +63,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)
     g.add_argument("--l1", type=float, help="L1 strength: adds l1*sum|W| (exact zeros)")
+    g.add_argument(
+        "--l1-inputs",
+        type=float,
+        help="feature selection: group lasso on each input column's first-layer weights "
+        "(whole columns switch off)",
+    )
     g.add_argument("--l2", type=float, help="L2 strength: adds l2*sum W^2")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     g.add_argument("--min-delta", type=float, help="smallest validation-loss improvement")
@@ -339,8 +345,8 @@ def print_summary(m: dict[str, Any]) -> None:
         names = ", ".join(m["l1_zeroed_features"][:20])
         more = len(m["l1_zeroed_features"]) - 20
         console.print(
-            f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
-            + (f" … (+{more})" if more > 0 else "")
+            f"not read by the model: {len(m['l1_zeroed_features'])} input column(s) "
+            f"switched off in every member: {names}" + (f" … (+{more})" if more > 0 else "")
         )
     print_findings(m.get("findings", []))
     if m.get("run_dir"):
