@@ -389,6 +389,9 @@ class Trainer:
                 self.x_train, self.y_train, hooks=self.eval_preactivation_hooks
             )
             val_loss, val_score = self.evaluate(self.x_val, self.y_val)
+            # With the group penalty, early stopping watches the penalised objective: on the loss
+            # alone it restores an epoch from before the columns reached zero, hiding selection.
+            penalty = self.optimizer.group_penalty()
             logs: dict[int, dict[str, float]] = {}
             for pos, m in enumerate(self.active):
                 logs[m] = {
@@ -398,6 +401,8 @@ class Trainer:
                     f"val_{self.score}": float(val_score[pos]),
                     "lr": self.members[m].lr,
                 }
+                if penalty is not None:
+                    logs[m]["val_objective"] = float(val_loss[pos]) + float(penalty[pos])
             for cb in self.callbacks:
                 cb.on_epoch_end(self, logs=logs)
             for m, row in logs.items():

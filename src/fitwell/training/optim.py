@@ -163,6 +163,28 @@ class PopulationOptimizer:
                     thresh = thresh / (v_hat.sqrt() + ADAM_EPS)
             w.copy_(torch.sign(w) * torch.clamp(w.abs() - thresh, min=0.0))
 
+    def _group_norms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group index per input, group sizes ``p_g`` and per-member norms ``||W1_g||`` [K, G]."""
+        w = self.penalized[0]
+        k, n_in = w.shape[0], w.shape[1]
+        groups = self.input_groups if self.input_groups is not None else list(range(n_in))
+        index = torch.as_tensor(groups, dtype=torch.long, device=w.device)
+        n_groups = int(max(groups)) + 1
+        sizes = torch.zeros(n_groups, device=w.device).index_add_(
+            0, index, torch.ones(n_in, device=w.device)
+        )
+        sq = torch.zeros(k, n_groups, device=w.device, dtype=w.dtype)
+        sq.index_add_(1, index, (w * w).sum(dim=2))
+        return index, sizes, sq.sqrt()
+
+    @torch.no_grad()
+    def group_penalty(self) -> torch.Tensor | None:
+        """Per member ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||``; None when no member uses it."""
+        if not self._any_group:
+            return None
+        _, sizes, norms = self._group_norms()
+        return self.l1_inputs * (norms * sizes.sqrt()).sum(dim=1)
+
     @torch.no_grad()
     def _group_proximal_step(self) -> None:
         """Proximal step of ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||_2`` on the first layer.
@@ -174,16 +196,9 @@ class PopulationOptimizer:
         the step a block shrink, so a whole column reaches zero at once).
         """
         w = self.penalized[0]
-        k, n_in = w.shape[0], w.shape[1]
-        groups = self.input_groups if self.input_groups is not None else list(range(n_in))
-        index = torch.as_tensor(groups, dtype=torch.long, device=w.device)
-        n_groups = int(max(groups)) + 1
-        sizes = torch.zeros(n_groups, device=w.device).index_add_(
-            0, index, torch.ones(n_in, device=w.device)
-        )
-        sq = torch.zeros(k, n_groups, device=w.device, dtype=w.dtype)
-        sq.index_add_(1, index, (w * w).sum(dim=2))
-        norms = sq.sqrt()
+        k = w.shape[0]
+        index, sizes, norms = self._group_norms()
+        n_groups = sizes.numel()
         eta = self.lrs.view(k, 1).expand(k, n_groups)
         if self.kind != "sgd":
             state = self.optimizer.state.get(w)
