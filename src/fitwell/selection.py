@@ -17,7 +17,7 @@ from fitwell.errors import InputError
 from fitwell.finish import l1_zeroed_features
 from fitwell.metrics import score_name
 
-DEFAULT_LAMBDAS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DEFAULT_LAMBDAS = (0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.15, 0.2, 0.3)
 DEFAULT_TOLERANCE = 0.01
 
 
