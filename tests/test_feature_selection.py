@@ -107,11 +107,11 @@ def test_selection_drops_noise_keeps_signal_and_saved_model_ignores_off_columns(
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
     run = train(
-        path, target="label", l1_inputs=0.4, ensemble=1, max_epochs=60, out=tmp_path / "run"
+        path, target="label", l1_inputs=0.2, ensemble=1, max_epochs=60, out=tmp_path / "run"
     )
     off = run.metrics["l1_zeroed_features"]
     noise = [f"n{j}" for j in range(8)]
-    assert sum(c in off for c in noise) >= 6, off
+    assert sum(c in off for c in noise) >= 5, off
     assert not any(c.startswith("s") for c in off), off
     # Reported in metrics.json too, and the report names them.
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -131,7 +131,7 @@ def test_default_ensemble_of_three_agrees_on_switched_off_columns(tmp_path: Path
     frame = _table(4, 8, n=500, seed=1)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    run = train(path, target="label", l1_inputs=0.4, max_epochs=60)
+    run = train(path, target="label", l1_inputs=0.2, max_epochs=60)
     off = run.metrics["l1_zeroed_features"]
     assert len(off) >= 4 and not any(c.startswith("s") for c in off), off
     # Reported = zero in every member the saved model averages.

@@ -211,7 +211,13 @@ class PopulationOptimizer:
                 eta = eta / scale
         thresh = eta * self.l1_inputs.view(k, 1) * sizes.sqrt()
         factor = torch.clamp(1.0 - thresh / norms.clamp_min(1e-30), min=0.0)
-        w.mul_(factor[:, index].unsqueeze(2))
+        keep = factor[:, index].unsqueeze(2)
+        w.mul_(keep)
+        state = self.optimizer.state.get(w)
+        if self.kind != "sgd" and state and "exp_avg" in state:
+            # A column set to zero forgets its momentum: only fresh gradient evidence that
+            # outweighs the penalty brings it back, not the memory of the steps that shrank it.
+            state["exp_avg"].mul_((keep > 0).to(w.dtype))
 
     def keep_members(
         self,
