@@ -119,6 +119,8 @@ class TrainConfig:
         group ``g`` per original input column (its ``p_g`` encoded inputs' outgoing first-layer
         weights, so a one-hot column is one group). Applied as the proximal group step after each
         optimizer step, so whole columns reach exactly zero and the model stops reading them.
+        While it is on, early stopping watches validation loss plus this penalty, so restoring the
+        best epoch does not bring back columns the penalty had switched off.
     patience : int, default 20
         Early stopping: epochs without a validation-loss improvement larger than ``min_delta``
         before stopping. 0 turns early stopping off.

@@ -193,7 +193,8 @@ class PopulationOptimizer:
         inputs, per member. Block soft-threshold: ``W1_g <- W1_g * max(0, 1 - t_g / ||W1_g||)``
         with ``t_g = eta * l1_inputs * sqrt(p_g)``; ``eta = lr`` for SGD, and for Adam/AdamW
         ``lr`` divided by the group's mean ``sqrt(v_hat) + eps`` (one step size per group keeps
-        the step a block shrink, so a whole column reaches zero at once).
+        the step a block shrink, so a whole column reaches zero at once). A column set to zero
+        also loses its Adam momentum, so that stale momentum does not push it off zero again.
         """
         w = self.penalized[0]
         k = w.shape[0]
