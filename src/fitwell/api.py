@@ -25,7 +25,7 @@ from fitwell.config import (
     load_toml,
     resolve_hidden,
 )
-from fitwell.data import PreparedData, load_table, prepare
+from fitwell.data import PreparedData, Preprocessor, load_table, prepare
 from fitwell.diagnosis.context import diagnose_fit
 from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import FitwellError, InputError
@@ -81,8 +81,22 @@ def make_config(
 
 def _member_settings(cfg: TrainConfig, seed: int) -> MemberSettings:
     return MemberSettings(
-        seed=seed, lr=cfg.lr, l1=cfg.l1, l2=cfg.l2, dropout=cfg.dropout_per_layer()
+        seed=seed,
+        lr=cfg.lr,
+        l1=cfg.l1,
+        l2=cfg.l2,
+        dropout=cfg.dropout_per_layer(),
+        l1_inputs=cfg.l1_inputs,
     )
+
+
+def input_groups(pre: Preprocessor) -> list[int]:
+    """Group id (original column) of each encoded input: one-hot levels share their column's."""
+    groups = [0] * len(pre.encoded_names)
+    for g, idx in enumerate(pre.encoded_groups().values()):
+        for i in idx:
+            groups[i] = g
+    return groups
 
 
 def _loop_settings(cfg: TrainConfig) -> LoopSettings:
@@ -205,6 +219,7 @@ def fit_prepared(
         y_val=prepared.y_val,
         device=device,
         callbacks=all_callbacks,
+        input_groups=input_groups(prepared.preprocessor),
     )
     if session is not None:
         session.attach(trainer, every=cfg.checkpoint_every, warn=warn)

@@ -63,6 +63,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)
     g.add_argument("--l1", type=float, help="L1 strength: adds l1*sum|W| (exact zeros)")
+    g.add_argument(
+        "--l1-inputs",
+        type=float,
+        help="feature selection: group lasso on each input column's first-layer weights "
+        "(whole columns switch off)",
+    )
     g.add_argument("--l2", type=float, help="L2 strength: adds l2*sum W^2")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     g.add_argument("--min-delta", type=float, help="smallest validation-loss improvement")
@@ -95,7 +101,18 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-_NOT_SETTINGS = {"command", "config", "out", "json", "quiet", "func", "tensorboard", "overwrite"}
+_NOT_SETTINGS = {
+    "command",
+    "config",
+    "out",
+    "json",
+    "quiet",
+    "func",
+    "tensorboard",
+    "overwrite",
+    "lambdas",
+    "tolerance",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser(
+        "select",
+        help="feature selection: train one population over a grid of --l1-inputs, choose on val",
+    )
+    _add_training_flags(p)
+    g = p.add_argument_group("selection")
+    g.add_argument("--lambdas", help="comma-separated l1_inputs grid (default 0,1e-4,...,0.3)")
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        help="choose the largest λ whose val score is within this of the best (default 0.01)",
+    )
+    p.set_defaults(func=cmd_select)
     return parser
 
 
@@ -339,12 +369,48 @@ def print_summary(m: dict[str, Any]) -> None:
         names = ", ".join(m["l1_zeroed_features"][:20])
         more = len(m["l1_zeroed_features"]) - 20
         console.print(
-            f"L1 switched off {len(m['l1_zeroed_features'])} input column(s): {names}"
-            + (f" … (+{more})" if more > 0 else "")
+            f"not read by the model: {len(m['l1_zeroed_features'])} input column(s) "
+            f"switched off in every member: {names}" + (f" … (+{more})" if more > 0 else "")
         )
     print_findings(m.get("findings", []))
     if m.get("run_dir"):
         console.print(f"run directory: {m['run_dir']}")
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from fitwell.api import make_config
+    from fitwell.errors import InputError
+    from fitwell.selection import DEFAULT_LAMBDAS, DEFAULT_TOLERANCE, select_features
+
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
+    if args.out is not None or args.tensorboard is not None:
+        raise InputError("`fitwell select` writes no run directory; drop --out/--tensorboard.")
+    cfg = make_config(args.config, **settings)
+    lambdas: list[float] | tuple[float, ...] = DEFAULT_LAMBDAS
+    if args.lambdas is not None:
+        try:
+            lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(
+                f"`--lambdas` must be comma-separated numbers; got {args.lambdas!r}."
+            ) from None
+    tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    path = select_features(cfg, lambdas, tolerance=tol)
+    if args.json:
+        print(json.dumps(path.to_dict()))
+        return EXIT_OK
+    score = path.score
+    print(f"{'l1_inputs':>10}  {'val_' + score:>10}  {'kept':>4}  columns off")
+    for i, p in enumerate(path.points):
+        mark = " <- chosen" if i == path.chosen else ""
+        off = ", ".join(p.off[:8]) + (f" … (+{len(p.off) - 8})" if len(p.off) > 8 else "")
+        print(f"{p.l1_inputs:>10g}  {p.val_score:>10.4f}  {len(p.kept):>4}  {off or '-'}{mark}")
+    c = path.chosen_point
+    print(
+        f"chosen l1_inputs = {c.l1_inputs:g}: the largest λ whose val {score} is within "
+        f"{path.tolerance:g} of the best; keeps {len(c.kept)} column(s): {', '.join(c.kept)}"
+    )
+    return EXIT_OK
 
 
 _AUTO_ONLY = {

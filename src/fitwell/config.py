@@ -61,7 +61,7 @@ MAX_MEMBERS = 1000
 MAX_COUNT = 2**31 - 1
 
 # Settings that may differ between members of one population without changing tensor shapes.
-PER_MEMBER_FIELDS = ("seed", "lr", "l1", "l2", "dropout")
+PER_MEMBER_FIELDS = ("seed", "lr", "l1", "l1_inputs", "l2", "dropout")
 
 
 @dataclass
@@ -114,6 +114,13 @@ class TrainConfig:
         batch-norm parameters are not penalised). Unlike scikit-learn's ``alpha`` (which is
         ``0.5 * alpha * ||W||^2 / n_samples``) the penalty is not divided by the row count.
         L1 is applied as a proximal (soft-threshold) step so weights become exactly zero.
+    l1_inputs : float, default 0.0
+        Feature selection (group lasso): adds ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||_2``, one
+        group ``g`` per original input column (its ``p_g`` encoded inputs' outgoing first-layer
+        weights, so a one-hot column is one group). Applied as the proximal group step after each
+        optimizer step, so whole columns reach exactly zero and the model stops reading them.
+        While it is on, early stopping watches validation loss plus this penalty, so restoring the
+        best epoch does not bring back columns the penalty had switched off.
     patience : int, default 20
         Early stopping: epochs without a validation-loss improvement larger than ``min_delta``
         before stopping. 0 turns early stopping off.
@@ -161,6 +168,7 @@ class TrainConfig:
     batch_size: int = 64
     max_epochs: int = 200
     l1: float = 0.0
+    l1_inputs: float = 0.0
     l2: float = 0.0
     patience: int = 20
     min_delta: float = 0.0
@@ -271,7 +279,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     if "dropout" in raw and not isinstance(raw["dropout"], (int, float)):
         got = _as_tuple(raw["dropout"], float, "dropout", problems)
         raw["dropout"] = got[0] if got is not None and len(got) == 1 else got
-    for name in ("lr", "momentum", "init_scale", "bias_init", "l1", "l2", "min_delta"):
+    for name in ("lr", "momentum", "init_scale", "bias_init", "l1", "l1_inputs", "l2", "min_delta"):
         if name in raw:
             try:
                 raw[name] = _to_float(raw[name])
@@ -358,7 +366,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
             problems.append(f"`{name}` must be a positive number; got {v}")
-    for name in ("l1", "l2", "min_delta"):
+    for name in ("l1", "l1_inputs", "l2", "min_delta"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             problems.append(f"`{name}` must be >= 0; got {v}. Use 0 to disable it")

@@ -46,6 +46,7 @@ class _FitwellEstimator(BaseEstimator):
         max_epochs: int = _DEFAULTS.max_epochs,
         l1: float = _DEFAULTS.l1,
         l2: float = _DEFAULTS.l2,
+        l1_inputs: float = _DEFAULTS.l1_inputs,
         patience: int = _DEFAULTS.patience,
         validation_fraction: float = 0.15,
         restarts: int = _DEFAULTS.restarts,
@@ -63,6 +64,7 @@ class _FitwellEstimator(BaseEstimator):
         self.max_epochs = max_epochs
         self.l1 = l1
         self.l2 = l2
+        self.l1_inputs = l1_inputs
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.restarts = restarts
@@ -87,6 +89,7 @@ class _FitwellEstimator(BaseEstimator):
                 "max_epochs": self.max_epochs,
                 "l1": self.l1,
                 "l2": self.l2,
+                "l1_inputs": self.l1_inputs,
                 "patience": self.patience,
                 "restarts": self.restarts,
                 "ensemble": self.ensemble,
@@ -137,7 +140,12 @@ class _FitwellEstimator(BaseEstimator):
         drop = tuple(float(self.dropout) for _ in hidden)
         members = [
             MemberSettings(
-                seed=self.random_state + r, lr=self.lr, l1=self.l1, l2=self.l2, dropout=drop
+                seed=self.random_state + r,
+                lr=self.lr,
+                l1=self.l1,
+                l2=self.l2,
+                dropout=drop,
+                l1_inputs=self.l1_inputs,
             )
             for r in range(max(self.restarts, self.ensemble))
         ]
@@ -218,6 +226,9 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         Penalty strengths: the objective is ``mean_batch_loss + l1 * sum|W| + l2 * sum W**2``
         over weight matrices, not divided by the row count (scikit-learn's MLP ``alpha`` is
         ``0.5 * alpha * ||W||^2 / n_samples``).
+    l1_inputs : float, default 0.0
+        Feature selection: adds ``l1_inputs * sum_j ||W1[j, :]||_2`` (one group per input column
+        of ``X``), applied as a proximal group step so whole columns reach exactly zero.
     patience : int, default 20
         Early-stopping patience in epochs on validation loss; 0 turns it off.
     validation_fraction : float, default 0.15

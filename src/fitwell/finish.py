@@ -264,6 +264,7 @@ def _metrics(
                 "seed": m.settings.seed,
                 "lr": m.settings.lr,
                 "l1": m.settings.l1,
+                "l1_inputs": m.settings.l1_inputs,
                 "l2": m.settings.l2,
                 "dropout": list(m.settings.dropout),
                 "best_epoch": m.best_epoch,

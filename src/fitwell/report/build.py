@@ -65,9 +65,13 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
 
 
 def _l1_strengths(folder: Path, metrics: dict[str, Any]) -> list[float] | None:
-    """The distinct L1 strengths the run's members trained with; None when not recorded."""
+    """The distinct L1 and group-L1 (``l1_inputs``) strengths the run's members trained with;
+    None when not recorded. Either can switch input columns off."""
     values: list[Any] = [
-        p.get("l1") for p in metrics.get("population") or [] if isinstance(p, dict)
+        p.get(key, 0.0)
+        for p in metrics.get("population") or []
+        if isinstance(p, dict)
+        for key in ("l1", "l1_inputs")
     ]
     if not values:
         path = folder / runs.CONFIG_FILE
@@ -78,7 +82,8 @@ def _l1_strengths(folder: Path, metrics: dict[str, Any]) -> list[float] | None:
         else:
             import tomli as tomllib
         try:
-            values = [tomllib.loads(path.read_text(encoding="utf-8")).get("l1", 0.0)]
+            saved = tomllib.loads(path.read_text(encoding="utf-8"))
+            values = [saved.get("l1", 0.0), saved.get("l1_inputs", 0.0)]
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             return None
     numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -100,7 +100,8 @@ class EarlyStopping(Callback):
         logs: dict[int, dict[str, float]] = kwargs["logs"]
         improved: list[int] = []
         for member, row in logs.items():
-            loss = float(row["val_loss"])
+            # ``val_objective`` (val loss + group penalty) when a feature-selection penalty is on.
+            loss = float(row.get("val_objective", row["val_loss"]))
             self.val_losses[member].append(loss)
             if math.isfinite(loss) and loss < self.best_loss[member] - self.min_delta:
                 self.best_loss[member] = loss

@@ -37,6 +37,7 @@ class MemberSettings:
     l1: float = 0.0
     l2: float = 0.0
     dropout: tuple[float, ...] = ()
+    l1_inputs: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Trainer:
         y_val: np.ndarray,
         device: torch.device,
         callbacks: Sequence[Callback] = (),
+        input_groups: Sequence[int] | None = None,
     ) -> None:
         # From the shape alone, before any tensor exists: a typo like hidden 10**9 is refused
         # with the estimate instead of failing in the allocator.
@@ -123,6 +125,7 @@ class Trainer:
         self.loop = loop
         self.task = task
         self.device = device
+        self.input_groups = None if input_groups is None else list(input_groups)
         self.score = score_name(task)
         y_dtype = torch.long if task == "classification" else torch.float32
         # Row-major storage: every step gathers rows, and a column-major array (what pandas
@@ -178,6 +181,8 @@ class Trainer:
             l1s=self._member_tensor("l1"),
             l2s=self._member_tensor("l2"),
             momentum=loop.momentum,
+            l1_inputs=self._member_tensor("l1_inputs"),
+            input_groups=self.input_groups,
         )
 
     # ----------------------------------------------------------------- population bookkeeping
@@ -384,6 +389,9 @@ class Trainer:
                 self.x_train, self.y_train, hooks=self.eval_preactivation_hooks
             )
             val_loss, val_score = self.evaluate(self.x_val, self.y_val)
+            # With the group penalty, early stopping watches the penalised objective: on the loss
+            # alone it restores an epoch from before the columns reached zero, hiding selection.
+            penalty = self.optimizer.group_penalty()
             logs: dict[int, dict[str, float]] = {}
             for pos, m in enumerate(self.active):
                 logs[m] = {
@@ -393,6 +401,8 @@ class Trainer:
                     f"val_{self.score}": float(val_score[pos]),
                     "lr": self.members[m].lr,
                 }
+                if penalty is not None:
+                    logs[m]["val_objective"] = float(val_loss[pos]) + float(penalty[pos])
             for cb in self.callbacks:
                 cb.on_epoch_end(self, logs=logs)
             for m, row in logs.items():

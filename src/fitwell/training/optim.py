@@ -28,11 +28,12 @@ def _member_view(values: torch.Tensor, param: torch.Tensor, n_members: int) -> t
 
 
 class PopulationOptimizer:
-    """One optimizer over stacked parameters, with per-member ``lr``, ``l1`` and ``l2``.
+    """One optimizer over stacked parameters, with per-member ``lr``, ``l1``, ``l1_inputs``, ``l2``.
 
     ``penalized`` are the weight matrices the L1 proximal step and the L2 gradient act on. Which
     members use which penalty is read once here (and again when members are removed), so a step
-    never waits on the device to decide what to do.
+    never waits on the device to decide what to do. ``input_groups[i]`` is the group (original
+    column) of encoded input ``i`` for the ``l1_inputs`` group step (default: one group each).
     """
 
     def __init__(
@@ -45,12 +46,16 @@ class PopulationOptimizer:
         l1s: torch.Tensor,
         l2s: torch.Tensor | None = None,
         momentum: float = 0.9,
+        l1_inputs: torch.Tensor | None = None,
+        input_groups: Sequence[int] | None = None,
     ) -> None:
         self.kind = kind
         self.momentum = momentum
         self.lrs = lrs
         self.l1s = l1s
         self.l2s = torch.zeros_like(lrs) if l2s is None else l2s
+        self.l1_inputs = torch.zeros_like(lrs) if l1_inputs is None else l1_inputs
+        self.input_groups = None if input_groups is None else list(input_groups)
         self.params = list(params)
         self.penalized = list(penalized)
         self._refresh()
@@ -62,6 +67,7 @@ class PopulationOptimizer:
         self._uniform_lr = all(lr == lrs[0] for lr in lrs)
         self._any_l1 = any(v > 0 for v in self.l1s.tolist())
         self._any_l2 = any(v > 0 for v in self.l2s.tolist())
+        self._any_group = any(v > 0 for v in self.l1_inputs.tolist())
         k = self.n_members
         self._lr_views = [_member_view(self.lrs, p, k) for p in self.params]
         self._l1_views = [_member_view(self.lrs * self.l1s, w, k) for w in self.penalized]
@@ -136,6 +142,8 @@ class PopulationOptimizer:
             torch._foreach_add_(self.params, self._before)
         if self._any_l1:
             self._l1_proximal_step()
+        if self._any_group:
+            self._group_proximal_step()
 
     @torch.no_grad()
     def _l1_proximal_step(self) -> None:
@@ -155,6 +163,63 @@ class PopulationOptimizer:
                     thresh = thresh / (v_hat.sqrt() + ADAM_EPS)
             w.copy_(torch.sign(w) * torch.clamp(w.abs() - thresh, min=0.0))
 
+    def _group_norms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group index per input, group sizes ``p_g`` and per-member norms ``||W1_g||`` [K, G]."""
+        w = self.penalized[0]
+        k, n_in = w.shape[0], w.shape[1]
+        groups = self.input_groups if self.input_groups is not None else list(range(n_in))
+        index = torch.as_tensor(groups, dtype=torch.long, device=w.device)
+        n_groups = int(max(groups)) + 1
+        sizes = torch.zeros(n_groups, device=w.device).index_add_(
+            0, index, torch.ones(n_in, device=w.device)
+        )
+        sq = torch.zeros(k, n_groups, device=w.device, dtype=w.dtype)
+        sq.index_add_(1, index, (w * w).sum(dim=2))
+        return index, sizes, sq.sqrt()
+
+    @torch.no_grad()
+    def group_penalty(self) -> torch.Tensor | None:
+        """Per member ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||``; None when no member uses it."""
+        if not self._any_group:
+            return None
+        _, sizes, norms = self._group_norms()
+        return self.l1_inputs * (norms * sizes.sqrt()).sum(dim=1)
+
+    @torch.no_grad()
+    def _group_proximal_step(self) -> None:
+        """Proximal step of ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||_2`` on the first layer.
+
+        ``W1_g`` are the outgoing first-layer weights of input column ``g``'s ``p_g`` encoded
+        inputs, per member. Block soft-threshold: ``W1_g <- W1_g * max(0, 1 - t_g / ||W1_g||)``
+        with ``t_g = eta * l1_inputs * sqrt(p_g)``; ``eta = lr`` for SGD, and for Adam/AdamW
+        ``lr`` divided by the group's mean ``sqrt(v_hat) + eps`` (one step size per group keeps
+        the step a block shrink, so a whole column reaches zero at once). A column set to zero
+        also loses its Adam momentum, so that stale momentum does not push it off zero again.
+        """
+        w = self.penalized[0]
+        k = w.shape[0]
+        index, sizes, norms = self._group_norms()
+        n_groups = sizes.numel()
+        eta = self.lrs.view(k, 1).expand(k, n_groups)
+        if self.kind != "sgd":
+            state = self.optimizer.state.get(w)
+            if state and "exp_avg_sq" in state:
+                beta2 = self.optimizer.param_groups[0]["betas"][1]
+                v_hat = state["exp_avg_sq"] / (1 - beta2 ** state["step"])
+                scale = torch.zeros(k, n_groups, device=w.device, dtype=w.dtype)
+                scale.index_add_(1, index, v_hat.sqrt().sum(dim=2))
+                scale = scale / (sizes * w.shape[2]) + ADAM_EPS
+                eta = eta / scale
+        thresh = eta * self.l1_inputs.view(k, 1) * sizes.sqrt()
+        factor = torch.clamp(1.0 - thresh / norms.clamp_min(1e-30), min=0.0)
+        keep = factor[:, index].unsqueeze(2)
+        w.mul_(keep)
+        state = self.optimizer.state.get(w)
+        if self.kind != "sgd" and state and "exp_avg" in state:
+            # A column set to zero forgets its momentum: only fresh gradient evidence that
+            # outweighs the penalty brings it back, not the memory of the steps that shrank it.
+            state["exp_avg"].mul_((keep > 0).to(w.dtype))
+
     def keep_members(
         self,
         mapping: dict[torch.Tensor, tuple[nn.Parameter, torch.Tensor]],
@@ -165,6 +230,7 @@ class PopulationOptimizer:
         self.lrs = self.lrs[members]
         self.l1s = self.l1s[members]
         self.l2s = self.l2s[members]
+        self.l1_inputs = self.l1_inputs[members]
         new_of = {id(old): new for old, (new, _) in mapping.items()}
         self.params = [new_of[id(p)] for p in self.params]
         self.penalized = [new_of[id(p)] for p in self.penalized]

@@ -84,6 +84,8 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         l1s=trainer._member_tensor("l1"),
         l2s=trainer._member_tensor("l2"),
         momentum=trainer.loop.momentum,
+        l1_inputs=trainer._member_tensor("l1_inputs"),
+        input_groups=trainer.input_groups,
     )
     opt = state["optimizer"]
     trainer.optimizer.load_state_dict(
@@ -129,4 +131,5 @@ def _member(data: dict[str, Any]) -> MemberSettings:
         l1=float(data["l1"]),
         l2=float(data["l2"]),
         dropout=tuple(float(p) for p in data["dropout"]),
+        l1_inputs=float(data.get("l1_inputs", 0.0)),
     )

@@ -1,0 +1,121 @@
+"""Feature selection by a regularisation path: one population over a grid of ``l1_inputs``.
+
+Members differ only in ``l1_inputs`` (same seed, same data order), so the path is one batched
+model. The choice reads validation scores only; the test split stays sealed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fitwell.api import fit_prepared, load_and_prepare, resolve_device
+from fitwell.config import TrainConfig
+from fitwell.errors import InputError
+from fitwell.finish import l1_zeroed_features
+from fitwell.metrics import score_name
+
+DEFAULT_LAMBDAS = (0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.15, 0.2, 0.3)
+DEFAULT_TOLERANCE = 0.01
+
+
+@dataclass
+class PathPoint:
+    """One λ of the path: the columns its member reads and its validation score."""
+
+    l1_inputs: float
+    val_score: float
+    val_loss: float
+    kept: list[str]
+    off: list[str]
+
+
+@dataclass
+class SelectionPath:
+    """The path and the chosen λ (largest whose val score is within ``tolerance`` of the best)."""
+
+    score: str
+    tolerance: float
+    points: list[PathPoint]
+    chosen: int
+
+    @property
+    def chosen_point(self) -> PathPoint:
+        return self.points[self.chosen]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "tolerance": self.tolerance,
+            "rule": "largest l1_inputs whose val score >= best val score - tolerance",
+            "chosen_l1_inputs": self.chosen_point.l1_inputs,
+            "chosen_kept": self.chosen_point.kept,
+            "chosen_off": self.chosen_point.off,
+            "path": [p.__dict__ for p in self.points],
+        }
+
+
+def choose_lambda(lambdas: Sequence[float], scores: Sequence[float], tolerance: float) -> int:
+    """Index of the largest λ whose score (higher is better) is within ``tolerance`` of the best.
+
+    Non-finite scores never qualify. A larger λ reads fewer columns, so among near-ties the
+    simplest model wins (the "one standard error" habit, with a fixed tolerance).
+    """
+    finite = [s for s in scores if math.isfinite(s)]
+    if not finite:
+        raise InputError("every λ of the path diverged; lower `lr` or the largest λ.")
+    best = max(finite)
+    ok = [i for i, s in enumerate(scores) if math.isfinite(s) and s >= best - tolerance]
+    return max(ok, key=lambda i: (lambdas[i], -i))
+
+
+def check_lambdas(lambdas: Sequence[float], tolerance: float) -> list[float]:
+    """Validate the grid and tolerance, collecting every problem into one message."""
+    problems = []
+    values = [float(v) for v in lambdas]
+    if not values:
+        problems.append("`lambdas` must hold at least one value; got none")
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        problems.append(f"`lambdas` must be >= 0 and finite; got {bad}. Use 0 for no penalty")
+    if len(set(values)) != len(values):
+        problems.append(f"`lambdas` must be distinct; got {values}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        problems.append(f"`tolerance` must be >= 0; got {tolerance}")
+    if problems:
+        raise InputError("; ".join(problems) + ".")
+    return sorted(values)
+
+
+def select_features(
+    cfg: TrainConfig,
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    prepared: Any = None,
+) -> SelectionPath:
+    """Train one member per λ (one batched population) and choose λ on validation data.
+
+    ``cfg`` gives everything but ``l1_inputs``; each member has ``restarts = ensemble = 1`` and
+    ``cfg.seed``. ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading.
+    """
+    grid = check_lambdas(lambdas, tolerance)
+    prepared = prepared if prepared is not None else load_and_prepare(cfg)
+    base = cfg.replace(restarts=1, ensemble=1)
+    configs = [base.replace(l1_inputs=lam) for lam in grid]
+    pop = fit_prepared(configs, prepared, device=resolve_device(cfg.device))
+    points: list[PathPoint] = []
+    for member in pop.fit.members:
+        lam = grid[pop.origin[member.member]]
+        if member.finite and member.state:
+            off, _ = l1_zeroed_features(member.state["weights.0"], prepared.preprocessor)
+        else:
+            off = []
+        kept = [c for c in prepared.preprocessor.encoded_groups() if c not in off]
+        score = member.val_score if member.finite else float("nan")
+        points.append(PathPoint(lam, float(score), float(member.val_loss), kept, off))
+    points.sort(key=lambda p: p.l1_inputs)
+    chosen = choose_lambda([p.l1_inputs for p in points], [p.val_score for p in points], tolerance)
+    return SelectionPath(score_name(prepared.task), tolerance, points, chosen)
