@@ -96,6 +96,13 @@ def _write_tables(folder: Path) -> dict[str, Path]:
         leaky.to_csv(paths[f"{name}_leaky"], index=False)
         paths[name] = folder / f"{name}.csv"
         frame.to_csv(paths[name], index=False)
+    # Drawn last, so the tables above stay what they were before it was added.
+    # A 4x4 checkerboard: no linear model beats chance, a network with enough units draws it.
+    xb = rng.uniform(0, 4, size=(2 * n, 2))
+    board = pd.DataFrame(xb, columns=["a", "b"])
+    board["target"] = (np.floor(xb).sum(axis=1) % 2).astype(int)
+    paths["checkerboard"] = folder / "checkerboard.csv"
+    board.to_csv(paths["checkerboard"], index=False)
     return paths
 
 
@@ -126,6 +133,18 @@ def setups() -> list[Setup]:
     out.append(Setup("underfitting/digits-2units", "underfitting", {**HEALTHY, "hidden": (2,)}))
     out.append(Setup("underfitting/wine-l2", "underfitting", {**HEALTHY, "l2": 1.0}, "wine"))
     out.append(Setup("underfitting/digits-dropout", "underfitting", {**HEALTHY, "dropout": 0.9}))
+    # Capacity-starved where a linear model is weak, so only a wider network can show it.
+    out.append(
+        Setup("underfitting/mnist1d-8x8", "underfitting", {**HEALTHY, "hidden": (8, 8)}, "mnist1d")
+    )
+    out.append(
+        Setup(
+            "underfitting/checkerboard-4units",
+            "underfitting",
+            {**HEALTHY, "hidden": (4,), "dropout": 0.0, "max_epochs": 60},
+            "checkerboard",
+        )
+    )
     # Tiny networks whose restarts land in different minima. Dropout is pinned to 0: the
     # default 0.2 would drop a 2-unit layer's units at random, a different fault.
     lm = {
@@ -156,7 +175,15 @@ def setups() -> list[Setup]:
         ("leakage/wine", HEALTHY, "wine"),
         ("underfitting/digits-2units", HEALTHY, "digits"),
         ("local_minimum/xor", {**lm, "hidden": (32, 32)}, "xor"),
-        ("mnist1d", {**HEALTHY, "max_epochs": 10}, "mnist1d"),
+        # fitwell's width for a table this size: 64 x 64 underfits MNIST-1D (validation accuracy
+        # 0.47-0.49 after 10 epochs where a 256 x 256 network reaches 0.57-0.58).
+        ("mnist1d", {**HEALTHY, "hidden": (256, 256), "max_epochs": 10}, "mnist1d"),
+        ("underfitting/mnist1d-8x8", {**HEALTHY, "hidden": (256, 256)}, "mnist1d"),
+        (  # fitwell's width for 1,400 training rows; 64 x 64 early-stops at 0.81-0.85 in 3 of 5
+            "underfitting/checkerboard-4units",  # seeds, where a 256 x 256 network reaches 0.94+
+            {**HEALTHY, "hidden": (256, 256), "dropout": 0.0, "max_epochs": 60},
+            "checkerboard",
+        ),
     ]
     for of, settings, ds in twins:
         out.append(Setup(f"healthy/{of}", None, settings, ds, twin_of=of))
@@ -202,12 +229,15 @@ def run_one(setup: Setup, seed: int, tables: dict[str, Path]) -> dict[str, Any]:
         activation=signals["activation"],
     )
     codes = sorted({f["code"] for f in run.metrics["findings"] if f["severity"] != "info"})
+    capacity = signals["context"].get("capacity") or {}
     return {
         "codes": codes,
         "first": first,
         "failed": False,
         "max_epochs": settings.get("max_epochs", 200),
         "seconds": seconds,
+        # The wider reference network's share of the run (0 when it was not needed).
+        "capacity_seconds": float(capacity.get("seconds", 0.0)),
         "info": sorted({f["code"] for f in run.metrics["findings"] if f["severity"] == "info"}),
     }
 
@@ -259,10 +289,11 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
         "patience": 0,
         "ensemble": 1,
     }
-    real_probe, real_diagnose, real_hashes = (
+    real_probe, real_diagnose, real_hashes, real_capacity = (
         api.SignalProbe,
         api.diagnose_fit,
         preparation.count_rows_seen,
+        api.needs_capacity_reference,
     )
 
     class Silent(probes.SignalProbe):
@@ -279,6 +310,9 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
 
     def no_hashes(rows: Any, seen: Any) -> int:
         return 0
+
+    def no_capacity(*args: Any, **kwargs: Any) -> bool:
+        return False
 
     # The with-doctor runs also time the doctor's own calls (probe hooks, diagnosis, duplicate
     # counting), an accounting of its cost inside the run that machine noise does not blur. The
@@ -308,10 +342,12 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
             api.SignalProbe = ClockedProbe  # type: ignore[misc]
             api.diagnose_fit = clocked(real_diagnose)  # type: ignore[assignment]
             preparation.count_rows_seen = clocked(real_hashes)  # type: ignore[assignment]
+            api.needs_capacity_reference = clocked(real_capacity)  # type: ignore[assignment]
         else:
             api.SignalProbe = Silent  # type: ignore[misc]
             api.diagnose_fit = no_diagnosis  # type: ignore[assignment]
             preparation.count_rows_seen = no_hashes  # type: ignore[assignment]
+            api.needs_capacity_reference = no_capacity  # type: ignore[assignment]
         try:
             start, cpu_start = time.perf_counter(), time.process_time()
             train(seed=0, **settings)
@@ -321,6 +357,7 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
             api.SignalProbe = real_probe  # type: ignore[misc]
             api.diagnose_fit = real_diagnose  # type: ignore[assignment]
             preparation.count_rows_seen = real_hashes  # type: ignore[assignment]
+            api.needs_capacity_reference = real_capacity  # type: ignore[assignment]
 
     timed(True)
     timed(False)
@@ -351,7 +388,7 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
         "accounted_ratio": 1.0 / (1.0 - statistics.median(shares)),
         "ratios": ratios,
         "note": "'without' removes the whole doctor: probe hooks, post-training diagnosis "
-        "(baseline, linear reference, rules) and duplicate-row counting",
+        "(baseline, linear reference, capacity check, rules) and duplicate-row counting",
     }
 
 

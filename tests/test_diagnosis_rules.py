@@ -217,6 +217,40 @@ def test_underfitting_means_worse_than_a_linear_model_on_both_splits() -> None:
     )
 
 
+def test_underfitting_against_a_wider_network_where_the_linear_model_is_weak() -> None:
+    history = curve([1.0, 0.9], [1.0, 0.9], acc=(0.45, 0.42))
+    weak_linear = {"linear_train_score": 0.3, "linear_val_score": 0.3}
+    assert "underfitting" not in codes(run([rec(1), rec(2)], history, model_epoch=2, **weak_linear))
+    wider = {"capacity_train_score": 0.84, "capacity_val_score": 0.58, "capacity_hidden": (32, 32)}
+    found = run([rec(1), rec(2)], history, model_epoch=2, **weak_linear, **wider)
+    under = [f for f in found if f["code"] == "underfitting"]
+    assert len(under) == 1 and under[0]["severity"] == "warning"
+    assert under[0]["evidence"]["wider_val_score"] == 0.58
+    assert "wider network" in under[0]["advice"]
+    # The wider network only memorizes its rows (no better on validation): not underfitting.
+    overfit_ref = {**wider, "capacity_val_score": 0.45}
+    assert "underfitting" not in codes(
+        run([rec(1), rec(2)], history, model_epoch=2, **weak_linear, **overfit_ref)
+    )
+
+
+@pytest.mark.parametrize(
+    ("train_acc", "found", "needed"),
+    [
+        (0.5, set(), True),
+        (0.96, set(), False),  # no reference can beat 0.96 by the 0.05 margin
+        (0.5, {"lr_too_high"}, False),  # the poor fit is the optimizer's fault
+        (0.5, {"underfitting"}, False),  # the linear model already showed it
+        (0.5, {"no_signal"}, True),  # too small to beat the baseline looks like no signal
+        (0.5, {"overfitting"}, True),
+    ],
+)
+def test_capacity_check_needed(train_acc: float, found: set[str], needed: bool) -> None:
+    history = curve([1.0, 0.9], [1.0, 0.9], acc=(train_acc, 0.4))
+    context = ctx(model_epoch=2)
+    assert rules.capacity_check_needed(history, context, "accuracy", found) is needed
+
+
 def test_local_minimum_from_restart_spread() -> None:
     stalled = [[(0, 0.95), (1, 0.96), (2, 0.55), (3, 0.94)]]
     found = [

@@ -26,7 +26,11 @@ from fitwell.config import (
     resolve_hidden,
 )
 from fitwell.data import PreparedData, Preprocessor, load_table, prepare
-from fitwell.diagnosis.context import diagnose_fit
+from fitwell.diagnosis.context import (
+    diagnose_fit,
+    needs_capacity_reference,
+    with_capacity_reference,
+)
 from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import FitwellError, InputError
 from fitwell.finish import finish_run, l1_zeroed_features
@@ -41,6 +45,7 @@ from fitwell.training import (
     ProgressBar,
     Trainer,
 )
+from fitwell.training.capacity import capacity_reference
 
 __all__ = [
     "PopulationFit",
@@ -180,12 +185,15 @@ def fit_prepared(
     progress: bool | None = False,
     session: Any = None,
     warn: Callable[[str], None] | None = None,
+    check_capacity: bool = True,
 ) -> PopulationFit:
     """Train ``configs`` as one batched population on prepared arrays and diagnose it.
 
     Reads the training and validation arrays only: the sealed test split stays closed, so any
     number of populations can be fitted and compared before :func:`fitwell.finish.finish_run`.
     ``session`` (a :class:`fitwell.resume.RunSession`) checkpoints the run into its folder.
+    ``check_capacity`` lets the doctor train a wider reference network when the run fits its
+    training rows poorly (``fitwell.training.capacity``); a search that only ranks losses skips it.
     """
     started = time.perf_counter()
     cfgs = list(configs)
@@ -232,6 +240,20 @@ def fit_prepared(
         restored_best=bool(cfg.restore_best and cfg.patience > 0),
         events=getattr(trainer, "events", []),
     )
+    if check_capacity and needs_capacity_reference(signals, fit.history):
+        reference = capacity_reference(
+            arch,
+            task=prepared.task,
+            x_train=prepared.x_train,
+            y_train=prepared.y_train,
+            x_val=prepared.x_val,
+            y_val=prepared.y_val,
+            batch_size=cfg.batch_size,
+            max_epochs=cfg.max_epochs,
+            seed=cfg.seed,
+            device=device,
+        )
+        signals = with_capacity_reference(signals, fit.history, reference)
     return PopulationFit(
         configs=cfgs,
         origin=origin,

@@ -29,6 +29,9 @@ class PopulationJob:
     seconds: float | None = None  # time limit from the start of training (None: none)
     rungs: list[int] = field(default_factory=list)  # successive-halving epochs (empty: none)
     label: str = ""
+    # Let the doctor train a wider reference network for the underfitting rule (baseline and
+    # repairs need it; search trials are only ranked by loss, so they skip its cost).
+    check_capacity: bool = True
 
 
 @dataclass
@@ -109,7 +112,13 @@ class LocalExecutor:
         deadline = Deadline(None if job.seconds is None else started + job.seconds)
         pruner = RungPruner(job.rungs)
         callbacks = [deadline, pruner] if job.rungs else [deadline]
-        pop = fit_prepared(cfgs, self.prepared, device=self.device, callbacks=callbacks)
+        pop = fit_prepared(
+            cfgs,
+            self.prepared,
+            device=self.device,
+            callbacks=callbacks,
+            check_capacity=job.check_capacity,
+        )
         return summarize(pop, pruner.pruned, deadline.fired, time.perf_counter() - started)
 
 

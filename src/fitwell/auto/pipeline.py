@@ -159,6 +159,7 @@ class AutoSearch:
             seconds=None if math.isinf(left) else max(left, 0.0),
             rungs=list(rungs),
             label=label,
+            check_capacity=stage != "search",
         )
         return self.executor.run(job)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fitwell.diagnosis.findings import diagnose
-from fitwell.diagnosis.rules import RunContext
+from fitwell.diagnosis.rules import RunContext, capacity_check_needed
 
 SIGNALS_FILE = "signals.json"
 # Ridge strength of the linear reference, on standardized features (scikit-learn Ridge's default).
@@ -96,6 +96,9 @@ def build_context(doc: dict[str, Any]) -> RunContext:
         baseline_val_score=doc.get("baseline_val_score"),
         linear_train_score=doc.get("linear_train_score"),
         linear_val_score=doc.get("linear_val_score"),
+        capacity_train_score=(doc.get("capacity") or {}).get("train_score"),
+        capacity_val_score=(doc.get("capacity") or {}).get("val_score"),
+        capacity_hidden=tuple((doc.get("capacity") or {}).get("hidden") or ()) or None,
         restart_groups=[
             [(int(m), float("nan") if s is None else float(s)) for m, s in g]
             for g in doc.get("restart_groups", [])
@@ -207,4 +210,23 @@ def diagnose_fit(
     doc = probe.signals()
     doc["context"] = context
     doc["findings"] = findings_from_signals(doc, fit.history)
+    return doc
+
+
+def needs_capacity_reference(signals: dict[str, Any], history: Sequence[dict[str, Any]]) -> bool:
+    """Whether the finished run leaves room for underfitting that only a wider network can show
+    (:func:`fitwell.diagnosis.rules.capacity_check_needed`, on the run's own findings)."""
+    ctx = build_context(signals["context"])
+    score = "accuracy" if ctx.task == "classification" else "r2"
+    codes = {f["code"] for f in signals.get("findings", []) if f["severity"] != "info"}
+    return capacity_check_needed(history, ctx, score, codes)
+
+
+def with_capacity_reference(
+    signals: dict[str, Any], history: Sequence[dict[str, Any]], reference: dict[str, Any]
+) -> dict[str, Any]:
+    """The signals document with the wider network's result in its context, findings redone."""
+    doc = dict(signals)
+    doc["context"] = {**signals["context"], "capacity": dict(reference)}
+    doc["findings"] = findings_from_signals(doc, history)
     return doc

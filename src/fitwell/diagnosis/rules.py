@@ -112,6 +112,11 @@ class RunContext:
     baseline_val_score: float | None = None
     linear_train_score: float | None = None
     linear_val_score: float | None = None
+    # A wider, unregularized network's scores on the same rows (``fitwell.training.capacity``);
+    # None when it was not needed (the run fits its training rows) or not run (a user's loop).
+    capacity_train_score: float | None = None
+    capacity_val_score: float | None = None
+    capacity_hidden: tuple[int, ...] | None = None
     restart_groups: list[list[tuple[int, float]]] = field(default_factory=list)
     # Training rows: the noise of training-split scores (0 = unknown).
     n_train: int = 0
@@ -480,9 +485,17 @@ def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> 
 def underfitting_findings(
     history: Sequence[dict[str, Any]], ctx: RunContext, score: str
 ) -> list[dict]:
-    """The network fits worse than a linear model, on training and on validation rows."""
-    if ctx.linear_train_score is None or ctx.linear_val_score is None:
-        return []
+    """The network fits worse, on training and on validation rows alike, than a linear model or
+    than a wider network trained briefly on the same rows.
+
+    Both yardsticks are needed: the linear one costs nothing but is weak where a linear fit is
+    weak (MNIST-1D), the wider network holds anywhere but costs a short run, so it is only
+    trained when :func:`capacity_check_needed` leaves room for the finding. Trailing on both
+    splits is what separates too little capacity (or too much regularization) from overfitting.
+    The wider network is one seed, so on validation it must also lead by more than the noise of
+    a difference of two scores (2 standard errors, as for restarts): on a small split a lucky
+    seed would otherwise pass for capacity.
+    """
     train = dict(_curve(history, ctx.member, f"train_{score}"))
     val = dict(_curve(history, ctx.member, f"val_{score}"))
     if not train:
@@ -491,24 +504,60 @@ def underfitting_findings(
     net_train, net_val = train[epoch], val.get(epoch)
     if net_val is None:
         return []
-    gap_train = ctx.linear_train_score - net_train
-    gap_val = ctx.linear_val_score - net_val
-    if gap_train > UNDERFIT_MARGIN and gap_val > UNDERFIT_MARGIN:
-        return [
-            finding(
-                "underfitting",
-                "warning",
-                "widen the network (e.g. hidden 256,256), lower l2 / dropout, or train longer",
-                epoch=epoch,
-                member=ctx.member,
-                train_score=net_train,
-                val_score=net_val,
-                linear_train_score=ctx.linear_train_score,
-                linear_val_score=ctx.linear_val_score,
-                margin=UNDERFIT_MARGIN,
-            )
-        ]
+    references = [
+        ("linear model", ctx.linear_train_score, ctx.linear_val_score),
+        ("wider network", ctx.capacity_train_score, ctx.capacity_val_score),
+    ]
+    for name, ref_train, ref_val in references:
+        if ref_train is None or ref_val is None:
+            continue
+        needed = UNDERFIT_MARGIN
+        if name == "wider network":
+            needed = max(needed, NO_SIGNAL_SE * math.sqrt(2.0) * _standard_error(ctx, ref_val))
+        if ref_train - net_train > UNDERFIT_MARGIN and ref_val - net_val > needed:
+            evidence: dict[str, Any] = {"train_score": net_train, "val_score": net_val}
+            if name == "linear model":
+                evidence |= {"linear_train_score": ref_train, "linear_val_score": ref_val}
+            else:
+                evidence |= {
+                    "wider_train_score": ref_train,
+                    "wider_val_score": ref_val,
+                    "wider_hidden": list(ctx.capacity_hidden or ()),
+                }
+            return [
+                finding(
+                    "underfitting",
+                    "warning",
+                    f"a {name} fits these rows better: widen the network (e.g. hidden 256,256), "
+                    "lower l2 / dropout, or train longer",
+                    epoch=epoch,
+                    member=ctx.member,
+                    **evidence,
+                    margin=round(needed, 4),
+                )
+            ]
     return []
+
+
+def capacity_check_needed(
+    history: Sequence[dict[str, Any]], ctx: RunContext, score: str, codes: set[str]
+) -> bool:
+    """Whether a wider reference network could show underfitting that nothing else explains.
+
+    Not when the run reaches ``1 - UNDERFIT_MARGIN`` on its training rows: scores are at most 1,
+    so no reference can beat it there by the margin. Not when an optimization fault or
+    underfitting (already shown by the linear model) was found: the reference would only confirm
+    what the findings already say, at the cost of a run. A ``no_signal`` finding does not stop it:
+    a network too small to beat the trivial baseline looks like data without signal, and only a
+    network that can fit tells the two apart.
+    """
+    if codes & (set(OPTIMIZATION_FAULTS) | {"underfitting"}):
+        return False
+    train = dict(_curve(history, ctx.member, f"train_{score}"))
+    if not train:
+        return False
+    epoch = ctx.model_epoch if ctx.model_epoch in train else max(train)
+    return train[epoch] < 1.0 - UNDERFIT_MARGIN
 
 
 def local_minimum_findings(
