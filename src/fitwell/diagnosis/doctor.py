@@ -32,11 +32,15 @@ from fitwell.diagnosis.rules import (
     divergence_findings,
     no_signal_findings,
     overfitting_findings,
+    probabilities_as_logits_findings,
     signal_findings,
 )
 
 # Weights whose change over one epoch is 1000x their norm have blown up (healthy: < 1).
 EXPLODING_WEIGHT_RATIO = 1e3
+# Output rows within this of summing to 1 (float32 softmax sums are within ~1e-6 of it), and
+# gradient rows whose sum is this small against their absolute sum, count as exact.
+ROW_SUM_TOLERANCE = 1e-4
 _RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SELU, nn.CELU, nn.SiLU)
 _SATURATING = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
 
@@ -108,6 +112,7 @@ class Doctor:
         if self._handles:
             return
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+        self._handles.append(self.model.register_forward_hook(self._output_hook))
         for index, (_, module, kind) in enumerate(self._acts):
             self._handles.append(module.register_forward_hook(self._activation_hook(index, kind)))
 
@@ -128,6 +133,10 @@ class Doctor:
         self._act_calls = [0] * len(self._acts)
         self._sat_count = [0.0] * len(self._acts)
         self._sat_total = [0] * len(self._acts)
+        self._out_batches = 0
+        self._out_prob = 0
+        self._out_zero_grad = 0
+        self._out_classes = 0
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -140,6 +149,41 @@ class Doctor:
             self._grad_sum += stacked
             self._nonfinite += (~torch.isfinite(stacked)).any().float()
         self._steps += 1
+
+    def _output_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        """On training forwards (outputs that carry gradients) of a classifier's ``[rows, K]``
+        output: are the rows probabilities, and does the loss's gradient sum to zero per row?"""
+        if not (
+            isinstance(output, torch.Tensor)
+            and output.requires_grad
+            and output.dim() == 2
+            and output.shape[1] >= 2
+            and output.shape[0] > 0
+            and output.is_floating_point()
+        ):
+            return
+        with torch.no_grad():
+            rows = output.detach()
+            prob = bool((rows >= -ROW_SUM_TOLERANCE).all()) and bool(
+                ((rows.sum(dim=1) - 1.0).abs() <= ROW_SUM_TOLERANCE).all()
+            )
+        self._out_batches += 1
+        self._out_classes = int(output.shape[1])
+        if not prob:
+            return
+        self._out_prob += 1
+
+        def on_grad(grad: torch.Tensor) -> None:
+            with torch.no_grad():
+                size = grad.abs().sum(dim=1)
+                sums = grad.sum(dim=1).abs()
+                moving = size > 0
+                if bool(moving.any()) and bool(
+                    (sums[moving] <= ROW_SUM_TOLERANCE * size[moving]).all()
+                ):
+                    self._out_zero_grad += 1
+
+        output.register_hook(on_grad)
 
     def _activation_hook(self, index: int, kind: str) -> Any:
         threshold = SATURATION_THRESHOLD.get(kind)
@@ -238,6 +282,10 @@ class Doctor:
                 "train_loss": float(train_loss),
                 "val_loss": None if val_loss is None else float(val_loss),
                 "first_loss": self._first_loss,
+                "output_batches": self._out_batches,
+                "output_probability_batches": self._out_prob,
+                "output_zero_sum_grad_batches": self._out_zero_grad,
+                "output_classes": self._out_classes,
             }
         )
         row: dict[str, Any] = {"epoch": epoch, "member": 0, "train_loss": float(train_loss)}
@@ -277,6 +325,7 @@ class Doctor:
         ):
             if diverged_at is None or (f["epoch"] is not None and f["epoch"] < diverged_at):
                 out.append(f)
+        out += probabilities_as_logits_findings(self.records)
         out += overfitting_findings(self.history, ctx)
         if self.baseline_val_score is not None and not any(f["severity"] != "info" for f in out):
             score = "accuracy" if self.task == "classification" else "r2"

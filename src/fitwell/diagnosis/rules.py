@@ -64,6 +64,9 @@ LOCAL_MINIMUM_RECOVERY = 0.5
 LOCAL_MINIMUM_ERROR_RATIO = 1.5
 NO_SIGNAL_SE = 2.0
 LEAKAGE_FRACTION = 0.05
+# Share of a classifier's training batches whose output rows are probabilities and whose loss
+# gradient sums to zero across each row (a loss that applies softmax to those outputs itself).
+PROBABILITY_ROWS_SHARE = 0.9
 
 CODES = (
     "overfitting",
@@ -78,6 +81,7 @@ CODES = (
     "local_minimum",
     "no_signal",
     "leakage",
+    "probabilities_as_logits",
 )
 # Faults of the optimization itself: when one is found, a poor score is its consequence, so
 # "underfitting" / "no_signal" would point at the wrong cause.
@@ -687,3 +691,49 @@ def leakage_findings(ctx: RunContext) -> list[dict]:
             threshold=LEAKAGE_FRACTION,
         )
     ]
+
+
+def cross_entropy_floor(classes: int) -> float:
+    """The lowest cross-entropy a softmax over probability rows allows: ``log(1 + (K-1)/e)``
+    (the true class at probability 1, the others at 0)."""
+    return math.log(1.0 + (classes - 1) / math.e)
+
+
+def probabilities_as_logits_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
+    """The model's outputs are probability rows and the loss applies softmax to them again.
+
+    Two observations, both needed. The output rows are non-negative and sum to 1 (a final
+    ``Softmax``). And the loss's gradient with respect to those outputs sums to zero across each
+    row: that is what a loss with softmax inside (``CrossEntropyLoss``: softmax(z) - onehot) does,
+    while ``NLLLoss`` on their log has gradient -1/p_y on the true class alone, never summing to
+    zero, so a correct softmax + log + NLLLoss stays quiet, and logits are never probability
+    rows. The gradient is exact from the first step on, so no epoch count or loss threshold is
+    needed; the loss floor ``log(1 + (K-1)/e)`` is given as evidence of the harm.
+    """
+    for r in records:
+        batches = int(r.get("output_batches") or 0)
+        if batches == 0:
+            continue
+        prob = float(r.get("output_probability_batches") or 0) / batches
+        zero = float(r.get("output_zero_sum_grad_batches") or 0) / batches
+        if prob >= PROBABILITY_ROWS_SHARE and zero >= PROBABILITY_ROWS_SHARE:
+            classes = int(r.get("output_classes") or 2)
+            floor = cross_entropy_floor(classes)
+            return [
+                finding(
+                    "probabilities_as_logits",
+                    "warning",
+                    "the model ends in a softmax and its loss applies softmax again "
+                    "(CrossEntropyLoss expects raw logits): remove the final nn.Softmax and "
+                    "apply softmax only to predict, or end in nn.LogSoftmax and use nn.NLLLoss; "
+                    f"cross-entropy on probability rows cannot go below {floor:.3g}",
+                    epoch=int(r["epoch"]),
+                    member=int(r.get("member", 0)),
+                    classes=classes,
+                    probability_row_batches=round(prob, 3),
+                    zero_sum_gradient_batches=round(zero, 3),
+                    loss_floor=round(floor, 4),
+                    train_loss=r.get("train_loss"),
+                )
+            ]
+    return []

@@ -1,0 +1,75 @@
+"""The doctor's output probe on a user's own loop: a softmax fed to a loss that expects logits is
+named; logits, and a softmax whose log goes to NLLLoss, stay quiet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import fitwell
+from fitwell.diagnosis.rules import cross_entropy_floor
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_digits(return_X_y=True)
+    return torch.tensor(x[:600] / 16.0, dtype=torch.float32), torch.tensor(y[:600])
+
+
+def train(head: list[nn.Module], loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    torch.manual_seed(0)
+    x, y = digits()
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10), *head)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with fitwell.Doctor(model, optimizer) as doc:
+        for _ in range(3):
+            model.train()
+            for i in range(0, 600, 64):
+                optimizer.zero_grad()
+                loss_of(model(x[i : i + 64]), y[i : i + 64]).backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                doc.end_epoch(train_loss=float(loss_of(model(x), y)))
+    return doc
+
+
+def codes(doc: fitwell.Doctor) -> set[str]:
+    return {f["code"] for f in doc.findings() if f["severity"] != "info"}
+
+
+def test_softmax_before_cross_entropy_is_named() -> None:
+    doc = train([nn.Softmax(dim=1)], nn.CrossEntropyLoss())
+    found = [f for f in doc.findings() if f["code"] == "probabilities_as_logits"]
+    assert len(found) == 1 and found[0]["epoch"] == 1
+    evidence = found[0]["evidence"]
+    assert evidence["classes"] == 10
+    assert evidence["loss_floor"] == pytest.approx(cross_entropy_floor(10), abs=1e-4)
+    # The harm the evidence names: the loss never gets below the floor.
+    assert min(r["train_loss"] for r in doc.records) >= cross_entropy_floor(10) - 1e-4
+    assert "nn.Softmax" in found[0]["advice"]
+
+
+@pytest.mark.parametrize(
+    ("head", "loss"),
+    [
+        ([], nn.CrossEntropyLoss()),  # logits: the intended use
+        ([nn.LogSoftmax(dim=1)], nn.NLLLoss()),
+        ([nn.Softmax(dim=1)], lambda out, y: nn.functional.nll_loss(torch.log(out), y)),
+    ],
+    ids=["logits+cross_entropy", "log_softmax+nll", "softmax+log+nll"],
+)
+def test_correct_heads_stay_quiet(head: list[nn.Module], loss: Callable) -> None:
+    assert "probabilities_as_logits" not in codes(train(head, loss))
+
+
+def test_floor_formula() -> None:
+    # Probability rows (1, 0, ..., 0) with the true class first: the best cross-entropy can do.
+    for k in (2, 3, 10):
+        best = torch.zeros(1, k)
+        best[0, 0] = 1.0
+        loss = nn.functional.cross_entropy(best, torch.tensor([0]))
+        assert float(loss) == pytest.approx(cross_entropy_floor(k), rel=1e-6)
