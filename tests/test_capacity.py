@@ -41,6 +41,9 @@ def test_reference_is_wider_and_at_least_two_layers() -> None:
     big = Architecture(n_inputs=5, hidden=(100, 100, 100), n_outputs=3, batch_norm=True)
     ref = reference_architecture(big)
     assert ref.hidden == (400, 400, 400) and ref.activation == "relu" and not ref.batch_norm
+    # The cost stays bounded: 256 -> 512, and a run wider than that keeps its own width.
+    assert reference_architecture(Architecture(5, (256, 256), 3)).hidden == (512, 512)
+    assert reference_architecture(Architecture(5, (1024,), 3)).hidden == (1024, 1024)
 
 
 def test_capacity_starved_network_is_underfitting(checkerboard: Path, tmp_path: Path) -> None:

@@ -3,10 +3,10 @@
 A ridge model is a yardstick only where a linear fit is good; on MNIST-1D it is not, and a network
 far too small for the problem (``--hidden 8,8``: 41% test against the defaults' 73%) still beats
 it. The reference here needs no such assumption: one short run of a wide, unregularized network
-(fitwell's default recipe, four times the run's widest layer and at least 256 units, at least two
-layers) on a sample of the training rows, early-stopped on the same validation rows. It runs only
-when the run's own curves leave room for underfitting (see
-:func:`fitwell.diagnosis.rules.capacity_check_needed`), so a run that fits its training rows
+(fitwell's default recipe; four times the run's widest layer, at least 256 and at most 512 units
+unless the run is wider; at least two layers) on a sample of the training rows, early-stopped on
+the same validation rows. It runs only when the run's own curves leave room for underfitting
+(see :func:`fitwell.diagnosis.rules.capacity_check_needed`), so a run that fits its training rows
 pays nothing.
 """
 
@@ -28,13 +28,19 @@ REFERENCE_MAX_EPOCHS = 100
 REFERENCE_PATIENCE = 10
 REFERENCE_MIN_WIDTH = 256
 REFERENCE_WIDTH_FACTOR = 4
+# A 1024-wide reference of a 256-wide run would cost 16x its steps; beyond 512 units the
+# reference keeps the run's width and only drops its regularization.
+REFERENCE_MAX_WIDTH = 512
 REFERENCE_LR = 3e-3
 
 
 def reference_architecture(arch: Architecture) -> Architecture:
-    """Wider (x4, at least 256) and at least two layers deep; ReLU, no batch norm."""
+    """Wider (x4, at least 256, at most 512 unless the run is wider) and at least two layers
+    deep; ReLU, no batch norm."""
     widest = max(arch.hidden, default=0)
-    width = max(REFERENCE_MIN_WIDTH, REFERENCE_WIDTH_FACTOR * widest)
+    width = max(
+        REFERENCE_MIN_WIDTH, min(REFERENCE_WIDTH_FACTOR * widest, REFERENCE_MAX_WIDTH), widest
+    )
     depth = max(2, len(arch.hidden))
     return Architecture(
         n_inputs=arch.n_inputs,
