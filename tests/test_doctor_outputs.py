@@ -73,3 +73,32 @@ def test_floor_formula() -> None:
         best[0, 0] = 1.0
         loss = nn.functional.cross_entropy(best, torch.tensor([0]))
         assert float(loss) == pytest.approx(cross_entropy_floor(k), rel=1e-6)
+
+
+def test_labels_that_do_not_match_their_inputs_are_no_signal_even_when_overfitting() -> None:
+    """Shuffled labels: a wide network memorizes its rows (overfitting fires) while validation
+    never beats the majority class; no_signal must still be reported."""
+    torch.manual_seed(0)
+    x, y = digits()
+    y = y[torch.randperm(len(y))]
+    x_train, y_train, x_val, y_val = x[:400], y[:400], x[400:], y[400:]
+    majority = float((y_val == torch.bincount(y_train).argmax()).float().mean())
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    with fitwell.Doctor(model, optimizer, baseline_val_score=majority, n_val=len(y_val)) as doc:
+        for _ in range(40):
+            model.train()
+            for i in range(0, 400, 32):
+                optimizer.zero_grad()
+                loss_fn(model(x_train[i : i + 32]), y_train[i : i + 32]).backward()
+                optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                val_out = model(x_val)
+                doc.end_epoch(
+                    train_loss=float(loss_fn(model(x_train), y_train)),
+                    val_loss=float(loss_fn(val_out, y_val)),
+                    val_score=float((val_out.argmax(1) == y_val).float().mean()),
+                )
+    assert {"overfitting", "no_signal"} <= codes(doc)

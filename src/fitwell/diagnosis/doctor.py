@@ -28,6 +28,7 @@ from fitwell.diagnosis.probes import (
     SATURATION_THRESHOLD,
 )
 from fitwell.diagnosis.rules import (
+    OPTIMIZATION_FAULTS,
     RunContext,
     divergence_findings,
     no_signal_findings,
@@ -327,11 +328,16 @@ class Doctor:
                 out.append(f)
         out += probabilities_as_logits_findings(self.records)
         out += overfitting_findings(self.history, ctx)
-        if self.baseline_val_score is not None and not any(f["severity"] != "info" for f in out):
+        # A validation score that never beat the trivial baseline is reported whatever else fired
+        # (labels that do not match their inputs also overfit), unless the optimizer itself failed.
+        failed = {f["code"] for f in out if f["severity"] != "info"} & set(OPTIMIZATION_FAULTS)
+        if self.baseline_val_score is not None and not failed:
             score = "accuracy" if self.task == "classification" else "r2"
-            last = next(
-                (r[f"val_{score}"] for r in reversed(self.history) if f"val_{score}" in r), None
-            )
-            out += no_signal_findings(last, ctx)
+            scores = [
+                float(r[f"val_{score}"])
+                for r in self.history
+                if r.get(f"val_{score}") is not None and math.isfinite(float(r[f"val_{score}"]))
+            ]
+            out += no_signal_findings(max(scores) if scores else None, ctx)
         rank = {"error": 0, "warning": 1, "info": 2}
         return sorted(out, key=lambda f: rank[f["severity"]])
