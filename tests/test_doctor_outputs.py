@@ -102,3 +102,38 @@ def test_labels_that_do_not_match_their_inputs_are_no_signal_even_when_overfitti
                     val_score=float((val_out.argmax(1) == y_val).float().mean()),
                 )
     assert {"overfitting", "no_signal"} <= codes(doc)
+
+
+def test_raw_pixels_are_unscaled_inputs_and_lead_the_divergence_advice() -> None:
+    """Digits as raw 0-255 grey levels (x16): the worst columns are named, and the faults that
+    large inputs cause advise scaling first; the same pixels divided by 255 stay quiet."""
+    x, y = digits()
+
+    def run(scale: float, lr: float) -> fitwell.Doctor:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        inputs = x * scale
+        with fitwell.Doctor(model, optimizer) as doc:
+            for _ in range(3):
+                for i in range(0, 600, 64):
+                    optimizer.zero_grad()
+                    loss_fn(model(inputs[i : i + 64]), y[i : i + 64]).backward()
+                    optimizer.step()
+                with torch.no_grad():
+                    doc.end_epoch(train_loss=float(loss_fn(model(inputs), y)))
+        return doc
+
+    raw = run(255.0, 1.0)
+    found = {f["code"]: f for f in raw.findings()}
+    unscaled = found["unscaled_inputs"]
+    assert unscaled["severity"] == "warning"
+    rms = raw.records[0]["input_rms"]
+    assert unscaled["evidence"]["columns"][0] == max(range(64), key=lambda i: rms[i])
+    assert max(unscaled["evidence"]["column_rms"]) > 10
+    caused = [f for f in raw.findings() if f["code"] in ("divergence", "dead_relu")]
+    assert caused and all(f["advice"].startswith("standardize the inputs") for f in caused)
+    assert all(f["evidence"]["inputs_unscaled"] for f in caused)
+    assert "unscaled_inputs" not in codes(run(1.0, 0.1))
+    assert "unscaled_inputs" not in codes(run(1.0, 1.0))

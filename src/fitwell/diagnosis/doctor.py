@@ -31,10 +31,12 @@ from fitwell.diagnosis.rules import (
     OPTIMIZATION_FAULTS,
     RunContext,
     divergence_findings,
+    lead_with_scaling,
     no_signal_findings,
     overfitting_findings,
     probabilities_as_logits_findings,
     signal_findings,
+    unscaled_inputs_findings,
 )
 
 # Weights whose change over one epoch is 1000x their norm have blown up (healthy: < 1).
@@ -80,11 +82,14 @@ class Doctor:
         self.n_val = n_val
         self.layers: list[str] = []
         self._weights: list[nn.Parameter] = []
+        self._first_layer: nn.Module | None = None
         for name, module in model.named_modules():
             weight = getattr(module, "weight", None)
             if isinstance(weight, nn.Parameter) and weight.dim() >= 2:
                 self.layers.append(name or type(module).__name__)
                 self._weights.append(weight)
+                if self._first_layer is None:
+                    self._first_layer = module
         self._acts: list[tuple[str, nn.Module, str]] = []
         for name, module in model.named_modules():
             if isinstance(module, _RELU_LIKE):
@@ -114,6 +119,8 @@ class Doctor:
             return
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
         self._handles.append(self.model.register_forward_hook(self._output_hook))
+        if self._first_layer is not None:
+            self._handles.append(self._first_layer.register_forward_pre_hook(self._input_hook))
         for index, (_, module, kind) in enumerate(self._acts):
             self._handles.append(module.register_forward_hook(self._activation_hook(index, kind)))
 
@@ -138,6 +145,8 @@ class Doctor:
         self._out_prob = 0
         self._out_zero_grad = 0
         self._out_classes = 0
+        self._in_square_sum: torch.Tensor | None = None
+        self._in_rows = 0
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -150,6 +159,27 @@ class Doctor:
             self._grad_sum += stacked
             self._nonfinite += (~torch.isfinite(stacked)).any().float()
         self._steps += 1
+
+    @torch.no_grad()
+    def _input_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        """Per-column sum of squares of what the first weighted layer receives, in the first
+        epoch only (the scale the initialization met): columns are the last dimension of a
+        ``Linear``'s input and dimension 1 (channels) of a convolution's."""
+        if self.records and any(r.get("input_rms") for r in self.records):
+            return
+        x = inputs[0] if inputs else None
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+            return
+        if isinstance(module, nn.Linear):
+            cols = x.reshape(-1, x.shape[-1])
+        else:
+            cols = x.transpose(0, 1).reshape(x.shape[1], -1).T
+        sums = cols.double().pow(2).sum(dim=0)
+        if self._in_square_sum is None or self._in_square_sum.shape != sums.shape:
+            self._in_square_sum, self._in_rows = sums, 0
+        else:
+            self._in_square_sum += sums
+        self._in_rows += int(cols.shape[0])
 
     def _output_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
         """On training forwards (outputs that carry gradients) of a classifier's ``[rows, K]``
@@ -287,6 +317,9 @@ class Doctor:
                 "output_probability_batches": self._out_prob,
                 "output_zero_sum_grad_batches": self._out_zero_grad,
                 "output_classes": self._out_classes,
+                "input_rms": None
+                if self._in_square_sum is None or self._in_rows == 0
+                else (self._in_square_sum / self._in_rows).sqrt().tolist(),
             }
         )
         row: dict[str, Any] = {"epoch": epoch, "member": 0, "train_loss": float(train_loss)}
@@ -327,6 +360,8 @@ class Doctor:
             if diverged_at is None or (f["epoch"] is not None and f["epoch"] < diverged_at):
                 out.append(f)
         out += probabilities_as_logits_findings(self.records)
+        out += unscaled_inputs_findings(self.records)
+        out = lead_with_scaling(out)
         out += overfitting_findings(self.history, ctx)
         # A validation score that never beat the trivial baseline is reported whatever else fired
         # (labels that do not match their inputs also overfit), unless the optimizer itself failed.

@@ -67,6 +67,17 @@ LEAKAGE_FRACTION = 0.05
 # Share of a classifier's training batches whose output rows are probabilities and whose loss
 # gradient sums to zero across each row (a loss that applies softmax to those outputs itself).
 PROBABILITY_ROWS_SHARE = 0.9
+# Root mean square of an input column above which it is unscaled: default initializations
+# (Kaiming, Xavier, PyTorch's uniform) size the first layer for inputs of about unit scale.
+INPUT_RMS_LIMIT = 10.0
+# Faults that large inputs cause: their advice then leads with scaling.
+CAUSED_BY_SCALE = (
+    "divergence",
+    "exploding_gradients",
+    "lr_too_high",
+    "saturated_activations",
+    "dead_relu",
+)
 
 CODES = (
     "overfitting",
@@ -82,6 +93,7 @@ CODES = (
     "no_signal",
     "leakage",
     "probabilities_as_logits",
+    "unscaled_inputs",
 )
 # Faults of the optimization itself: when one is found, a poor score is its consequence, so
 # "underfitting" / "no_signal" would point at the wrong cause.
@@ -737,3 +749,55 @@ def probabilities_as_logits_findings(records: Sequence[dict[str, Any]]) -> list[
                 )
             ]
     return []
+
+
+def unscaled_inputs_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
+    """Input columns far from unit scale, as the first weighted layer receives them.
+
+    Reads the first epoch that measured its inputs (``input_rms``: per column, over the
+    training forwards), because that is what the initialization met; names the worst columns.
+    """
+    for r in records:
+        rms = r.get("input_rms")
+        if not rms:
+            continue
+        worst = sorted(
+            ((i, float(v)) for i, v in enumerate(rms) if math.isfinite(float(v))),
+            key=lambda iv: -iv[1],
+        )
+        over = [(i, v) for i, v in worst if v > INPUT_RMS_LIMIT]
+        if not over:
+            return []
+        return [
+            finding(
+                "unscaled_inputs",
+                "warning",
+                f"{len(over)} of {len(rms)} input columns have a root mean square above "
+                f"{INPUT_RMS_LIMIT:g} (largest {over[0][1]:.3g}): standardize each column with "
+                "its training mean and standard deviation (or divide pixels by 255) before the "
+                "first layer; the default initialization expects inputs of about unit scale",
+                epoch=int(r["epoch"]),
+                member=int(r.get("member", 0)),
+                columns=[i for i, _ in over[:10]],
+                column_rms=[round(v, 4) for _, v in over[:10]],
+                limit=INPUT_RMS_LIMIT,
+            )
+        ]
+    return []
+
+
+def lead_with_scaling(found: list[dict]) -> list[dict]:
+    """When inputs are unscaled, the faults they cause say so and advise scaling first."""
+    if not any(f["code"] == "unscaled_inputs" for f in found):
+        return found
+    out = []
+    for f in found:
+        if f["code"] in CAUSED_BY_SCALE:
+            f = {
+                **f,
+                "advice": "standardize the inputs first (see unscaled_inputs), then: "
+                + f["advice"],
+                "evidence": {**f.get("evidence", {}), "inputs_unscaled": True},
+            }
+        out.append(f)
+    return out
