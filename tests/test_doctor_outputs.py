@@ -137,3 +137,52 @@ def test_raw_pixels_are_unscaled_inputs_and_lead_the_divergence_advice() -> None
     assert all(f["evidence"]["inputs_unscaled"] for f in caused)
     assert "unscaled_inputs" not in codes(run(1.0, 0.1))
     assert "unscaled_inputs" not in codes(run(1.0, 1.0))
+
+
+def loop_with_steps(order: str, *, give_labels: bool = True) -> fitwell.Doctor:
+    x, y = digits()
+    torch.manual_seed(0)
+    if order == "sorted":
+        index = torch.argsort(y, stable=True)
+        x, y = x[index], y[index]
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    with fitwell.Doctor(model, optimizer) as doc:
+        for _ in range(2):
+            rows = torch.randperm(600) if order == "shuffled" else torch.arange(600)
+            for i in range(0, 600, 32):
+                batch = rows[i : i + 32]
+                optimizer.zero_grad()
+                loss = loss_fn(model(x[batch]), y[batch])
+                loss.backward()
+                optimizer.step()
+                doc.step(loss, y[batch] if give_labels else None)
+            with torch.no_grad():
+                doc.end_epoch(train_loss=float(loss_fn(model(x), y)))
+    return doc
+
+
+def test_batches_in_label_order_are_named() -> None:
+    doc = loop_with_steps("sorted")
+    found = [f for f in doc.findings() if f["code"] == "unshuffled_batches"]
+    assert len(found) == 1 and found[0]["epoch"] == 1
+    assert found[0]["evidence"]["single_class_batches"] >= 0.5
+    assert found[0]["evidence"]["chance_if_shuffled"] < 1e-6
+    assert "shuffle" in found[0]["advice"]
+    # Step losses reach the records the rules read.
+    assert doc.records[0]["batch_loss_max"] >= doc.records[0]["batch_loss_mean"] > 0
+
+
+def test_shuffled_batches_and_loops_without_labels_stay_quiet() -> None:
+    assert "unshuffled_batches" not in codes(loop_with_steps("shuffled"))
+    assert "unshuffled_batches" not in codes(loop_with_steps("sorted", give_labels=False))
+
+
+def test_single_class_chance_accounts_for_imbalance() -> None:
+    from fitwell.diagnosis.rules import single_class_chance
+
+    assert single_class_chance([50, 50], 8) == pytest.approx(2 * 0.5**8)
+    # 95 / 5 with batches of 8: two thirds of shuffled batches hold one class anyway.
+    assert single_class_chance([95, 5], 8) == pytest.approx(0.95**8 + 0.05**8)
+    assert single_class_chance([95, 5], 8) > 0.05

@@ -36,7 +36,9 @@ from fitwell.diagnosis.rules import (
     overfitting_findings,
     probabilities_as_logits_findings,
     signal_findings,
+    single_class_chance,
     unscaled_inputs_findings,
+    unshuffled_batches_findings,
 )
 
 # Weights whose change over one epoch is 1000x their norm have blown up (healthy: < 1).
@@ -147,6 +149,11 @@ class Doctor:
         self._out_classes = 0
         self._in_square_sum: torch.Tensor | None = None
         self._in_rows = 0
+        self._step_losses: list[float] = []
+        self._label_batches = 0
+        self._single_class = 0
+        self._label_rows = 0
+        self._class_counts: dict[int, int] = {}
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -240,6 +247,28 @@ class Doctor:
 
         return hook
 
+    # --------------------------------------------------------------------------- per step
+    def step(self, loss: float | torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Optional, once per training step: the batch's loss and (for a classifier) its labels.
+
+        Step losses let the ``lr_too_high`` rule see spikes inside an epoch; labels let the doctor
+        see batches that come in label order (``unshuffled_batches``). Costs one ``.item()``
+        (a device sync on GPU) and a ``bincount`` of the labels per step.
+        """
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        self._step_losses.append(value)
+        if y is None or not isinstance(y, torch.Tensor) or y.numel() == 0:
+            return
+        if y.is_floating_point() or y.dim() != 1:
+            return  # regression targets or soft labels: no classes to count
+        counts = torch.bincount(y.detach().to("cpu", torch.int64).clamp_min(0))
+        present = counts.nonzero().flatten().tolist()
+        self._label_batches += 1
+        self._label_rows += int(y.numel())
+        self._single_class += int(len(present) == 1)
+        for k in present:
+            self._class_counts[k] = self._class_counts.get(k, 0) + int(counts[k])
+
     # --------------------------------------------------------------------------- per epoch
     def end_epoch(
         self,
@@ -320,6 +349,7 @@ class Doctor:
                 "input_rms": None
                 if self._in_square_sum is None or self._in_rows == 0
                 else (self._in_square_sum / self._in_rows).sqrt().tolist(),
+                **self._step_summary(),
             }
         )
         row: dict[str, Any] = {"epoch": epoch, "member": 0, "train_loss": float(train_loss)}
@@ -332,6 +362,21 @@ class Doctor:
             row[f"val_{score}"] = float(val_score)
         self.history.append(row)
         self._reset_epoch()
+
+    def _step_summary(self) -> dict[str, Any]:
+        """What :meth:`step` saw this epoch, in the probe records' field names."""
+        out: dict[str, Any] = {}
+        finite = [v for v in self._step_losses if math.isfinite(v)]
+        if finite:
+            out["batch_loss_mean"] = sum(finite) / len(finite)
+            out["batch_loss_max"] = max(finite)
+        if self._label_batches:
+            out["label_batches"] = self._label_batches
+            out["single_class_batches"] = self._single_class
+            out["single_class_chance"] = single_class_chance(
+                list(self._class_counts.values()), self._label_rows / self._label_batches
+            )
+        return out
 
     # --------------------------------------------------------------------------- findings
     def findings(self) -> list[dict[str, Any]]:
@@ -361,6 +406,7 @@ class Doctor:
                 out.append(f)
         out += probabilities_as_logits_findings(self.records)
         out += unscaled_inputs_findings(self.records)
+        out += unshuffled_batches_findings(self.records)
         out = lead_with_scaling(out)
         out += overfitting_findings(self.history, ctx)
         # A validation score that never beat the trivial baseline is reported whatever else fired

@@ -70,6 +70,10 @@ PROBABILITY_ROWS_SHARE = 0.9
 # Root mean square of an input column above which it is unscaled: default initializations
 # (Kaiming, Xavier, PyTorch's uniform) size the first layer for inputs of about unit scale.
 INPUT_RMS_LIMIT = 10.0
+# Batches holding one class: this share of an epoch's batches, where shuffled rows would make
+# such a batch rarer than 1 in 20, means the rows come in label order.
+SINGLE_CLASS_SHARE = 0.5
+SHUFFLED_SINGLE_CLASS_MAX = 0.05
 # Faults that large inputs cause: their advice then leads with scaling.
 CAUSED_BY_SCALE = (
     "divergence",
@@ -94,6 +98,7 @@ CODES = (
     "leakage",
     "probabilities_as_logits",
     "unscaled_inputs",
+    "unshuffled_batches",
 )
 # Faults of the optimization itself: when one is found, a poor score is its consequence, so
 # "underfitting" / "no_signal" would point at the wrong cause.
@@ -801,3 +806,43 @@ def lead_with_scaling(found: list[dict]) -> list[dict]:
             }
         out.append(f)
     return out
+
+
+def single_class_chance(class_counts: Sequence[int], batch: float) -> float:
+    """Chance that a batch of ``batch`` rows drawn from shuffled rows holds one class only:
+    ``sum_k p_k ** batch`` (rows drawn independently; exact enough for batches of 8 or more)."""
+    total = float(sum(class_counts))
+    if total <= 0 or batch < 1:
+        return 1.0
+    return float(sum((c / total) ** batch for c in class_counts if c > 0))
+
+
+def unshuffled_batches_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
+    """Most batches hold a single class where shuffled rows would almost never give one.
+
+    From the labels passed to ``Doctor.step(loss, y=...)``: the share of an epoch's batches with
+    one class against the chance of that under shuffling (:func:`single_class_chance`), so an
+    imbalanced table or tiny batches do not raise it.
+    """
+    for r in records:
+        batches = int(r.get("label_batches") or 0)
+        if batches < 4:
+            continue
+        share = float(r.get("single_class_batches") or 0) / batches
+        chance = float(r.get("single_class_chance", 1.0))
+        if share >= SINGLE_CLASS_SHARE and chance < SHUFFLED_SINGLE_CLASS_MAX:
+            return [
+                finding(
+                    "unshuffled_batches",
+                    "warning",
+                    "batches come in label order: shuffle the training rows every epoch "
+                    "(DataLoader(..., shuffle=True) or a fresh torch.randperm per epoch); each "
+                    "step otherwise pulls the model towards one class and undoes the last",
+                    epoch=int(r["epoch"]),
+                    member=int(r.get("member", 0)),
+                    single_class_batches=round(share, 3),
+                    chance_if_shuffled=float(f"{chance:.3g}"),
+                    batches=batches,
+                )
+            ]
+    return []
