@@ -186,3 +186,27 @@ def test_single_class_chance_accounts_for_imbalance() -> None:
     # 95 / 5 with batches of 8: two thirds of shuffled batches hold one class anyway.
     assert single_class_chance([95, 5], 8) == pytest.approx(0.95**8 + 0.05**8)
     assert single_class_chance([95, 5], 8) > 0.05
+
+
+@pytest.mark.parametrize(("scale", "expected"), [(1e4, True), (1.0, False)])
+def test_regression_target_scale(scale: float, expected: bool) -> None:
+    """y = x^3 * scale: a target in the tens of thousands is named, a unit-scale one is not."""
+    torch.manual_seed(0)
+    x = torch.rand(512, 1) * 2 - 1
+    y = (x[:, 0] ** 3) * scale
+    model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with fitwell.Doctor(model, optimizer, task="regression") as doc:
+        for _ in range(2):
+            for i in range(0, 512, 64):
+                optimizer.zero_grad()
+                loss = nn.functional.mse_loss(model(x[i : i + 64])[:, 0], y[i : i + 64])
+                loss.backward()
+                optimizer.step()
+                doc.step(loss, y[i : i + 64])
+            with torch.no_grad():
+                doc.end_epoch(train_loss=float(nn.functional.mse_loss(model(x)[:, 0], y)))
+    found = [f for f in doc.findings() if f["code"] == "unscaled_target"]
+    assert bool(found) is expected
+    if expected:
+        assert found[0]["evidence"]["target_std"] == pytest.approx(float(y.std()), rel=0.01)

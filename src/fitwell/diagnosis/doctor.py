@@ -38,6 +38,7 @@ from fitwell.diagnosis.rules import (
     signal_findings,
     single_class_chance,
     unscaled_inputs_findings,
+    unscaled_target_findings,
     unshuffled_batches_findings,
 )
 
@@ -154,6 +155,9 @@ class Doctor:
         self._single_class = 0
         self._label_rows = 0
         self._class_counts: dict[int, int] = {}
+        self._target_sum = 0.0
+        self._target_square_sum = 0.0
+        self._target_count = 0
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -259,8 +263,15 @@ class Doctor:
         self._step_losses.append(value)
         if y is None or not isinstance(y, torch.Tensor) or y.numel() == 0:
             return
-        if y.is_floating_point() or y.dim() != 1:
+        if y.is_floating_point():
+            if self.task == "regression":
+                values = y.detach().double()
+                self._target_sum += float(values.sum())
+                self._target_square_sum += float(values.pow(2).sum())
+                self._target_count += int(values.numel())
             return  # regression targets or soft labels: no classes to count
+        if y.dim() != 1:
+            return
         counts = torch.bincount(y.detach().to("cpu", torch.int64).clamp_min(0))
         present = counts.nonzero().flatten().tolist()
         self._label_batches += 1
@@ -376,6 +387,10 @@ class Doctor:
             out["single_class_chance"] = single_class_chance(
                 list(self._class_counts.values()), self._label_rows / self._label_batches
             )
+        if self._target_count:
+            mean = self._target_sum / self._target_count
+            var = max(self._target_square_sum / self._target_count - mean * mean, 0.0)
+            out["target_mean"], out["target_std"] = mean, math.sqrt(var)
         return out
 
     # --------------------------------------------------------------------------- findings
@@ -407,6 +422,7 @@ class Doctor:
         out += probabilities_as_logits_findings(self.records)
         out += unscaled_inputs_findings(self.records)
         out += unshuffled_batches_findings(self.records)
+        out += unscaled_target_findings(self.records)
         out = lead_with_scaling(out)
         out += overfitting_findings(self.history, ctx)
         # A validation score that never beat the trivial baseline is reported whatever else fired

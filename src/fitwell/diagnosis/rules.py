@@ -99,6 +99,7 @@ CODES = (
     "probabilities_as_logits",
     "unscaled_inputs",
     "unshuffled_batches",
+    "unscaled_target",
 )
 # Faults of the optimization itself: when one is found, a poor score is its consequence, so
 # "underfitting" / "no_signal" would point at the wrong cause.
@@ -791,17 +792,48 @@ def unscaled_inputs_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
     return []
 
 
+def unscaled_target_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
+    """A regression target far from unit scale (from the labels given to ``Doctor.step``).
+
+    The output layer starts at about unit scale, so a target with a standard deviation or mean
+    beyond ``INPUT_RMS_LIMIT`` makes the first losses and gradients that many times (squared,
+    for MSE) larger than the initialization and learning rate were chosen for.
+    """
+    for r in records:
+        std, mean = r.get("target_std"), r.get("target_mean")
+        if std is None or mean is None:
+            continue
+        if float(std) > INPUT_RMS_LIMIT or abs(float(mean)) > INPUT_RMS_LIMIT:
+            return [
+                finding(
+                    "unscaled_target",
+                    "warning",
+                    "the regression target is far from unit scale: train on (y - mean) / std "
+                    "with the training rows' mean and std, and map predictions back with "
+                    "y = prediction * std + mean",
+                    epoch=int(r["epoch"]),
+                    member=int(r.get("member", 0)),
+                    target_mean=float(mean),
+                    target_std=float(std),
+                    limit=INPUT_RMS_LIMIT,
+                )
+            ]
+        return []
+    return []
+
+
 def lead_with_scaling(found: list[dict]) -> list[dict]:
-    """When inputs are unscaled, the faults they cause say so and advise scaling first."""
-    if not any(f["code"] == "unscaled_inputs" for f in found):
+    """When inputs or target are unscaled, the faults they cause say so and advise scaling
+    first."""
+    if not any(f["code"] in ("unscaled_inputs", "unscaled_target") for f in found):
         return found
     out = []
     for f in found:
         if f["code"] in CAUSED_BY_SCALE:
             f = {
                 **f,
-                "advice": "standardize the inputs first (see unscaled_inputs), then: "
-                + f["advice"],
+                "advice": "standardize the inputs / target first (see unscaled_inputs, "
+                "unscaled_target), then: " + f["advice"],
                 "evidence": {**f.get("evidence", {}), "inputs_unscaled": True},
             }
         out.append(f)
