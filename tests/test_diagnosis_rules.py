@@ -330,6 +330,10 @@ def test_overfitting_advice_asks_for_more_than_the_run_already_has() -> None:
     assert regularization_advice(heavy) == "raise l2 from 0.01 to 0.1"
     none = RunContext(task="regression", l2=0.0, dropout=(0.0,))
     assert regularization_advice(none) == "set l2 to 1e-3 or set dropout to 0.2"
+    searched = RunContext(task="classification", l2=1.44245e-06, dropout=(0.0846205,))
+    assert regularization_advice(searched) == (
+        "raise l2 from 1.44e-06 to 0.001 or raise dropout from 0.0846 to 0.285"
+    )
 
 
 def _restart_history(train_scores: dict[int, list[float]]) -> list[dict]:

@@ -436,7 +436,10 @@ def regularization_advice(ctx: RunContext) -> str:
     """More regularization than the run already has: l2 x10 (at least 1e-3), dropout +0.2
     (at most 0.5). Unknown settings (a user's own loop) get the plain starting points."""
     l2 = ctx.l2 or 0.0
-    options = [f"raise l2 from {l2:g} to {max(1e-3, 10 * l2):g}" if l2 > 0 else "set l2 to 1e-3"]
+    # Three significant digits: a searched setting (l2 1.44245e-06) reads as 1.44e-06.
+    options = [
+        f"raise l2 from {l2:.3g} to {max(1e-3, 10 * l2):.3g}" if l2 > 0 else "set l2 to 1e-3"
+    ]
     if ctx.dropout is None:
         options.append("dropout to 0.2")
     else:
@@ -444,7 +447,7 @@ def regularization_advice(ctx: RunContext) -> str:
         if current == 0:
             options.append("set dropout to 0.2")
         elif current < 0.5:
-            options.append(f"raise dropout from {current:g} to {min(0.5, current + 0.2):g}")
+            options.append(f"raise dropout from {current:.3g} to {min(0.5, current + 0.2):.3g}")
     return " or ".join(options)
 
 
