@@ -126,3 +126,21 @@ def test_the_working_folder_is_not_replaced(tmp_path: Path, monkeypatch) -> None
         with runs.replacing_run("."):
             pytest.fail("the body must not run")
     assert (out / runs.MODEL_FILE).is_file()
+
+
+def test_python_train_overwrite(tmp_path: Path) -> None:
+    """The same loop in Python: without ``overwrite`` the second run is refused, with it the
+    run is replaced; a folder with a user's file is refused either way."""
+    out = _old_run(tmp_path / "run")
+    with pytest.raises(InputError, match="already exists"):
+        fitwell.train(dataset="iris", out=out, hidden=(8,), max_epochs=3, ensemble=1, seed=6)
+    assert _seed(out) == 5
+    fitwell.train(
+        dataset="iris", out=out, hidden=(8,), max_epochs=3, ensemble=1, seed=6, overwrite=True
+    )
+    assert _seed(out) == 6
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError):
+        fitwell.train(dataset="iris", out=out, hidden=(8,), max_epochs=3, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"

@@ -273,6 +273,7 @@ def train(
     out: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool | None = False,
+    overwrite: bool = False,
     **settings: Any,
 ) -> Run:
     """Train a model on a table and write a run directory.
@@ -284,13 +285,19 @@ def train(
     config : TrainConfig, dict or TOML path, optional
         Base settings; keyword ``settings`` override them (see :class:`TrainConfig`).
     out : path, optional
-        Run directory to create (must not exist). ``None`` writes nothing.
+        Run directory to create (must not exist, or be empty). ``None`` writes nothing.
+    overwrite : bool, default False
+        Replace the fitwell run already at ``out`` (the old one is deleted only once the new one
+        has finished; a folder holding anything but a fitwell run is refused).
     callbacks : sequence of Callback
         Extra callbacks for the training loop.
     progress : bool or None, default False
         Show a progress bar; ``None`` shows it when stderr is a terminal.
     """
     cfg = make_config(config, data=str(data) if data is not None else None, **settings)
+    if overwrite and out is not None:
+        with runs.replacing_run(out):
+            return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
     return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
 
 
