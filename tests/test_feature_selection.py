@@ -211,3 +211,17 @@ def test_cli_l1_inputs_and_select(tmp_path: Path):
     assert doc["chosen_l1_inputs"] in (0.0, 0.1, 0.3)
     bad = run_cli("select", str(path), "--target", "label", "--lambdas", "0,x")
     assert bad.returncode == 2 and "--lambdas" in bad.stderr
+
+
+def test_estimator_reports_the_columns_it_does_not_read():
+    from fitwell import FitwellClassifier
+
+    frame = _table(4, 8, n=500)
+    x, y = frame.drop(columns="label").to_numpy(), frame["label"].to_numpy()
+    est = FitwellClassifier(l1_inputs=0.2, ensemble=1, max_epochs=60).fit(x, y)
+    off = est.zeroed_features_
+    assert len(off) >= 5 and all(i >= 4 for i in off), off  # noise columns are 4..11
+    changed = x.copy()
+    changed[:, off] = 100.0
+    np.testing.assert_array_equal(est.predict_proba(changed), est.predict_proba(x))
+    assert len(FitwellClassifier(ensemble=1, max_epochs=5).fit(x, y).zeroed_features_) == 0

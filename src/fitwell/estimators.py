@@ -190,6 +190,10 @@ class _FitwellEstimator(BaseEstimator):
         self.best_epoch_ = best.best_epoch
         self.history_ = pd.DataFrame(fit.history)
         self.val_scores_ = [m.val_score for m in fit.members]
+        # Inputs the fitted model does not read: every averaged member's first-layer weights for
+        # the column are exactly zero (``l1`` / ``l1_inputs`` feature selection).
+        first = model.weights[0].detach().abs()
+        self.zeroed_features_ = np.flatnonzero(first.sum(dim=(0, 2)).numpy() == 0.0)
 
     @torch.no_grad()
     def _outputs(self, x: Any) -> np.ndarray:
@@ -255,6 +259,9 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         Epoch whose weights were kept.
     n_iter_ : int
         Epochs run by the kept member.
+    zeroed_features_ : ndarray of int
+        Columns of ``X`` the fitted model does not read (every averaged member's first-layer
+        weights for them are exactly zero): the features ``l1_inputs`` (or ``l1``) switched off.
     """
 
     _task = "classification"
@@ -296,6 +303,7 @@ class FitwellRegressor(RegressorMixin, _FitwellEstimator):
         Per-epoch, per-member train / validation loss and R^2 (standardized target).
     best_epoch_ : int
     n_iter_ : int
+    zeroed_features_ : ndarray of int
     """
 
     _task = "regression"
