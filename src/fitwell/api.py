@@ -92,6 +92,8 @@ def _member_settings(cfg: TrainConfig, seed: int) -> MemberSettings:
         l2=cfg.l2,
         dropout=cfg.dropout_per_layer(),
         l1_inputs=cfg.l1_inputs,
+        lr_schedule=cfg.lr_schedule,
+        warmup_epochs=cfg.warmup_epochs,
     )
 
 
@@ -116,6 +118,7 @@ def _loop_settings(cfg: TrainConfig) -> LoopSettings:
         patience=cfg.patience,
         min_delta=cfg.min_delta,
         restore_best=cfg.restore_best,
+        adam_beta2=cfg.adam_beta2,
     )
 
 

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from fitwell import __version__
-from fitwell.config import ACTIVATIONS, BUILTIN_DATASETS, DEVICES, INITS, OPTIMIZERS, TASKS
+from fitwell.config import (
+    ACTIVATIONS,
+    BUILTIN_DATASETS,
+    DEVICES,
+    INITS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TASKS,
+)
 
 EXIT_OK, EXIT_TARGET_MISSED, EXIT_INPUT, EXIT_TRAINING = 0, 1, 2, 3
 
@@ -59,6 +67,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", help=" | ".join(OPTIMIZERS))
     g.add_argument("--lr", type=float, help="learning rate (default 3e-3)")
+    g.add_argument("--lr-schedule", help=" | ".join(LR_SCHEDULES) + " (default constant)")
+    g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs")
+    g.add_argument("--adam-beta2", type=float, help="Adam's second-moment decay (default 0.999)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)

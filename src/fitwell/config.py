@@ -25,6 +25,7 @@ else:  # pragma: no cover
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu")
 INITS = ("auto", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
 TASKS = ("auto", "classification", "regression")
 DEVICES = ("auto", "cpu", "cuda")
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes", "penguins", "mnist1d")
@@ -61,7 +62,16 @@ MAX_MEMBERS = 1000
 MAX_COUNT = 2**31 - 1
 
 # Settings that may differ between members of one population without changing tensor shapes.
-PER_MEMBER_FIELDS = ("seed", "lr", "l1", "l1_inputs", "l2", "dropout")
+PER_MEMBER_FIELDS = (
+    "seed",
+    "lr",
+    "l1",
+    "l1_inputs",
+    "l2",
+    "dropout",
+    "lr_schedule",
+    "warmup_epochs",
+)
 
 
 @dataclass
@@ -104,6 +114,15 @@ class TrainConfig:
     batch_norm : bool, default False
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default 3e-3
+    lr_schedule : {"constant", "cosine", "onecycle"}, default "constant"
+        A factor on ``lr`` set at every epoch start, laid out over ``max_epochs``
+        (:func:`fitwell.training.schedules.lr_factor`). Per member, so a population can compare
+        schedules.
+    warmup_epochs : int, default 0
+        Linear warm-up: the first ``warmup_epochs`` epochs run at ``(epoch + 1) / (warmup + 1)``
+        of the scheduled rate.
+    adam_beta2 : float, default 0.999
+        Adam's / AdamW's second-moment decay (RealMLP uses 0.95).
     momentum : float, default 0.9
         SGD only.
     batch_size : int, default 64
@@ -164,6 +183,9 @@ class TrainConfig:
     batch_norm: bool = False
     optimizer: str = "adam"
     lr: float = 3e-3
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    adam_beta2: float = 0.999
     momentum: float = 0.9
     batch_size: int = 64
     max_epochs: int = 200
@@ -279,7 +301,17 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     if "dropout" in raw and not isinstance(raw["dropout"], (int, float)):
         got = _as_tuple(raw["dropout"], float, "dropout", problems)
         raw["dropout"] = got[0] if got is not None and len(got) == 1 else got
-    for name in ("lr", "momentum", "init_scale", "bias_init", "l1", "l1_inputs", "l2", "min_delta"):
+    for name in (
+        "lr",
+        "momentum",
+        "adam_beta2",
+        "init_scale",
+        "bias_init",
+        "l1",
+        "l1_inputs",
+        "l2",
+        "min_delta",
+    ):
         if name in raw:
             try:
                 raw[name] = _to_float(raw[name])
@@ -299,6 +331,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         "seed",
         "threads",
         "checkpoint_every",
+        "warmup_epochs",
     ):
         if raw.get(name) is not None:
             v = raw[name]
@@ -333,6 +366,11 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     _choice("activation", cfg.activation, ACTIVATIONS, problems)
     _choice("init", cfg.init, INITS, problems)
     _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)
+    _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES, problems)
+    if cfg.warmup_epochs < 0:
+        problems.append(f"`warmup_epochs` must be >= 0; got {cfg.warmup_epochs}")
+    if not (math.isfinite(cfg.adam_beta2) and 0 < cfg.adam_beta2 < 1):
+        problems.append(f"`adam_beta2` must be in (0, 1); got {cfg.adam_beta2}")
     _choice("task", cfg.task, TASKS, problems)
     _choice("device", cfg.device, DEVICES, problems)
     if cfg.dataset is not None:
@@ -406,7 +444,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
             f"`threads` must be at most the {cores} CPU core(s) of this machine (more only "
             f"slows torch down); got {cfg.threads}"
         )
-    for name in ("batch_size", "max_epochs", "patience", "checkpoint_every"):
+    for name in ("batch_size", "max_epochs", "patience", "checkpoint_every", "warmup_epochs"):
         v = getattr(cfg, name)
         if v > MAX_COUNT:
             problems.append(f"`{name}` must be at most {MAX_COUNT}; got {v}")

@@ -42,6 +42,9 @@ class _FitwellEstimator(BaseEstimator):
         dropout: float = _DROPOUT,
         optimizer: str = _DEFAULTS.optimizer,
         lr: float = _DEFAULTS.lr,
+        lr_schedule: str = _DEFAULTS.lr_schedule,
+        warmup_epochs: int = _DEFAULTS.warmup_epochs,
+        adam_beta2: float = _DEFAULTS.adam_beta2,
         batch_size: int = _DEFAULTS.batch_size,
         max_epochs: int = _DEFAULTS.max_epochs,
         l1: float = _DEFAULTS.l1,
@@ -60,6 +63,9 @@ class _FitwellEstimator(BaseEstimator):
         self.dropout = dropout
         self.optimizer = optimizer
         self.lr = lr
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.adam_beta2 = adam_beta2
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.l1 = l1
@@ -85,6 +91,9 @@ class _FitwellEstimator(BaseEstimator):
                 "dropout": self.dropout,
                 "optimizer": self.optimizer,
                 "lr": self.lr,
+                "lr_schedule": self.lr_schedule,
+                "warmup_epochs": self.warmup_epochs,
+                "adam_beta2": self.adam_beta2,
                 "batch_size": self.batch_size,
                 "max_epochs": self.max_epochs,
                 "l1": self.l1,
@@ -146,6 +155,8 @@ class _FitwellEstimator(BaseEstimator):
                 l2=self.l2,
                 dropout=drop,
                 l1_inputs=self.l1_inputs,
+                lr_schedule=self.lr_schedule,
+                warmup_epochs=self.warmup_epochs,
             )
             for r in range(max(self.restarts, self.ensemble))
         ]
@@ -154,6 +165,7 @@ class _FitwellEstimator(BaseEstimator):
             batch_size=self.batch_size,
             max_epochs=self.max_epochs,
             patience=self.patience,
+            adam_beta2=self.adam_beta2,
         )
         from fitwell.api import resolve_device
 
@@ -224,6 +236,10 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         Drop probability of every hidden layer.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default TrainConfig.lr
+    lr_schedule : {"constant", "cosine", "onecycle"}, default "constant"
+    warmup_epochs : int, default 0
+    adam_beta2 : float, default 0.999
+        As in :class:`fitwell.config.TrainConfig`.
     batch_size : int, default 64
     max_epochs : int, default 200
     l1, l2 : float, default 0.0

@@ -267,6 +267,8 @@ def _metrics(
                 "l1_inputs": m.settings.l1_inputs,
                 "l2": m.settings.l2,
                 "dropout": list(m.settings.dropout),
+                "lr_schedule": m.settings.lr_schedule,
+                "warmup_epochs": m.settings.warmup_epochs,
                 "best_epoch": m.best_epoch,
                 "epochs_run": m.epochs_run,
                 "stop_reason": m.stop_reason,

@@ -74,7 +74,14 @@ def restart_groups(members: Sequence[dict[str, Any]], score: str) -> list[list[t
     """Members that differ only in seed, grouped: ``[(member, val_score), ...]`` per group."""
     groups: dict[tuple, list[tuple[int, float]]] = {}
     for m in members:
-        key = (m["lr"], m["l1"], m["l2"], tuple(m["dropout"]))
+        key = (
+            m["lr"],
+            m["l1"],
+            m["l2"],
+            tuple(m["dropout"]),
+            m.get("lr_schedule", "constant"),
+            m.get("warmup_epochs", 0),
+        )
         value = m.get(f"val_{score}")
         groups.setdefault(key, []).append(
             (int(m["member"]), float(value) if value is not None else math.nan)
@@ -182,6 +189,8 @@ def diagnose_fit(
             "l1": m.settings.l1,
             "l2": m.settings.l2,
             "dropout": list(m.settings.dropout),
+            "lr_schedule": m.settings.lr_schedule,
+            "warmup_epochs": m.settings.warmup_epochs,
             f"val_{score}": m.val_score if math.isfinite(m.val_score) else None,
         }
         for m in fit.members

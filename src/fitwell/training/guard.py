@@ -129,7 +129,7 @@ class NonFiniteGuard(Callback):
             settings = trainer.members[member]
             lr = settings.lr / 2
             trainer.members[member] = dataclasses.replace(settings, lr=lr)
-            trainer.optimizer.set_lrs(trainer._member_tensor("lr"))
+            trainer.optimizer.set_lrs(trainer.scheduled_lrs())
             trainer.events.append({**event, "action": "rollback_halve_lr", "lr": lr, "retry": n})
             return
         where = f"step {step}" if step is not None else "the end-of-epoch evaluation"
@@ -206,7 +206,7 @@ class NonFiniteGuard(Callback):
                 )
         for member, row in logs.items():
             row["nonfinite_retries"] = self.retries.get(member, 0)
-            row["lr"] = trainer.members[member].lr
+            row["lr"] = trainer.members[member].lr * trainer.lr_factors.get(member, 1.0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"retries": {str(k): v for k, v in self.retries.items()}}

@@ -22,6 +22,7 @@ from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.memory import keep_freed_memory_in_heap
 from fitwell.training.optim import PopulationOptimizer
+from fitwell.training.schedules import LearningRateSchedule, is_scheduled
 
 # Pre-activation hooks on the epoch-end training pass see this many rows (the split is shuffled,
 # so they are a random sample); the rest of the pass runs without them, member by member on CPU.
@@ -38,6 +39,8 @@ class MemberSettings:
     l2: float = 0.0
     dropout: tuple[float, ...] = ()
     l1_inputs: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class LoopSettings:
     patience: int = 20
     min_delta: float = 0.0
     restore_best: bool = True
+    adam_beta2: float = 0.999
 
 
 @dataclass
@@ -140,7 +144,16 @@ class Trainer:
             patience=loop.patience, min_delta=loop.min_delta, restore_best=loop.restore_best
         )
         self.nonfinite_guard = NonFiniteGuard()
-        self.callbacks: list[Callback] = [self.nonfinite_guard, self.early_stopping, *callbacks]
+        # Members' learning-rate multipliers this epoch (1 without a schedule).
+        self.lr_factors: dict[int, float] = {}
+        scheduled = any(is_scheduled(m) for m in self.members)
+        schedule: list[Callback] = [LearningRateSchedule()] if scheduled else []
+        self.callbacks: list[Callback] = [
+            *schedule,
+            self.nonfinite_guard,
+            self.early_stopping,
+            *callbacks,
+        ]
         self.max_epochs = loop.max_epochs
         self.epoch = 0
         self.stop_training = False
@@ -183,6 +196,7 @@ class Trainer:
             momentum=loop.momentum,
             l1_inputs=self._member_tensor("l1_inputs"),
             input_groups=self.input_groups,
+            adam_beta2=loop.adam_beta2,
         )
 
     # ----------------------------------------------------------------- population bookkeeping
@@ -193,6 +207,14 @@ class Trainer:
     def _member_tensor(self, name: str) -> torch.Tensor:
         return torch.tensor(
             [float(getattr(self.members[m], name)) for m in self.active],
+            dtype=torch.float32,
+            device=self.device,
+        )
+
+    def scheduled_lrs(self) -> torch.Tensor:
+        """Active members' learning rates this epoch: base rate times its schedule's factor."""
+        return torch.tensor(
+            [self.members[m].lr * self.lr_factors.get(m, 1.0) for m in self.active],
             dtype=torch.float32,
             device=self.device,
         )
@@ -399,7 +421,7 @@ class Trainer:
                     "val_loss": float(val_loss[pos]),
                     f"train_{self.score}": float(train_score[pos]),
                     f"val_{self.score}": float(val_score[pos]),
-                    "lr": self.members[m].lr,
+                    "lr": self.members[m].lr * self.lr_factors.get(m, 1.0),
                 }
                 if penalty is not None:
                     logs[m]["val_objective"] = float(val_loss[pos]) + float(penalty[pos])

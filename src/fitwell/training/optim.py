@@ -48,9 +48,11 @@ class PopulationOptimizer:
         momentum: float = 0.9,
         l1_inputs: torch.Tensor | None = None,
         input_groups: Sequence[int] | None = None,
+        adam_beta2: float = 0.999,
     ) -> None:
         self.kind = kind
         self.momentum = momentum
+        self.adam_beta2 = adam_beta2
         self.lrs = lrs
         self.l1s = l1s
         self.l2s = torch.zeros_like(lrs) if l2s is None else l2s
@@ -96,8 +98,12 @@ class PopulationOptimizer:
                 {"params": [p for p in params if id(p) in ids], "weight_decay": ADAMW_WEIGHT_DECAY},
                 {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
             ]
-            return torch.optim.AdamW(groups, lr=lr, eps=ADAM_EPS, fused=fused)
-        return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, fused=fused)
+            return torch.optim.AdamW(
+                groups, lr=lr, betas=(0.9, self.adam_beta2), eps=ADAM_EPS, fused=fused
+            )
+        return torch.optim.Adam(
+            params, lr=lr, betas=(0.9, self.adam_beta2), eps=ADAM_EPS, fused=fused
+        )
 
     def set_lrs(self, lrs: torch.Tensor) -> None:
         """Change members' learning rates in place (e.g. a guard halving one member's rate)."""

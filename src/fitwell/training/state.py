@@ -86,6 +86,7 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         momentum=trainer.loop.momentum,
         l1_inputs=trainer._member_tensor("l1_inputs"),
         input_groups=trainer.input_groups,
+        adam_beta2=trainer.loop.adam_beta2,
     )
     opt = state["optimizer"]
     trainer.optimizer.load_state_dict(
@@ -132,4 +133,6 @@ def _member(data: dict[str, Any]) -> MemberSettings:
         l2=float(data["l2"]),
         dropout=tuple(float(p) for p in data["dropout"]),
         l1_inputs=float(data.get("l1_inputs", 0.0)),
+        lr_schedule=str(data.get("lr_schedule", "constant")),
+        warmup_epochs=int(data.get("warmup_epochs", 0)),
     )
