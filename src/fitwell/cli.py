@@ -348,6 +348,11 @@ def print_summary(m: dict[str, Any]) -> None:
     test = m["test"]
     if m["task"] == "classification":
         line = f"test accuracy [bold]{test['accuracy']:.4f}[/] (loss {test['loss']:.4f})"
+        if test.get("balanced_accuracy") is not None:  # runs saved before these were measured
+            line += (
+                f" · balanced accuracy {test['balanced_accuracy']:.4f}"
+                f" · macro-F1 {test['macro_f1']:.4f}"
+            )
     else:
         line = (
             f"test r2 [bold]{test['r2']:.4f}[/] · rmse {test['rmse']:.4g} · mae {test['mae']:.4g}"

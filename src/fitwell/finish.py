@@ -24,7 +24,7 @@ from fitwell.data import PreparedData, Preprocessor
 from fitwell.diagnosis.context import SIGNALS_FILE
 from fitwell.ensemble import ensemble_members, split_metrics
 from fitwell.errors import TrainingFailed
-from fitwell.metrics import regression_report, score_name
+from fitwell.metrics import classification_report, regression_report, score_name
 from fitwell.models import PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.predictor import Run, model_from_state
 from fitwell.training import FitResult
@@ -49,7 +49,7 @@ def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[li
 
 def _test_metrics(
     model: PopulationMLP, prepared: PreparedData, device: torch.device
-) -> tuple[dict[str, float], dict[str, Any]]:
+) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Open the sealed test split (once) and score the chosen model on it."""
     x_test, y_test = prepared.test.open()
     model.eval()
@@ -61,16 +61,21 @@ def _test_metrics(
         y = torch.as_tensor(y_test)
         loss = float(torch.nn.functional.cross_entropy(out, y))
         pred = out.argmax(dim=1).numpy()
-        acc = float((pred == y_test).mean())
         labels = list(range(len(enc.classes)))
         from sklearn.metrics import confusion_matrix
 
+        proba = torch.softmax(out.double(), dim=1).numpy()
+        scores, extra = classification_report(np.asarray(y_test), proba, len(labels))
         cm = confusion_matrix(y_test, pred, labels=labels).tolist()
-        return {"accuracy": acc, "loss": loss}, {"confusion_matrix": cm, "labels": enc.classes}
+        return {**scores, "loss": loss}, {
+            "confusion_matrix": cm,
+            "labels": enc.classes,
+            **extra,
+        }
     pred_std = out[:, 0].numpy()
     y_true = enc.decode(np.asarray(y_test, dtype=float))
     y_pred = enc.decode(pred_std)
-    metrics = regression_report(y_true, y_pred)
+    metrics: dict[str, float | None] = {**regression_report(y_true, y_pred)}
     metrics["loss"] = float(np.mean((pred_std - y_test) ** 2))
     idx = np.linspace(0, len(y_true) - 1, num=min(len(y_true), 500)).astype(int)
     return metrics, {"y_true": y_true[idx].tolist(), "y_pred": y_pred[idx].tolist()}
@@ -225,7 +230,7 @@ def _metrics(
     origin: list[int],
     fit: FitResult,
     prepared: PreparedData,
-    test: dict[str, float],
+    test: dict[str, float | None],
     test_detail: dict[str, Any],
     zeroed_cols: list[str],
     zeroed_encoded: list[str],
@@ -235,7 +240,8 @@ def _metrics(
 ) -> dict[str, Any]:
     best = fit.best_member
     score = score_name(prepared.task)
-    primary = test["accuracy"] if prepared.task == "classification" else test["r2"]
+    value = test["accuracy"] if prepared.task == "classification" else test["r2"]
+    primary = float("nan") if value is None else float(value)  # both are always measured
     val_scores = [m.val_score for m in fit.members]
     finite_scores = [s for s in val_scores if math.isfinite(s)]
     return {

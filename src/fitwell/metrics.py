@@ -7,6 +7,8 @@ Scores are "higher is better".
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -125,3 +127,82 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "r2": float(r2_score(y_true, y_pred)),
     }
+
+
+# Equal-width confidence bins of the expected calibration error (Guo et al. 2017 use 15).
+ECE_BINS = 15
+
+
+def classification_report(
+    y_true: np.ndarray, proba: np.ndarray, n_classes: int
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Accuracy, balanced accuracy, macro-F1, ROC-AUC, log loss and expected calibration error
+    (scikit-learn's functions; ECE by formula), plus per-class precision and recall.
+
+    ROC-AUC is binary, or one-vs-rest macro over classes for more; it is ``None`` with a reason
+    when a class is missing from ``y_true`` (it is undefined there). ECE:
+    ``sum_b |B_b| / n * |accuracy(B_b) - confidence(B_b)|`` over ``ECE_BINS`` equal-width bins
+    of the top-class probability.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    labels = list(range(n_classes))
+    pred = proba.argmax(axis=1)
+    out: dict[str, float | None] = {
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "balanced_accuracy": _quiet(balanced_accuracy_score, y_true, pred),
+        "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+        "log_loss": _quiet(log_loss, y_true, proba, labels=labels),
+        "ece": expected_calibration_error(y_true, proba),
+    }
+    extra: dict[str, Any] = {}
+    present = np.unique(y_true)
+    if len(present) < n_classes:
+        out["roc_auc"] = None
+        extra["roc_auc_skipped"] = (
+            f"{n_classes - len(present)} of {n_classes} classes have no rows in this split"
+        )
+    elif n_classes == 2:
+        out["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
+    else:
+        out["roc_auc"] = float(roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
+    precision, recall, _, support = precision_recall_fscore_support(
+        y_true, pred, labels=labels, zero_division=0
+    )
+    extra["per_class"] = [
+        {"precision": float(p), "recall": float(r), "support": int(s)}
+        for p, r, s in zip(precision, recall, support, strict=True)
+    ]
+    return out, extra
+
+
+def _quiet(fn: Any, *args: Any, **kwargs: Any) -> float:
+    """scikit-learn warns when a class has no rows in ``y_true``; the labels are given, so the
+    value is defined and the warning would only reach the user's terminal."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(fn(*args, **kwargs))
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Expected calibration error of the top-class probability (formula in
+    :func:`classification_report`)."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    total = 0.0
+    for b in range(ECE_BINS):
+        mask = bins == b
+        if mask.any():
+            total += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(total)

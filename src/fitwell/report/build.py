@@ -224,6 +224,13 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         if detail.get("y_true") and detail.get("y_pred")
         else None
     )
+    labels = list(detail.get("labels") or [])
+    per_class = detail.get("per_class")
+    ctx["per_class"] = (
+        [{"label": str(label), **row} for label, row in zip(labels, per_class, strict=False)]
+        if isinstance(per_class, list) and all(isinstance(r, dict) for r in per_class)
+        else []
+    )
     ctx.update(_auto_context(folder, metrics))
     config_path = folder / runs.CONFIG_FILE
     ctx["config_text"] = _config_text(config_path) if config_path.is_file() else None
