@@ -148,6 +148,7 @@ def run(loop: Loop) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(SEED)
     model, opt = loop.model, loop.optimizer
     best = (float("inf"), None, 0)
+    val_scores: list[float] = []
     epochs_run = 0
     nonfinite = False
     started = time.perf_counter()
@@ -183,6 +184,7 @@ def run(loop: Loop) -> dict[str, Any]:
                 val_score=val_score,
             )
             epochs_run = epoch + 1
+            val_scores.append(val_score)
             if not (np.isfinite(train_loss) and np.isfinite(val_loss)):
                 nonfinite = True
                 break  # what a user does when the loss prints nan
@@ -200,12 +202,13 @@ def run(loop: Loop) -> dict[str, Any]:
         "final_train_loss": train_loss,
         "final_val_loss": val_loss,
         "final_val_score": val_score,
+        "best_val_score": max(val_scores),
         "baseline_val_score": baseline(loop),
         "nonfinite_loss": nonfinite,
         "alarms": sorted({f["code"] for f in findings if f["severity"] in ("warning", "error")}),
         "info": sorted({f["code"] for f in findings if f["severity"] == "info"}),
         "findings": [
-            {k: f.get(k) for k in ("code", "severity", "epoch", "layer", "advice")}
+            {k: f.get(k) for k in ("code", "severity", "epoch", "layer", "advice", "evidence")}
             for f in findings
         ],
     }
@@ -376,7 +379,7 @@ def deep_sigmoid(broken: bool) -> Loop:
     """A deep stack of sigmoid layers: gradients vanish before they reach the first layers.
     Fix: ReLU in the hidden layers."""
     model = mlp(64, 10, hidden=(32,) * 8, act=nn.Sigmoid if broken else nn.ReLU)
-    return Loop(digits(), model, sgd(model, 0.1, momentum=0.9), nn.CrossEntropyLoss(), epochs=10)
+    return Loop(digits(), model, adam(model), nn.CrossEntropyLoss(), epochs=10)
 
 
 def dead_relu_positive_inputs(broken: bool) -> Loop:
