@@ -117,6 +117,13 @@ def test_rows_seen_counts_exact_copies(n_seen: int, n_rows: int, n_cols: int, se
         for r in rows.itertuples(index=False)
     )
     assert count_rows_seen(rows, seen) == expected
+    # The seen rows picked out of a larger frame by position (as prepare does for train rows).
+    extra = pd.DataFrame(rng.integers(3, 5, (n_seen, n_cols)).astype(float))
+    mixed = pd.concat([extra, seen], ignore_index=True)
+    order = rng.permutation(len(mixed))
+    mixed = mixed.iloc[order].reset_index(drop=True)
+    seen_at = np.flatnonzero(order >= n_seen)
+    assert count_rows_seen(rows, mixed, seen_index=seen_at) == expected
     if not rows.isna().any().any():  # an integer column matches equal float values
         assert count_rows_seen(rows.astype({0: "int64"}), seen) == expected
 
@@ -125,7 +132,11 @@ def test_rows_seen_survives_hash_collisions(monkeypatch: pytest.MonkeyPatch):
     """Every row hashing alike must still give the exact count: matches are confirmed."""
     from fitwell.data import preparation
 
-    monkeypatch.setattr(preparation, "_bits_hashes", lambda bits: np.zeros(len(bits), np.uint64))
+    monkeypatch.setattr(
+        preparation,
+        "_row_hashes",
+        lambda frame, index: np.zeros(len(frame) if index is None else len(index), np.uint64),
+    )
     seen = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 5.0, 6.0]})
     rows = pd.DataFrame({"a": [3.0, 1.0, 9.0, 2.0], "b": [6.0, 1.0, 9.0, 5.0]})
     assert count_rows_seen(rows, seen) == 2  # (3, 6) and (2, 5); (1, 1) and (9, 9) are new

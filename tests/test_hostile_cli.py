@@ -112,14 +112,14 @@ def test_predict_never_prints_a_nan_probability(
 ) -> None:
     import fitwell.api
 
-    real = fitwell.api.Run.predict_proba
+    real = fitwell.api.Run.encoded_outputs
 
-    def overflowing(self: Any, frame: Any, **kw: Any) -> np.ndarray:
-        proba = real(self, frame, **kw)
-        proba[3] = np.nan  # what an overflowing network gives
-        return proba
+    def overflowing(self: Any, x: Any) -> np.ndarray:
+        outputs = real(self, x)
+        outputs[3] = np.nan  # what an overflowing network gives
+        return outputs
 
-    monkeypatch.setattr(fitwell.api.Run, "predict_proba", overflowing)
+    monkeypatch.setattr(fitwell.api.Run, "encoded_outputs", overflowing)
     refused(cli(capsys, "predict", run, data), "data row 3", "non-finite")
 
 

@@ -628,11 +628,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    import pandas as pd
-
     from fitwell.api import load_run
-    from fitwell.data.loading import Table, read_file, validate_table
+    from fitwell.batch_predict import predict_file
     from fitwell.errors import InputError
     from fitwell.runs import check_output_file
 
@@ -642,60 +639,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if Path(args.data).exists() and _is_within(out, Path(args.data)):
             raise InputError(f"--out {args.out!r} is the input file {args.data!r}; choose another.")
     run = load_run(args.run_dir)
-    frame, _ = read_file(args.data)
-    source = str(args.data)
-    expected = run.preprocessor.input_columns
-    missing = [c for c in expected if c not in frame.columns]
-    if missing:
+    try:
+        summary = predict_file(run, args.data, out)
+    except PermissionError as exc:
         raise InputError(
-            f"{args.data}: missing column(s) {', '.join(repr(c) for c in missing)} that the "
-            "model was trained on."
-        )
-    if len(frame) == 0:
-        raise InputError(f"{args.data}: no data rows to predict.")
-    # The checks training applies (types, finite, range, cell size), on the model's columns.
-    validate_table(
-        Table(frame[expected].copy(), target=None, source=source),
-        require_target=False,
-        allow_empty_columns=True,
-    )
-    run.preprocessor.transform(frame, source=source)  # errors name the file, column and row
-    extra = [c for c in frame.columns if c not in expected and c != run.target]
-    if extra:
-        shown = ", ".join(repr(c) for c in extra[:10])
-        sys.stderr.write(f"note: ignoring {len(extra)} extra column(s): {shown}\n")
-    unknown = run.preprocessor.unknown_categories(frame)
-    for col, n in unknown.items():
+            f"cannot write {str(out or exc.filename)!r} ({exc.strerror or exc}); "
+            "nothing was written."
+        ) from None
+    if summary.extra_columns:
+        shown = ", ".join(repr(c) for c in summary.extra_columns[:10])
+        sys.stderr.write(f"note: ignoring {len(summary.extra_columns)} extra column(s): {shown}\n")
+    for col, n in summary.unknown_categories.items():
         sys.stderr.write(
             f"note: column {col!r} has {n} value(s) unseen in training; "
             "they encode as no category\n"
         )
-    result = pd.DataFrame({"prediction": run.predict(frame, source=source)})
-    checked = np.asarray(result["prediction"]) if run.task == "regression" else None
-    if run.task == "classification":
-        proba = run.predict_proba(frame, source=source)
-        for i, c in enumerate(run.target_encoder.classes):
-            result[f"proba_{c}"] = proba[:, i]
-        checked = proba
-    bad = ~np.isfinite(np.asarray(checked, dtype=float).reshape(len(result), -1)).all(axis=1)
-    if bad.any():  # a wrong answer must never leave with exit 0
-        row = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{args.data}: data row {row} gives a non-finite prediction ({int(bad.sum())} row(s) "
-            "in all); its values lie far outside what the model was trained on."
-        )
-    text = result.to_csv(index=False)
-    if out is not None:
-        from fitwell.runs import write_atomic
-
-        try:
-            write_atomic(out, text)
-        except OSError as exc:
-            raise InputError(
-                f"cannot write {str(out)!r} ({exc.strerror or exc}); nothing was written."
-            ) from None
-    else:
-        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -744,7 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from fitwell.errors import FitwellError
+    from fitwell.resources import pin_malloc_threshold
 
+    pin_malloc_threshold()
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:

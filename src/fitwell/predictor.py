@@ -59,10 +59,14 @@ class Run:
         frame = self._inputs(data)
         if source is None:
             source = str(data) if isinstance(data, (str, Path)) else "data"
-        x = torch.as_tensor(self.preprocessor.transform(frame, source=source))
+        return self.encoded_outputs(self.preprocessor.transform(frame, source=source))
+
+    @torch.no_grad()
+    def encoded_outputs(self, x: np.ndarray) -> np.ndarray:
+        """The ensemble's outputs (logits, or standardized values) for encoded rows ``x``."""
         device = next(self.model.parameters()).device
         self.model.eval()
-        outputs = self.model.predict_chunks(x.to(device))
+        outputs = self.model.predict_chunks(torch.as_tensor(x).to(device))
         return ensemble_outputs(outputs, self.task).cpu().numpy()
 
     def predict(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fitwell.data.arrow_csv import read_csv_arrow
 from fitwell.errors import InputError, did_you_mean
 
 # Training runs in float32: a value this large overflows once standardized by train-row statistics
@@ -102,6 +103,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_csv(p: Path) -> pd.DataFrame:
+    """Well-formed files take the Arrow path (columns straight into compact arrays, no copy of
+    the text); anything it does not accept is read again by the careful path, which names the
+    problem by line, column and value."""
+    sep = "\t" if p.suffix.lower() == ".tsv" else ","
+    frame = read_csv_arrow(p, sep, MAX_CELL_CHARS)
+    if frame is not None:
+        return frame
+    return _read_csv_careful(p, sep)
+
+
+def _read_csv_careful(p: Path, sep: str) -> pd.DataFrame:
     name = str(p)
     raw = p.read_bytes()
     try:
@@ -112,11 +124,11 @@ def _read_csv(p: Path) -> pd.DataFrame:
             f"{name}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
             "save the file as UTF-8."
         ) from None
+    del raw
     if not text.strip():
         raise InputError(f"{name}: file is empty (only blank lines).")
     if "\x00" in text:
         raise InputError(f"{name}: contains NUL bytes; is it a binary file?")
-    sep = "\t" if p.suffix.lower() == ".tsv" else ","
     # The csv module's own field limit would stop at an oversized cell without naming it: lift
     # it while reading (restored after) and name the row and column here instead.
     old_limit = csv.field_size_limit()
@@ -137,16 +149,8 @@ def _check_cell_sizes(name: str, row: list[str], header: list[str], lineno: int)
             )
 
 
-def _parse_csv(name: str, text: str, sep: str) -> pd.DataFrame:
-    rows = csv.reader(io.StringIO(text), delimiter=sep)
-    try:
-        header = next(rows)
-    except StopIteration:
-        raise InputError(f"{name}: file is empty.") from None
-    except csv.Error as exc:
-        raise InputError(f"{name}: cannot parse the header ({exc}).") from None
-    _check_cell_sizes(name, header, [f"#{i + 1}" for i in range(len(header))], 1)
-    header = [h.strip() for h in header]
+def check_header(name: str, header: list[str], sep: str) -> None:
+    """A header fitwell can read: more than one separator-kind, no empty or repeated names."""
     if len(header) == 1:
         for other, label in (
             (";", "';'-separated"),
@@ -165,6 +169,19 @@ def _parse_csv(name: str, text: str, sep: str) -> pd.DataFrame:
         if col in seen:
             raise InputError(f"{name}: column {col!r} appears more than once in the header.")
         seen.add(col)
+
+
+def _parse_csv(name: str, text: str, sep: str) -> pd.DataFrame:
+    rows = csv.reader(io.StringIO(text), delimiter=sep)
+    try:
+        header = next(rows)
+    except StopIteration:
+        raise InputError(f"{name}: file is empty.") from None
+    except csv.Error as exc:
+        raise InputError(f"{name}: cannot parse the header ({exc}).") from None
+    _check_cell_sizes(name, header, [f"#{i + 1}" for i in range(len(header))], 1)
+    header = [h.strip() for h in header]
+    check_header(name, header, sep)
     try:
         for row in rows:
             lineno = rows.line_num
@@ -227,12 +244,17 @@ def _numeric_mostly(series: pd.Series) -> tuple[float, pd.Series]:
 
 
 def validate_table(
-    table: Table, *, require_target: bool = True, allow_empty_columns: bool = False
+    table: Table,
+    *,
+    require_target: bool = True,
+    allow_empty_columns: bool = False,
+    first_row: int = 0,
 ) -> None:
     """Reject tables that cannot be trained on, naming the file, column, row and value.
 
     ``allow_empty_columns``: a column with no values at all is fine (rows to predict, where the
     preprocessing imputes it); every value that is there is checked as in training.
+    ``first_row``: the data row of the frame's first row, when it is a chunk of a larger file.
     """
     src, frame = table.source, table.frame
     if frame.shape[1] == 0:
@@ -285,9 +307,10 @@ def validate_table(
             if inf.any():
                 row = int(np.flatnonzero(inf)[0])
                 raise InputError(
-                    f"{src}: column {col!r} has an infinite value {values[row]} in data row {row}."
+                    f"{src}: column {col!r} has an infinite value {values[row]} in data row "
+                    f"{first_row + row}."
                 )
-            _check_magnitude(src, col, values)
+            _check_magnitude(src, col, values, first_row)
             continue
         if pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
             nested = series.map(lambda v: not _is_scalar_cell(v)).to_numpy(dtype=bool)
@@ -295,14 +318,15 @@ def validate_table(
                 row = int(np.flatnonzero(nested)[0])
                 raise InputError(
                     f"{src}: column {col!r} holds a {type(series.iloc[row]).__name__} in data row "
-                    f"{row}; cells must be numbers or text."
+                    f"{first_row + row}; cells must be numbers or text."
                 )
             lengths = series.map(lambda v: len(v) if isinstance(v, str) else 0).to_numpy()
             if len(lengths) and lengths.max() > MAX_CELL_CHARS:
                 row = int(np.argmax(lengths > MAX_CELL_CHARS))
                 raise InputError(
                     f"{src}: column {col!r} holds a cell of {int(lengths[row]):,} characters in "
-                    f"data row {row} (at most {MAX_CELL_CHARS:,}); is this a table of features?"
+                    f"data row {first_row + row} (at most {MAX_CELL_CHARS:,}); is this a table of "
+                    "features?"
                 )
             share, parsed = _numeric_mostly(series)
             # A column that is almost all numbers holds a typo, not a category.
@@ -310,7 +334,7 @@ def validate_table(
                 bad_pos = parsed[parsed.isna()].index[0]
                 row = int(frame.index.get_loc(bad_pos))
                 raise InputError(
-                    f"{src}: column {col!r} is numeric but data row {row} holds "
+                    f"{src}: column {col!r} is numeric but data row {first_row + row} holds "
                     f"{series.loc[bad_pos]!r}; fix or blank that value."
                 )
             if share == 1.0:
@@ -318,9 +342,10 @@ def validate_table(
                 if not np.isfinite(as_num.to_numpy()).all():
                     row = int(np.flatnonzero(~np.isfinite(as_num.to_numpy()))[0])
                     raise InputError(
-                        f"{src}: column {col!r} has a non-finite value in data row {row}."
+                        f"{src}: column {col!r} has a non-finite value in data row "
+                        f"{first_row + row}."
                     )
-                _check_magnitude(src, col, as_num.to_numpy())
+                _check_magnitude(src, col, as_num.to_numpy(), first_row)
                 frame[col] = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
             continue
         if not isinstance(series.dtype, pd.CategoricalDtype):
@@ -332,13 +357,13 @@ def _is_scalar_cell(value: object) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, np.generic))
 
 
-def _check_magnitude(src: str, col: str, values: np.ndarray) -> None:
+def _check_magnitude(src: str, col: str, values: np.ndarray, first_row: int = 0) -> None:
     big = np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE
     if big.any():
         row = int(np.flatnonzero(big)[0])
         raise InputError(
-            f"{src}: column {col!r} has a value {values[row]:.4g} in data row {row} beyond "
-            f"+-{MAX_ABS_VALUE:g}, too large for float32 training; rescale the column."
+            f"{src}: column {col!r} has a value {values[row]:.4g} in data row {first_row + row} "
+            f"beyond +-{MAX_ABS_VALUE:g}, too large for float32 training; rescale the column."
         )
 
 

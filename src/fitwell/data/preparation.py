@@ -148,56 +148,86 @@ _HASH_MULTIPLIERS = np.random.default_rng(0x5EED).integers(
 ) * np.uint64(2) + np.uint64(1)
 
 
-def _numeric_row_bits(frame: pd.DataFrame) -> np.ndarray | None:
-    """Each row's float64 bit patterns ``[rows, columns]`` (uint64), with -0.0 read as 0.0 and
-    every NaN as one NaN; ``None`` when a column is not plain numeric, or holds integers that
-    float64 cannot tell apart (beyond 2**53, e.g. 64-bit ids)."""
+def _hashable_numeric(frame: pd.DataFrame) -> bool:
+    """Plain numeric columns whose values float64 tells apart (no integers beyond 2**53, e.g.
+    64-bit ids), so rows can be matched by their float64 bit patterns."""
     if len(frame.columns) > len(_HASH_MULTIPLIERS) or not all(
         pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_complex_dtype(t)
         for t in frame.dtypes
     ):
-        return None
-    integers = frame.select_dtypes(include="integer")
-    if len(integers.columns) and len(integers) and float(integers.abs().max().max()) >= 2.0**53:
-        return None
-    values = frame.to_numpy(dtype=np.float64, na_value=np.nan) + 0.0  # a copy; -0.0 -> 0.0
-    if not np.isfinite(values.sum()):  # NaN somewhere (or an infinity): canonical NaNs
+        return False
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_integer_dtype(column.dtype) and len(column):
+            if float(column.abs().max()) >= 2.0**53:
+                return False
+    return True
+
+
+def _column_bits(column: pd.Series, index: np.ndarray | None) -> np.ndarray:
+    """One column's float64 bit patterns (uint64), -0.0 read as 0.0 and every NaN as one NaN."""
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = (values if index is None else values[index]) + 0.0  # a copy; -0.0 -> 0.0
+    if not np.isfinite(values.sum()):
         values[np.isnan(values)] = np.nan
-    return np.ascontiguousarray(values).view(np.uint64)
+    return values.view(np.uint64)
 
 
-def _bits_hashes(bits: np.ndarray) -> np.ndarray:
-    mixed = bits ^ (bits >> np.uint64(32))  # sign and exponent reach the low bits
-    return mixed @ _HASH_MULTIPLIERS[: bits.shape[1]]  # wraps modulo 2**64
+def _row_bits(frame: pd.DataFrame, index: np.ndarray) -> np.ndarray:
+    """The bit patterns ``[len(index), columns]`` of a few rows, to confirm hash matches."""
+    return np.stack([_column_bits(frame[c], index) for c in frame.columns], axis=1)
 
 
-def count_rows_seen(rows: pd.DataFrame, seen: pd.DataFrame) -> int:
-    """How many of ``rows`` (e.g. the test split) also occur, value for value, in ``seen``.
+def _row_hashes(frame: pd.DataFrame, index: np.ndarray | None) -> np.ndarray:
+    """A 64-bit multiply-add hash of each row's bit patterns, one column at a time (so no copy
+    of the whole table is made); wraps modulo 2**64."""
+    n = len(frame) if index is None else len(index)
+    hashes = np.zeros(n, dtype=np.uint64)
+    for j, name in enumerate(frame.columns):
+        bits = _column_bits(frame[name], index)
+        bits ^= bits >> np.uint64(32)  # sign and exponent reach the low bits
+        bits *= _HASH_MULTIPLIERS[j]
+        hashes += bits
+    return hashes
+
+
+def count_rows_seen(
+    rows: pd.DataFrame, seen: pd.DataFrame, *, seen_index: np.ndarray | None = None
+) -> int:
+    """How many of ``rows`` (e.g. the test split) also occur, value for value, in ``seen``
+    (``seen_index``: the positions of ``seen`` to look in, default all).
 
     Numeric frames (the common case) are matched by a 64-bit multiply-add hash of each row's bit
     patterns, and every hash match is then confirmed by comparing the rows themselves, so the
-    count is exact. That takes a few vectorized passes: ~5x faster than pandas' per-column
-    hashing on the 64-column digits table, where pandas costs ~2% of a small network's whole
-    training. Other frames use :func:`pandas.util.hash_pandas_object`.
+    count is exact. That takes a few vectorized passes, one column at a time: ~5x faster than
+    pandas' per-column hashing on the 64-column digits table. Other frames use
+    :func:`pandas.util.hash_pandas_object`.
     """
-    bits, seen_bits = _numeric_row_bits(rows), _numeric_row_bits(seen)
-    if bits is None or seen_bits is None or len(seen_bits) == 0:
+    positions = np.arange(len(seen)) if seen_index is None else np.asarray(seen_index)
+    if not (_hashable_numeric(rows) and _hashable_numeric(seen)) or len(positions) == 0:
+        subset = seen if seen_index is None else seen.iloc[positions]
         hashes = pd.util.hash_pandas_object(rows, index=False).to_numpy()
-        seen_hashes = pd.util.hash_pandas_object(seen, index=False).to_numpy()
+        seen_hashes = pd.util.hash_pandas_object(subset, index=False).to_numpy()
         return int(np.isin(hashes, seen_hashes).sum())
-    hashes, seen_hashes = _bits_hashes(bits), _bits_hashes(seen_bits)
+    hashes, seen_hashes = _row_hashes(rows, None), _row_hashes(seen, seen_index)
     order = np.argsort(seen_hashes, kind="stable")
     sorted_hashes = seen_hashes[order]
     first = np.searchsorted(sorted_hashes, hashes).clip(max=len(sorted_hashes) - 1)
     candidates = np.flatnonzero(sorted_hashes[first] == hashes)
     first = first[candidates]
-    confirmed = (bits[candidates] == seen_bits[order[first]]).all(axis=1)
+    if len(candidates) == 0:
+        return 0
+    confirmed = (_row_bits(rows, candidates) == _row_bits(seen, positions[order[first]])).all(
+        axis=1
+    )
     count = int(confirmed.sum())
     # A row whose hash matched a different row first (a hash collision): check every seen row
     # with that hash. Rare, so a plain loop.
     for i, start in zip(candidates[~confirmed], first[~confirmed], strict=True):
         stop = np.searchsorted(sorted_hashes, hashes[i], side="right")
-        count += bool((seen_bits[order[start:stop]] == bits[i]).all(axis=1).any())
+        mine = _row_bits(rows, np.array([i]))
+        others = _row_bits(seen, positions[order[start:stop]])
+        count += bool((others == mine).all(axis=1).any())
     return count
 
 
@@ -227,14 +257,16 @@ def prepare(
     train_idx, val_idx, test_idx = split_indices(
         len(frame), split, seed=seed, stratify=stratify, source=table.source
     )
-    pre = Preprocessor.fit(features.iloc[train_idx], scale=scale)
-    x_train = pre.transform(features.iloc[train_idx], source=table.source)
-    x_val = pre.transform(features.iloc[val_idx], source=table.source)
+    # Column by column from the one frame: no copy of the table per split.
+    pre = Preprocessor.fit(features, scale=scale, rows=train_idx)
+    x_train = pre.transform(features, source=table.source, rows=train_idx)
+    x_val = pre.transform(features, source=table.source, rows=val_idx)
     test_features = features.iloc[test_idx]
-    duplicates = count_rows_seen(test_features, features.iloc[train_idx])
+    duplicates = count_rows_seen(test_features, features, seen_index=train_idx)
+    source, y_test = table.source, y_all[test_idx]  # the closure holds these, not the table
 
     def load_test() -> tuple[np.ndarray, np.ndarray]:
-        return pre.transform(test_features, source=table.source), y_all[test_idx]
+        return pre.transform(test_features, source=source), y_test
 
     return PreparedData(
         task=resolved,

@@ -35,6 +35,11 @@ class ColumnSpec:
         return [f"{self.name}={c}" for c in self.categories]
 
 
+def _rows_of(series: pd.Series, rows: np.ndarray | None) -> pd.Series:
+    """``series`` at positions ``rows`` (a copy of one column), or all of it."""
+    return series if rows is None else series.iloc[rows].reset_index(drop=True)
+
+
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
 
@@ -47,11 +52,14 @@ class Preprocessor:
     scale: bool = True
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, *, scale: bool = True) -> Preprocessor:
-        """Learn imputation values, scaling and categories from ``frame`` (training rows only)."""
+    def fit(
+        cls, frame: pd.DataFrame, *, scale: bool = True, rows: np.ndarray | None = None
+    ) -> Preprocessor:
+        """Learn imputation values, scaling and categories from ``frame``'s training rows
+        (``rows``: their positions; default all). One column is copied at a time."""
         specs: list[ColumnSpec] = []
         for name in frame.columns:
-            series = frame[name]
+            series = _rows_of(frame[name], rows)
             if _is_numeric(series):
                 values = series.astype(float)
                 median = float(values.median()) if values.notna().any() else 0.0
@@ -87,31 +95,48 @@ class Preprocessor:
             i += n
         return groups
 
-    def transform(self, frame: pd.DataFrame, *, source: str = "data") -> np.ndarray:
-        """Encode ``frame``; missing columns are an error, extra columns are ignored."""
+    def transform(
+        self,
+        frame: pd.DataFrame,
+        *,
+        source: str = "data",
+        rows: np.ndarray | None = None,
+        first_row: int = 0,
+    ) -> np.ndarray:
+        """Encode ``frame`` (``rows``: the positions to encode, default all) into one float32
+        matrix, filled column by column so no wider copy of the table is ever made. Missing
+        columns are an error, extra columns are ignored. Errors name the data row: ``rows``'
+        position, plus ``first_row`` when ``frame`` is a chunk of a larger file."""
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise InputError(
                 f"{source}: missing column(s) {', '.join(repr(m) for m in missing)} that the "
                 "model was trained on."
             )
-        blocks: list[np.ndarray] = []
+        n_rows = len(frame) if rows is None else len(rows)
+
+        def data_row(position: int) -> int:
+            return first_row + (position if rows is None else int(rows[position]))
+
+        out = np.empty((n_rows, len(self.encoded_names)), dtype=np.float32)
+        at = 0
         for spec in self.columns:
-            series = frame[spec.name]
+            series = _rows_of(frame[spec.name], rows)
             if spec.kind == "numeric":
                 values = pd.to_numeric(series, errors="coerce")
                 bad = values.isna() & series.notna()
                 if bad.any():
                     row = int(np.flatnonzero(bad.to_numpy())[0])
                     raise InputError(
-                        f"{source}: column {spec.name!r} must be numeric; data row {row} holds "
-                        f"{series.iloc[row]!r}."
+                        f"{source}: column {spec.name!r} must be numeric; data row "
+                        f"{data_row(row)} holds {series.iloc[row]!r}."
                     )
                 col = values.astype(float).fillna(spec.fill).to_numpy()
                 if not np.isfinite(col).all():
                     row = int(np.flatnonzero(~np.isfinite(col))[0])
                     raise InputError(
-                        f"{source}: column {spec.name!r} has a non-finite value in data row {row}."
+                        f"{source}: column {spec.name!r} has a non-finite value in data row "
+                        f"{data_row(row)}."
                     )
                 # The same bound training applies: beyond it the float32 network overflows.
                 big = np.abs(col) > MAX_ABS_VALUE
@@ -119,30 +144,30 @@ class Preprocessor:
                     row = int(np.flatnonzero(big)[0])
                     raise InputError(
                         f"{source}: column {spec.name!r} has a value {col[row]:.4g} in data row "
-                        f"{row} beyond +-{MAX_ABS_VALUE:g}, outside what the model can take; "
-                        "rescale it as the training data was."
+                        f"{data_row(row)} beyond +-{MAX_ABS_VALUE:g}, outside what the model "
+                        "can take; rescale it as the training data was."
                     )
                 if self.scale:
                     col = (col - spec.mean) / spec.std
-                blocks.append(col[:, None])
+                with np.errstate(over="ignore"):  # overflow is reported below
+                    out[:, at] = col
+                at += 1
             else:
                 text = series.astype(object).where(series.notna(), spec.fill).astype(str)
                 lookup = {c: i for i, c in enumerate(spec.categories)}
                 codes = text.map(lookup)
                 known = codes.notna().to_numpy()
-                onehot = np.zeros((len(frame), len(spec.categories)))
-                onehot[np.flatnonzero(known), codes[known].astype(int).to_numpy()] = 1.0
-                blocks.append(onehot)
-        if not blocks:
-            return np.zeros((len(frame), 0), dtype=np.float32)
-        with np.errstate(over="ignore"):  # overflow is reported below, by column and row
-            out = np.hstack(blocks).astype(np.float32)
-        bad = ~np.isfinite(out)
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
+                block = out[:, at : at + len(spec.categories)]
+                block[:] = 0.0
+                block[np.flatnonzero(known), codes[known].astype(int).to_numpy()] = 1.0
+                at += len(spec.categories)
+        bad_rows = ~np.isfinite(out).all(axis=1)
+        if bad_rows.any():
+            row = int(np.flatnonzero(bad_rows)[0])
+            col = int(np.flatnonzero(~np.isfinite(out[row]))[0])
             raise InputError(
-                f"{source}: feature {self.encoded_names[col]!r} in data row {row} overflows "
-                "float32 once scaled by the training statistics; rescale that column."
+                f"{source}: feature {self.encoded_names[col]!r} in data row {data_row(row)} "
+                "overflows float32 once scaled by the training statistics; rescale that column."
             )
         return out
 

@@ -22,6 +22,8 @@ SIGNALS_FILE = "signals.json"
 LINEAR_RIDGE = 1.0
 # Above this many features the closed-form reference is skipped (it would cost more than training).
 LINEAR_MAX_FEATURES = 2048
+# Rows per block when summing the ridge fit (float64 work memory: this many rows at a time).
+LINEAR_BLOCK_ROWS = 65_536
 
 
 def baseline_val_score(task: str, y_train: np.ndarray, y_val: np.ndarray) -> float:
@@ -47,25 +49,45 @@ def linear_reference(
     n, d = x_train.shape
     if n == 0 or len(y_val) == 0 or d > LINEAR_MAX_FEATURES:
         return None, None
-    x = np.asarray(x_train, dtype=np.float64)
-    mean = x.mean(axis=0)
-    xc = x - mean
-    if task == "classification":
-        classes = int(max(np.max(y_train), np.max(y_val))) + 1
-        t = np.eye(classes)[np.asarray(y_train, dtype=np.int64)]
-    else:
-        t = np.asarray(y_train, dtype=np.float64)[:, None]
-    t_mean = t.mean(axis=0)
-    gram = xc.T @ xc + LINEAR_RIDGE * np.eye(d)
-    coef = np.linalg.solve(gram, xc.T @ (t - t_mean))
+    classes = int(max(np.max(y_train), np.max(y_val))) + 1 if task == "classification" else 0
+
+    def targets(ys: np.ndarray) -> np.ndarray:
+        if task == "classification":
+            return np.eye(classes)[np.asarray(ys, dtype=np.int64)]
+        return np.asarray(ys, dtype=np.float64)[:, None]
+
+    # Sums over row blocks in float64: memory stays one block, not a float64 copy of the table.
+    mean = np.asarray(x_train.mean(axis=0, dtype=np.float64))
+    t_mean = np.zeros(max(classes, 1))
+    gram = LINEAR_RIDGE * np.eye(d)
+    cross = np.zeros((d, len(t_mean)))
+    centered_sum = np.zeros(d)
+    for start in range(0, n, LINEAR_BLOCK_ROWS):
+        xc = np.asarray(x_train[start : start + LINEAR_BLOCK_ROWS], dtype=np.float64) - mean
+        t = targets(y_train[start : start + LINEAR_BLOCK_ROWS])
+        gram += xc.T @ xc
+        cross += xc.T @ t
+        centered_sum += xc.sum(axis=0)
+        t_mean += t.sum(axis=0)
+    t_mean /= n
+    coef = np.linalg.solve(gram, cross - np.outer(centered_sum, t_mean))
 
     def score(xs: np.ndarray, ys: np.ndarray) -> float:
-        pred = (np.asarray(xs, dtype=np.float64) - mean) @ coef + t_mean
+        hits, ss_res = 0, 0.0
+        ys_mean = float(np.mean(ys, dtype=np.float64))
+        ss_tot = 0.0
+        for start in range(0, len(ys), LINEAR_BLOCK_ROWS):
+            block = slice(start, start + LINEAR_BLOCK_ROWS)
+            pred = (np.asarray(xs[block], dtype=np.float64) - mean) @ coef + t_mean
+            if task == "classification":
+                hits += int((pred.argmax(axis=1) == np.asarray(ys[block])).sum())
+            else:
+                y = np.asarray(ys[block], dtype=np.float64)
+                ss_res += float(((y - pred[:, 0]) ** 2).sum())
+                ss_tot += float(((y - ys_mean) ** 2).sum())
         if task == "classification":
-            return float(np.mean(pred.argmax(axis=1) == np.asarray(ys)))
-        ys = np.asarray(ys, dtype=np.float64)
-        ss_tot = float(((ys - ys.mean()) ** 2).sum())
-        return 1.0 - float(((ys - pred[:, 0]) ** 2).sum()) / max(ss_tot, 1e-12)
+            return hits / len(ys)
+        return 1.0 - ss_res / max(ss_tot, 1e-12)
 
     return score(x_train, y_train), score(x_val, y_val)
 
