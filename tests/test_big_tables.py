@@ -203,6 +203,6 @@ def test_a_bad_value_late_in_the_file_leaves_nothing_written(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_malloc_threshold_is_pinned_on_glibc() -> None:
-    from fitwell.resources import pin_malloc_threshold
+    from fitwell.heap import pin_malloc_threshold
 
     assert pin_malloc_threshold() is True

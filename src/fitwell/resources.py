@@ -68,27 +68,3 @@ def check_memory(estimate: int, device: torch.device, what: str, advice: str) ->
             f"{what} needs about {_gb(estimate)} but only {_gb(available)} of {label} is left "
             f"on {device.type}; {advice}"
         )
-
-
-# glibc's malloc raises its mmap threshold each time a large block is freed, after which blocks
-# of a few hundred kB (a batch of a few members) come from the heap and are not handed back:
-# training 3 members on 1M rows grew by ~1 GB per epoch that way. A fixed threshold keeps such
-# blocks mmap'ed and returned when freed (measured: flat at +300 MB, epoch time unchanged).
-MMAP_THRESHOLD_BYTES = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
-
-
-def pin_malloc_threshold() -> bool:
-    """Fix glibc's mmap threshold for this process (the command-line tool calls this; a library
-    user's process is left alone). False where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):
-        return False

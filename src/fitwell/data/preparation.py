@@ -232,9 +232,19 @@ def count_rows_seen(
 
 
 def prepare(
-    table: Table, *, task: str, split: tuple[float, float, float], seed: int, scale: bool
+    table: Table,
+    *,
+    task: str,
+    split: tuple[float, float, float],
+    seed: int,
+    scale: bool,
+    release: bool = False,
 ) -> PreparedData:
-    """Infer the task, encode the target, split the rows and fit preprocessing on train rows."""
+    """Infer the task, encode the target, split the rows and fit preprocessing on train rows.
+
+    ``release``: the table's rows are handed over (``table.frame`` is left empty), so that their
+    memory goes back column by column as the encoded splits fill; for callers that own the table.
+    """
     if table.target is None:
         raise InputError(f"{table.source}: no target column given; use `--target COLUMN`.")
     frame = table.frame.reset_index(drop=True)
@@ -257,16 +267,21 @@ def prepare(
     train_idx, val_idx, test_idx = split_indices(
         len(frame), split, seed=seed, stratify=stratify, source=table.source
     )
-    # Column by column from the one frame: no copy of the table per split.
+    duplicates = count_rows_seen(features.iloc[test_idx], features, seen_index=train_idx)
     pre = Preprocessor.fit(features, scale=scale, rows=train_idx)
-    x_train = pre.transform(features, source=table.source, rows=train_idx)
-    x_val = pre.transform(features, source=table.source, rows=val_idx)
-    test_features = features.iloc[test_idx]
-    duplicates = count_rows_seen(test_features, features, seen_index=train_idx)
-    source, y_test = table.source, y_all[test_idx]  # the closure holds these, not the table
+    if release:  # nothing else holds the rows now: each column goes once it is encoded
+        table.frame = table.frame.iloc[:0]
+        del frame
+    # Column by column from the one frame: no copy of the table per split. The test rows are
+    # encoded now (with the training rows' statistics) but stay sealed until the end.
+    x_train, x_val, x_test = pre.transform_splits(
+        features, [train_idx, val_idx, test_idx], source=table.source, release=release
+    )
+    del features
+    y_test = y_all[test_idx]
 
     def load_test() -> tuple[np.ndarray, np.ndarray]:
-        return pre.transform(test_features, source=source), y_test
+        return x_test, y_test
 
     return PreparedData(
         task=resolved,

@@ -35,6 +35,11 @@ class ColumnSpec:
         return [f"{self.name}={c}" for c in self.categories]
 
 
+def _data_row(position: int, rows: np.ndarray | None, first_row: int) -> int:
+    """The data row (of the file) of ``position`` in an encoded split."""
+    return first_row + (position if rows is None else int(rows[position]))
+
+
 def _rows_of(series: pd.Series, rows: np.ndarray | None) -> pd.Series:
     """``series`` at positions ``rows`` (a copy of one column), or all of it."""
     return series if rows is None else series.iloc[rows].reset_index(drop=True)
@@ -107,69 +112,105 @@ class Preprocessor:
         matrix, filled column by column so no wider copy of the table is ever made. Missing
         columns are an error, extra columns are ignored. Errors name the data row: ``rows``'
         position, plus ``first_row`` when ``frame`` is a chunk of a larger file."""
+        return self.transform_splits(
+            frame, [rows], source=source, first_row=first_row, release=False
+        )[0]
+
+    def transform_splits(
+        self,
+        frame: pd.DataFrame,
+        splits: list[np.ndarray | None],
+        *,
+        source: str = "data",
+        first_row: int = 0,
+        release: bool = False,
+    ) -> list[np.ndarray]:
+        """Encode several row subsets of ``frame`` at once, one input column at a time.
+
+        ``release``: delete each column from ``frame`` once it is encoded, so that (when nothing
+        else holds the frame) its memory goes back as the encoded matrices fill: the peak is
+        about one copy of the table, not the frame plus every split.
+        """
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise InputError(
                 f"{source}: missing column(s) {', '.join(repr(m) for m in missing)} that the "
                 "model was trained on."
             )
-        n_rows = len(frame) if rows is None else len(rows)
-
-        def data_row(position: int) -> int:
-            return first_row + (position if rows is None else int(rows[position]))
-
-        out = np.empty((n_rows, len(self.encoded_names)), dtype=np.float32)
+        width = len(self.encoded_names)
+        outs = [
+            np.empty((len(frame) if rows is None else len(rows), width), dtype=np.float32)
+            for rows in splits
+        ]
         at = 0
         for spec in self.columns:
-            series = _rows_of(frame[spec.name], rows)
-            if spec.kind == "numeric":
-                values = pd.to_numeric(series, errors="coerce")
-                bad = values.isna() & series.notna()
-                if bad.any():
-                    row = int(np.flatnonzero(bad.to_numpy())[0])
-                    raise InputError(
-                        f"{source}: column {spec.name!r} must be numeric; data row "
-                        f"{data_row(row)} holds {series.iloc[row]!r}."
-                    )
-                col = values.astype(float).fillna(spec.fill).to_numpy()
-                if not np.isfinite(col).all():
-                    row = int(np.flatnonzero(~np.isfinite(col))[0])
-                    raise InputError(
-                        f"{source}: column {spec.name!r} has a non-finite value in data row "
-                        f"{data_row(row)}."
-                    )
-                # The same bound training applies: beyond it the float32 network overflows.
-                big = np.abs(col) > MAX_ABS_VALUE
-                if big.any():
-                    row = int(np.flatnonzero(big)[0])
-                    raise InputError(
-                        f"{source}: column {spec.name!r} has a value {col[row]:.4g} in data row "
-                        f"{data_row(row)} beyond +-{MAX_ABS_VALUE:g}, outside what the model "
-                        "can take; rescale it as the training data was."
-                    )
-                if self.scale:
-                    col = (col - spec.mean) / spec.std
-                with np.errstate(over="ignore"):  # overflow is reported below
-                    out[:, at] = col
-                at += 1
-            else:
-                text = series.astype(object).where(series.notna(), spec.fill).astype(str)
-                lookup = {c: i for i, c in enumerate(spec.categories)}
-                codes = text.map(lookup)
-                known = codes.notna().to_numpy()
-                block = out[:, at : at + len(spec.categories)]
-                block[:] = 0.0
-                block[np.flatnonzero(known), codes[known].astype(int).to_numpy()] = 1.0
-                at += len(spec.categories)
-        bad_rows = ~np.isfinite(out).all(axis=1)
-        if bad_rows.any():
-            row = int(np.flatnonzero(bad_rows)[0])
-            col = int(np.flatnonzero(~np.isfinite(out[row]))[0])
-            raise InputError(
-                f"{source}: feature {self.encoded_names[col]!r} in data row {data_row(row)} "
-                "overflows float32 once scaled by the training statistics; rescale that column."
-            )
-        return out
+            n = len(spec.encoded_names)
+            for out, rows in zip(outs, splits, strict=True):
+                self._encode_column(
+                    spec, frame[spec.name], out[:, at : at + n], source, rows, first_row
+                )
+            if release:
+                del frame[spec.name]
+            at += n
+        for out, rows in zip(outs, splits, strict=True):
+            bad_rows = ~np.isfinite(out).all(axis=1)
+            if bad_rows.any():
+                row = int(np.flatnonzero(bad_rows)[0])
+                col = int(np.flatnonzero(~np.isfinite(out[row]))[0])
+                raise InputError(
+                    f"{source}: feature {self.encoded_names[col]!r} in data row "
+                    f"{_data_row(row, rows, first_row)} overflows float32 once scaled by the "
+                    "training statistics; rescale that column."
+                )
+        return outs
+
+    def _encode_column(
+        self,
+        spec: ColumnSpec,
+        column: pd.Series,
+        out: np.ndarray,
+        source: str,
+        rows: np.ndarray | None,
+        first_row: int,
+    ) -> None:
+        """Write one input column's encoding (``rows`` of it) into ``out`` [rows, width]."""
+        series = _rows_of(column, rows)
+        if spec.kind == "numeric":
+            values = pd.to_numeric(series, errors="coerce")
+            bad = values.isna() & series.notna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise InputError(
+                    f"{source}: column {spec.name!r} must be numeric; data row "
+                    f"{_data_row(row, rows, first_row)} holds {series.iloc[row]!r}."
+                )
+            col = values.astype(float).fillna(spec.fill).to_numpy()
+            if not np.isfinite(col).all():
+                row = int(np.flatnonzero(~np.isfinite(col))[0])
+                raise InputError(
+                    f"{source}: column {spec.name!r} has a non-finite value in data row "
+                    f"{_data_row(row, rows, first_row)}."
+                )
+            # The same bound training applies: beyond it the float32 network overflows.
+            big = np.abs(col) > MAX_ABS_VALUE
+            if big.any():
+                row = int(np.flatnonzero(big)[0])
+                raise InputError(
+                    f"{source}: column {spec.name!r} has a value {col[row]:.4g} in data row "
+                    f"{_data_row(row, rows, first_row)} beyond +-{MAX_ABS_VALUE:g}, outside "
+                    "what the model can take; rescale it as the training data was."
+                )
+            if self.scale:
+                col = (col - spec.mean) / spec.std
+            with np.errstate(over="ignore"):  # overflow is reported by the caller
+                out[:, 0] = col
+            return
+        text = series.astype(object).where(series.notna(), spec.fill).astype(str)
+        lookup = {c: i for i, c in enumerate(spec.categories)}
+        codes = text.map(lookup)
+        known = codes.notna().to_numpy()
+        out[:] = 0.0
+        out[np.flatnonzero(known), codes[known].astype(int).to_numpy()] = 1.0
 
     def unknown_categories(self, frame: pd.DataFrame) -> dict[str, int]:
         """Count values per categorical column that were never seen in training."""
