@@ -158,7 +158,14 @@ def load_and_prepare(cfg: TrainConfig) -> PreparedData:
     """The one data path: load the table, split it (seeded by ``cfg.seed``) and fit
     preprocessing on the training rows. The test split comes back sealed."""
     table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
-    return prepare(table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale)
+    return prepare(
+        table,
+        task=cfg.task,
+        split=cfg.split,
+        seed=cfg.seed,
+        scale=cfg.scale,
+        scaling=cfg.scaling,
+    )
 
 
 def _population_members(cfgs: Sequence[TrainConfig]) -> tuple[list[MemberSettings], list[int]]:

@@ -232,7 +232,13 @@ def count_rows_seen(
 
 
 def prepare(
-    table: Table, *, task: str, split: tuple[float, float, float], seed: int, scale: bool
+    table: Table,
+    *,
+    task: str,
+    split: tuple[float, float, float],
+    seed: int,
+    scale: bool,
+    scaling: str = "standard",
 ) -> PreparedData:
     """Infer the task, encode the target, split the rows and fit preprocessing on train rows."""
     if table.target is None:
@@ -258,7 +264,7 @@ def prepare(
         len(frame), split, seed=seed, stratify=stratify, source=table.source
     )
     # Column by column from the one frame: no copy of the table per split.
-    pre = Preprocessor.fit(features, scale=scale, rows=train_idx)
+    pre = Preprocessor.fit(features, scale=scale, rows=train_idx, scaling=scaling)
     x_train = pre.transform(features, source=table.source, rows=train_idx)
     x_val = pre.transform(features, source=table.source, rows=val_idx)
     test_features = features.iloc[test_idx]
