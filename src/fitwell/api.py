@@ -159,7 +159,13 @@ def load_and_prepare(cfg: TrainConfig) -> PreparedData:
     preprocessing on the training rows. The test split comes back sealed."""
     table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
     return prepare(
-        table, task=cfg.task, split=cfg.split, seed=cfg.seed, scale=cfg.scale, release=True
+        table,
+        task=cfg.task,
+        split=cfg.split,
+        seed=cfg.seed,
+        scale=cfg.scale,
+        scaling=cfg.scaling,
+        release=True,
     )
 
 

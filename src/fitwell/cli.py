@@ -52,6 +52,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         const=False,
         help="do not standardize numeric columns",
     )
+    g.add_argument(
+        "--scaling",
+        choices=("standard", "robust"),
+        help="numeric scaling: standard (mean/std, default) or robust (median/IQR + smooth clip)",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--hidden",

@@ -97,7 +97,10 @@ class TrainConfig:
     split : tuple of 3 floats, default (0.7, 0.15, 0.15)
         Train / validation / test fractions; stratified for classification.
     scale : bool, default True
-        Standardize numeric columns (fitted on training rows only).
+        Scale numeric columns (fitted on training rows only).
+    scaling : {"standard", "robust"}, default "standard"
+        ``standard``: subtract the mean, divide by the std. ``robust``: subtract the median,
+        divide by the IQR, then clip smoothly into (-3, 3) (RealMLP's preprocessing).
     hidden : tuple of int or "auto", default "auto"
         Hidden layer widths. ``auto`` is two layers, 256 units wide from about 1000 training rows,
         narrower (down to 64) for smaller tables: see :func:`resolve_hidden`. The run's saved
@@ -174,6 +177,7 @@ class TrainConfig:
     task: str = "auto"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     scale: bool = True
+    scaling: str = "standard"
     hidden: tuple[int, ...] | str = "auto"
     activation: str = "relu"
     dropout: float | tuple[float, ...] = 0.2
@@ -367,6 +371,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     _choice("init", cfg.init, INITS, problems)
     _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES, problems)
+    _choice("scaling", cfg.scaling, ("standard", "robust"), problems)
     if cfg.warmup_epochs < 0:
         problems.append(f"`warmup_epochs` must be >= 0; got {cfg.warmup_epochs}")
     if not (math.isfinite(cfg.adam_beta2) and 0 < cfg.adam_beta2 < 1):

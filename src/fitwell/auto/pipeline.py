@@ -51,7 +51,17 @@ AUTO_FILES = (
     search_space.STUDY_FILE,
     search_space.STUDY_FILE + ".lock",
 )
-_NOT_SEARCHED = ("data", "dataset", "target", "task", "split", "scale", "device", "threads")
+_NOT_SEARCHED = (
+    "data",
+    "dataset",
+    "target",
+    "task",
+    "split",
+    "scale",
+    "scaling",
+    "device",
+    "threads",
+)
 
 
 def parse_budget(value: str | float | int | None) -> float | None:

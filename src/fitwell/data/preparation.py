@@ -239,6 +239,7 @@ def prepare(
     seed: int,
     scale: bool,
     release: bool = False,
+    scaling: str = "standard",
 ) -> PreparedData:
     """Infer the task, encode the target, split the rows and fit preprocessing on train rows.
 
@@ -268,7 +269,7 @@ def prepare(
         len(frame), split, seed=seed, stratify=stratify, source=table.source
     )
     duplicates = count_rows_seen(features.iloc[test_idx], features, seen_index=train_idx)
-    pre = Preprocessor.fit(features, scale=scale, rows=train_idx)
+    pre = Preprocessor.fit(features, scale=scale, rows=train_idx, scaling=scaling)
     if release:  # nothing else holds the rows now: each column goes once it is encoded
         table.frame = table.frame.iloc[:0]
         del frame

@@ -1,6 +1,9 @@
 """Preprocessing fitted on training rows only, stored as plain JSON and replayed at predict time.
 
-Numeric columns: median imputation, then standardization (unless ``scale=False``).
+Numeric columns: median imputation, then standardization (unless ``scale=False``), or with
+``scaling="robust"`` the robust scaling and smooth clipping of RealMLP (Holzmüller et al., 2024):
+``z = (x - median) / IQR`` (half the range where the IQR is 0), then ``z / sqrt(1 + (z / 3)**2)``,
+which keeps the middle of the distribution nearly linear and squashes outliers into (-3, 3).
 Categorical columns: most-frequent imputation, then one-hot encoding; a category unseen in
 training encodes as all zeros (and is counted, so predict can say so).
 """
@@ -24,8 +27,8 @@ class ColumnSpec:
     name: str
     kind: str  # "numeric" | "categorical"
     fill: Any
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float = 0.0  # the centre subtracted: the mean, or the median when scaling is robust
+    std: float = 1.0  # the spread divided by: the std, or the IQR when scaling is robust
     categories: list[str] = field(default_factory=list)
 
     @property
@@ -33,6 +36,24 @@ class ColumnSpec:
         if self.kind == "numeric":
             return [self.name]
         return [f"{self.name}={c}" for c in self.categories]
+
+
+SCALINGS = ("standard", "robust")
+SMOOTH_CLIP_BOUND = 3.0
+
+
+def robust_spread(values: np.ndarray) -> float:
+    """The IQR; half the range where the IQR is 0 (a column mostly one value); 1 if constant."""
+    q25, q75 = np.quantile(values, [0.25, 0.75]) if len(values) else (0.0, 0.0)
+    if q75 - q25 > 0:
+        return float(q75 - q25)
+    half_range = 0.5 * float(values.max() - values.min()) if len(values) else 0.0
+    return half_range if half_range > 0 else 1.0
+
+
+def smooth_clip(z: np.ndarray) -> np.ndarray:
+    """``z / sqrt(1 + (z / 3)**2)``: about ``z`` near 0, bounded by 3 in magnitude."""
+    return z / np.sqrt(1.0 + (z / SMOOTH_CLIP_BOUND) ** 2)
 
 
 def _data_row(position: int, rows: np.ndarray | None, first_row: int) -> int:
@@ -55,10 +76,16 @@ class Preprocessor:
 
     columns: list[ColumnSpec]
     scale: bool = True
+    scaling: str = "standard"  # "standard" | "robust" (robust scaling + smooth clipping)
 
     @classmethod
     def fit(
-        cls, frame: pd.DataFrame, *, scale: bool = True, rows: np.ndarray | None = None
+        cls,
+        frame: pd.DataFrame,
+        *,
+        scale: bool = True,
+        rows: np.ndarray | None = None,
+        scaling: str = "standard",
     ) -> Preprocessor:
         """Learn imputation values, scaling and categories from ``frame``'s training rows
         (``rows``: their positions; default all). One column is copied at a time."""
@@ -69,8 +96,10 @@ class Preprocessor:
                 values = series.astype(float)
                 median = float(values.median()) if values.notna().any() else 0.0
                 filled = values.fillna(median)
-                mean = float(filled.mean())
-                std = float(filled.std(ddof=0))
+                if scaling == "robust":
+                    mean, std = median, robust_spread(filled.to_numpy())
+                else:
+                    mean, std = float(filled.mean()), float(filled.std(ddof=0))
                 specs.append(
                     ColumnSpec(str(name), "numeric", median, mean, std if std > 1e-12 else 1.0)
                 )
@@ -80,7 +109,7 @@ class Preprocessor:
                 fill = str(counts.index[0]) if len(counts) else ""
                 categories = sorted({*text.unique().tolist(), fill})
                 specs.append(ColumnSpec(str(name), "categorical", fill, categories=categories))
-        return cls(columns=specs, scale=scale)
+        return cls(columns=specs, scale=scale, scaling=scaling)
 
     @property
     def input_columns(self) -> list[str]:
@@ -202,6 +231,8 @@ class Preprocessor:
                 )
             if self.scale:
                 col = (col - spec.mean) / spec.std
+                if self.scaling == "robust":
+                    col = smooth_clip(col)
             with np.errstate(over="ignore"):  # overflow is reported by the caller
                 out[:, 0] = col
             return
@@ -225,7 +256,11 @@ class Preprocessor:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"scale": self.scale, "columns": [asdict(c) for c in self.columns]}
+        return {
+            "scale": self.scale,
+            "scaling": self.scaling,
+            "columns": [asdict(c) for c in self.columns],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preprocessor:
@@ -234,6 +269,9 @@ class Preprocessor:
             for c in cols:
                 if c.kind not in ("numeric", "categorical"):
                     raise ValueError(c.kind)
-            return cls(columns=cols, scale=bool(data["scale"]))
+            scaling = str(data.get("scaling", "standard"))  # runs saved before robust scaling
+            if scaling not in SCALINGS:
+                raise ValueError(f"scaling {scaling!r}")
+            return cls(columns=cols, scale=bool(data["scale"]), scaling=scaling)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"preprocessing description is malformed ({exc!r}).") from None
