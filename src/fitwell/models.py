@@ -3,6 +3,11 @@
 K = 1 is an ordinary MLP. Members share the architecture (so their weights stack into
 ``[K, fan_in, fan_out]`` tensors) but each has its own initialisation seed; per-member dropout
 rates are applied through masks the training loop draws from each member's own generator.
+
+An optional front sits before the first layer: periodic embeddings of the numeric inputs (PBLD,
+from RealMLP) and a learnable scale per first-layer input. Both are computed per batch inside
+``forward``, so the embedded table never exists in memory, and both keep the member axis first
+(``[K, ...]``) so the members stay one batched model.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fitwell.config import ACTIVATIONS, INITS
+from fitwell.config import ACTIVATIONS, INITS, NUMERIC_EMBEDDINGS
 from fitwell.errors import InputError, did_you_mean
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -73,6 +78,14 @@ _MEMBER_LOOP_MACS = 1 << 20
 # vs 0.56 ms, weight gradient 3.3 ms vs 0.49 ms; 32 -> 10: 142 vs 39 us). One member keeps the
 # plain form (no gain there).
 _NARROW_OUTPUTS = 16
+
+# PBLD embeddings as RealMLP-TD initialises them: frequencies ~ N(0, 0.1^2), phases uniform over
+# one period, the linear map from the cosines ~ N(0, 1 / frequencies) (unit variance per output
+# for unit-variance features), zero biases.
+EMBEDDING_FREQUENCY_STD = 0.1
+_TWO_PI = 2.0 * math.pi
+# Parameters of the front, in the order they are registered (and appear in the state).
+_EMBEDDING_PARAMS = ("embed_frequencies", "embed_phases", "embed_weights", "embed_biases")
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
 
@@ -164,11 +177,35 @@ class Architecture:
     n_outputs: int
     activation: str = "relu"
     batch_norm: bool = False
+    numeric_embedding: str = "none"
+    # Inputs that get a periodic embedding (indices into the encoded inputs: numeric columns).
+    embedded: tuple[int, ...] = ()
+    embedding_frequencies: int = 16
+    embedding_dim: int = 3
+    front_scale: bool = False
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["hidden"] = list(self.hidden)
+        data["embedded"] = list(self.embedded)
         return data
+
+    @property
+    def n_embedded(self) -> int:
+        """Inputs with a periodic embedding (0 without one)."""
+        return len(self.embedded) if self.numeric_embedding == "pbld" else 0
+
+    @property
+    def first_layer_inputs(self) -> int:
+        """Inputs of the first linear layer: the encoded inputs, then the embeddings' outputs."""
+        return self.n_inputs + self.n_embedded * self.embedding_dim
+
+    @property
+    def first_layer_sources(self) -> list[int]:
+        """The encoded input each first-layer input reads: its own index for the raw inputs, the
+        embedded input for each of its ``embedding_dim`` embedding outputs."""
+        embedded = self.embedded if self.n_embedded else ()
+        return first_layer_sources(self.n_inputs, embedded, self.embedding_dim)
 
     @classmethod
     def from_json(cls, data: dict) -> Architecture:
@@ -179,6 +216,12 @@ class Architecture:
                 n_outputs=int(data["n_outputs"]),
                 activation=str(data["activation"]),
                 batch_norm=bool(data["batch_norm"]),
+                # Runs saved before the front existed have none of these keys: no front.
+                numeric_embedding=str(data.get("numeric_embedding", "none")),
+                embedded=tuple(int(i) for i in data.get("embedded", ())),
+                embedding_frequencies=int(data.get("embedding_frequencies", 16)),
+                embedding_dim=int(data.get("embedding_dim", 3)),
+                front_scale=bool(data.get("front_scale", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"architecture description is malformed ({exc!r}).") from None
@@ -187,14 +230,40 @@ class Architecture:
                 f"unknown activation {arch.activation!r} in the architecture."
                 f"{did_you_mean(arch.activation, ACTIVATIONS)}"
             )
-        if arch.n_inputs < 0 or arch.n_outputs < 1 or any(h < 1 for h in arch.hidden):
+        if arch.numeric_embedding not in NUMERIC_EMBEDDINGS:
+            raise InputError(
+                f"unknown numeric embedding {arch.numeric_embedding!r} in the architecture."
+                f"{did_you_mean(arch.numeric_embedding, NUMERIC_EMBEDDINGS)}"
+            )
+        if (
+            arch.n_inputs < 0
+            or arch.n_outputs < 1
+            or any(h < 1 for h in arch.hidden)
+            or arch.embedding_frequencies < 1
+            or arch.embedding_dim < 1
+            or any(not 0 <= i < arch.n_inputs for i in arch.embedded)
+        ):
             raise InputError(f"architecture has impossible sizes: {arch}.")
         return arch
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
-        dims = [self.n_inputs, *self.hidden, self.n_outputs]
+        dims = [self.first_layer_inputs, *self.hidden, self.n_outputs]
         return list(zip(dims[:-1], dims[1:], strict=True))
+
+
+def first_layer_sources(n_inputs: int, embedded: Sequence[int], dim: int) -> list[int]:
+    """The encoded input each first-layer input reads when the inputs in ``embedded`` have
+    ``dim``-wide embeddings: ``0 .. n_inputs - 1`` (the raw inputs), then each embedded input
+    ``dim`` times, in the order of ``embedded``."""
+    return [*range(n_inputs), *(i for i in embedded for _ in range(dim))]
+
+
+def per_input(per_row: torch.Tensor, sources: Sequence[int], n_inputs: int) -> torch.Tensor:
+    """Fold a value per first-layer input (``[rows]``) onto the encoded inputs (``[n_inputs]``) by
+    summing the rows each input feeds (its raw row and its embedding's rows)."""
+    index = torch.as_tensor(list(sources), dtype=torch.long, device=per_row.device)
+    return per_row.new_zeros(n_inputs).index_add_(0, index, per_row)
 
 
 def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...]]:
@@ -210,7 +279,23 @@ def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...
                 shapes[name] = (k * h,)
             shapes[f"bn_mean_{layer}"] = (k * h,)
             shapes[f"bn_var_{layer}"] = (k * h,)
+    if arch.n_embedded:
+        c, f, d = arch.n_embedded, arch.embedding_frequencies, arch.embedding_dim
+        shapes["embed_frequencies"] = (k, c, f)
+        shapes["embed_phases"] = (k, c, f)
+        shapes["embed_weights"] = (k, c, f, d)
+        shapes["embed_biases"] = (k, c, d)
+    if arch.front_scale:
+        shapes["front_scales"] = (k, 1, arch.first_layer_inputs)
     return shapes
+
+
+def front_width(arch: Architecture) -> int:
+    """Widest per-row tensor of the front (the periodic features ``[C, frequencies]``, or the
+    first layer's inputs), 0 without a front."""
+    if not arch.n_embedded and not arch.front_scale:
+        return 0
+    return max(arch.n_embedded * arch.embedding_frequencies, arch.first_layer_inputs)
 
 
 # Float32 copies of the weights alive while training: weights, gradients, Adam's two moments,
@@ -229,6 +314,8 @@ def model_bytes(
     if not training:
         return 4 * params
     units = sum(arch.hidden) + arch.n_outputs + arch.n_inputs
+    if front_width(arch):  # periodic features, cosines, embeddings and scaled inputs
+        units += 2 * arch.n_embedded * arch.embedding_frequencies + 2 * arch.first_layer_inputs
     activations = TRAINING_ACTIVATION_COPIES * 4 * n_members * batch_size * units
     return TRAINING_WEIGHT_COPIES * 4 * params + activations
 
@@ -280,7 +367,7 @@ def eval_chunk_rows(arch: Architecture, n_members: int, *, cache: bool = True) -
     ``cache=False`` (accelerators, which want large batches and have no CPU cache to fit)
     keeps only the memory bound.
     """
-    per_row = n_members * max([*arch.hidden, arch.n_outputs, 1])
+    per_row = n_members * max([*arch.hidden, arch.n_outputs, front_width(arch), 1])
     cache_rows = max(64, _EVAL_CACHE_ELEMENTS // per_row) if cache else 8192
     return max(1, min(8192, cache_rows, _EVAL_CHUNK_ELEMENTS // per_row))
 
@@ -342,10 +429,57 @@ class PopulationMLP(nn.Module):
                 layer = len(self.bn_weights) - 1
                 self.register_buffer(f"bn_mean_{layer}", torch.zeros(n_members * h))
                 self.register_buffer(f"bn_var_{layer}", torch.ones(n_members * h))
+        self._front_names: tuple[str, ...] = ()
+        shapes = state_shapes(arch, n_members)
+        if arch.n_embedded:
+            self._front_names += _EMBEDDING_PARAMS
+            # Not saved: the architecture says which inputs are embedded.
+            index = torch.as_tensor(arch.embedded, dtype=torch.long)
+            self.register_buffer("embedded_index", index, persistent=False)
+        if arch.front_scale:
+            self._front_names += ("front_scales",)
+        for name in self._front_names:
+            self.register_parameter(name, nn.Parameter(torch.zeros(shapes[name])))
+            if name == "front_scales":
+                getattr(self, name).data.fill_(1.0)
 
     @property
     def n_layers(self) -> int:
         return len(self.weights)
+
+    @property
+    def has_front(self) -> bool:
+        """Whether inputs pass an embedding or a scale before the first layer."""
+        return bool(self._front_names)
+
+    def _front(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """First-layer inputs ``[K, B, first_layer_inputs]`` from ``x`` (``[K, B, F]``, or
+        shared rows ``[N, F]``): the raw inputs, then each embedded input's PBLD embedding
+        ``W_j cos(2 pi (w_j x_j + b_j)) + c_j`` (``frequencies`` values reduced to
+        ``embedding_dim``), all times the front scale when there is one. ``member`` computes
+        that one member's ``[1, N, ...]`` from shared rows.
+
+        Embedded per batch: the ``frequencies``-times wider table never exists as a whole."""
+        part = slice(None) if member is None else slice(member, member + 1)
+        h = x
+        if self.arch.n_embedded:
+            freq = self.embed_frequencies[part]  # [K, C, F]
+            cols = x.index_select(-1, self.embedded_index).mT  # [K, C, B] or [C, N]
+            if cols.dim() == 2:  # shared rows: every member reads the same values
+                cols = cols.unsqueeze(0)
+            # [K, C, B, F] with rows inside each column: the per-column maps are one batched
+            # matmul, no transposing copy of the widest tensor.
+            z = torch.addcmul(
+                self.embed_phases[part].unsqueeze(2), cols.unsqueeze(3), freq.unsqueeze(2)
+            )
+            z = torch.cos(z * _TWO_PI) if torch.is_grad_enabled() else z.mul_(_TWO_PI).cos_()
+            e = torch.matmul(z, self.embed_weights[part]) + self.embed_biases[part].unsqueeze(2)
+            k, c, b, d = e.shape
+            raw = x if x.dim() == 3 else x.unsqueeze(0).expand(k, -1, -1)
+            h = torch.cat([raw, e.transpose(1, 2).reshape(k, b, c * d)], dim=2)
+        if self.arch.front_scale:
+            h = h * self.front_scales[part]  # [K, 1, F]: shared rows come out [K, N, F]
+        return h
 
     def _cache_pairs(self) -> tuple[tuple[nn.Parameter, nn.Parameter], ...]:
         # ParameterList indexing costs ~6 us per access: a plain tuple keeps it out of the
@@ -354,7 +488,9 @@ class PopulationMLP(nn.Module):
         return self._pairs
 
     def penalized_weights(self) -> list[torch.Tensor]:
-        """The weight matrices L1/L2 act on (not biases, not batch-norm parameters)."""
+        """The weight matrices L1/L2 act on (not biases, batch-norm or front parameters). The
+        first is the first layer, whose rows ``arch.first_layer_sources`` map to input columns
+        (the group step of ``l1_inputs``)."""
         return list(self.weights)
 
     @torch.no_grad()
@@ -374,6 +510,20 @@ class PopulationMLP(nn.Module):
                 w = torch.randn(fan_in, fan_out, generator=gen) * std
                 self.weights[layer][k].copy_(w.to(self.weights[layer].device))
                 self.biases[layer][k].fill_(bias_init if layer < last else 0.0)
+            if self.arch.n_embedded:  # drawn after the layers: the layers' draws do not change
+                c, f = self.arch.n_embedded, self.arch.embedding_frequencies
+                d = self.arch.embedding_dim
+                drawn = {
+                    "embed_frequencies": torch.randn(c, f, generator=gen) * EMBEDDING_FREQUENCY_STD,
+                    "embed_phases": torch.rand(c, f, generator=gen) - 0.5,
+                    "embed_weights": torch.randn(c, f, d, generator=gen) / math.sqrt(f),
+                    "embed_biases": torch.zeros(c, d),
+                }
+                for name, value in drawn.items():
+                    param = getattr(self, name)
+                    param[k].copy_(value.to(param.device))
+            if self.arch.front_scale:
+                self.front_scales[k].fill_(1.0)
 
     def forward(
         self,
@@ -390,6 +540,8 @@ class PopulationMLP(nn.Module):
         Hooks see each hidden layer's pre-activations ``[K, B, H]`` and must not keep them:
         without gradients the activation is applied in place."""
         pairs = self._pairs if self._pairs is not None else self._cache_pairs()
+        if self._front_names:
+            x = self._front(x)
         h = self._hidden(x, pairs, dropout_masks, on_preactivation)
         if targets is None:
             return self._linear(h, *pairs[-1])
@@ -502,7 +654,7 @@ class PopulationMLP(nn.Module):
         """Eval-mode outputs ``[N, n_outputs]`` of member ``k`` alone."""
         pairs = self._pairs if self._pairs is not None else self._cache_pairs()
         last = len(pairs) - 1
-        h = x
+        h = self._front(x, k)[0] if self._front_names else x
         for layer, (w, b) in enumerate(pairs):
             h = torch.addmm(b[k], h, w[k])
             if layer == last:
@@ -554,6 +706,11 @@ class PopulationMLP(nn.Module):
                     plist[layer] = new
                 for name in (f"bn_mean_{layer}", f"bn_var_{layer}"):
                     setattr(self, name, getattr(self, name)[flat_idx].clone())
+        for name in self._front_names:
+            p = getattr(self, name)
+            new = nn.Parameter(p.detach()[members].clone())
+            mapping[p] = (new, members)
+            setattr(self, name, new)
         self.n_members = int(len(members))
         return mapping
 
