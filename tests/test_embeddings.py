@@ -17,7 +17,13 @@ from fitwell.config import build_config
 from fitwell.errors import InputError
 from fitwell.estimators import FitwellClassifier
 from fitwell.finish import l1_zeroed_features
-from fitwell.models import Architecture, PopulationMLP
+from fitwell.models import (
+    Architecture,
+    PopulationMLP,
+    eval_chunk_rows,
+    front_width,
+    model_bytes,
+)
 from fitwell.resume import resume
 from fitwell.training.optim import PopulationOptimizer
 
@@ -239,3 +245,22 @@ def test_estimator_with_embeddings() -> None:
     assert clf.model_.arch.first_layer_inputs == 3 + 3 * 3
     assert clf.predict_proba(x).shape == (200, 2)
     assert clf.zeroed_features_.tolist() == []
+
+
+def test_evaluation_chunks_bound_the_embedded_rows() -> None:
+    plain = Architecture(n_inputs=40, hidden=(32, 32), n_outputs=10)
+    embedded = Architecture(
+        n_inputs=40,
+        hidden=(32, 32),
+        n_outputs=10,
+        numeric_embedding="pbld",
+        embedded=tuple(range(40)),
+    )
+    # The widest tensor of the front (40 columns x 16 frequencies per row) sets the chunk size,
+    # so a chunk's embedded rows stay about one cache's worth, whatever the table's length.
+    rows = eval_chunk_rows(embedded, 3)
+    assert rows < eval_chunk_rows(plain, 3)
+    assert rows * 3 * front_width(embedded) <= max(1 << 17, 64 * 3 * front_width(embedded))
+    assert model_bytes(embedded, 3, training=True, batch_size=64) > model_bytes(
+        plain, 3, training=True, batch_size=64
+    )
