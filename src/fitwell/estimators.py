@@ -20,14 +20,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fitwell.config import TrainConfig
+from fitwell.embeddings import per_input
 from fitwell.errors import TrainingFailed
-from fitwell.models import (
-    Architecture,
-    PopulationMLP,
-    ensemble_outputs,
-    per_input,
-    stack_member_states,
-)
+from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.training import LoopSettings, MemberSettings, Trainer
 
 # The library's recommended recipe: the estimators' defaults follow `fitwell train`'s.

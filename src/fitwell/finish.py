@@ -22,16 +22,11 @@ from fitwell import runs
 from fitwell.config import TrainConfig, to_toml
 from fitwell.data import PreparedData, Preprocessor
 from fitwell.diagnosis.context import SIGNALS_FILE
+from fitwell.embeddings import first_layer_sources, per_input
 from fitwell.ensemble import ensemble_members, split_metrics
 from fitwell.errors import TrainingFailed
 from fitwell.metrics import classification_report, regression_report, score_name
-from fitwell.models import (
-    PopulationMLP,
-    ensemble_outputs,
-    first_layer_sources,
-    per_input,
-    stack_member_states,
-)
+from fitwell.models import PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.predictor import Run, model_from_state
 from fitwell.training import FitResult
 
@@ -49,7 +44,7 @@ def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[li
     """Input columns (and encoded features) whose every first-layer weight is exactly zero.
 
     With a numeric embedding the first layer has more rows than encoded inputs: each numeric
-    input's embedding rows follow the raw inputs (:func:`fitwell.models.first_layer_sources`),
+    input's embedding rows follow the raw inputs (:func:`fitwell.embeddings.first_layer_sources`),
     and an input is off only when its raw row and its embedding rows all are."""
     # Stacked members ``[K, in, out]``: a column is off only when every member switched it off.
     w = first_layer.detach().abs()

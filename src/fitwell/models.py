@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fitwell import embeddings
 from fitwell.config import ACTIVATIONS, INITS, NUMERIC_EMBEDDINGS
 from fitwell.errors import InputError, did_you_mean
 
@@ -78,14 +79,6 @@ _MEMBER_LOOP_MACS = 1 << 20
 # vs 0.56 ms, weight gradient 3.3 ms vs 0.49 ms; 32 -> 10: 142 vs 39 us). One member keeps the
 # plain form (no gain there).
 _NARROW_OUTPUTS = 16
-
-# PBLD embeddings as RealMLP-TD initialises them: frequencies ~ N(0, 0.1^2), phases uniform over
-# one period, the linear map from the cosines ~ N(0, 1 / frequencies) (unit variance per output
-# for unit-variance features), zero biases.
-EMBEDDING_FREQUENCY_STD = 0.1
-_TWO_PI = 2.0 * math.pi
-# Parameters of the front, in the order they are registered (and appear in the state).
-_EMBEDDING_PARAMS = ("embed_frequencies", "embed_phases", "embed_weights", "embed_biases")
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
 
@@ -205,7 +198,7 @@ class Architecture:
         """The encoded input each first-layer input reads: its own index for the raw inputs, the
         embedded input for each of its ``embedding_dim`` embedding outputs."""
         embedded = self.embedded if self.n_embedded else ()
-        return first_layer_sources(self.n_inputs, embedded, self.embedding_dim)
+        return embeddings.first_layer_sources(self.n_inputs, embedded, self.embedding_dim)
 
     @classmethod
     def from_json(cls, data: dict) -> Architecture:
@@ -252,20 +245,6 @@ class Architecture:
         return list(zip(dims[:-1], dims[1:], strict=True))
 
 
-def first_layer_sources(n_inputs: int, embedded: Sequence[int], dim: int) -> list[int]:
-    """The encoded input each first-layer input reads when the inputs in ``embedded`` have
-    ``dim``-wide embeddings: ``0 .. n_inputs - 1`` (the raw inputs), then each embedded input
-    ``dim`` times, in the order of ``embedded``."""
-    return [*range(n_inputs), *(i for i in embedded for _ in range(dim))]
-
-
-def per_input(per_row: torch.Tensor, sources: Sequence[int], n_inputs: int) -> torch.Tensor:
-    """Fold a value per first-layer input (``[rows]``) onto the encoded inputs (``[n_inputs]``) by
-    summing the rows each input feeds (its raw row and its embedding's rows)."""
-    index = torch.as_tensor(list(sources), dtype=torch.long, device=per_row.device)
-    return per_row.new_zeros(n_inputs).index_add_(0, index, per_row)
-
-
 def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...]]:
     """Name and shape of every tensor in the state of a :class:`PopulationMLP` (no allocation)."""
     k = n_members
@@ -280,11 +259,9 @@ def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...
             shapes[f"bn_mean_{layer}"] = (k * h,)
             shapes[f"bn_var_{layer}"] = (k * h,)
     if arch.n_embedded:
-        c, f, d = arch.n_embedded, arch.embedding_frequencies, arch.embedding_dim
-        shapes["embed_frequencies"] = (k, c, f)
-        shapes["embed_phases"] = (k, c, f)
-        shapes["embed_weights"] = (k, c, f, d)
-        shapes["embed_biases"] = (k, c, d)
+        shapes |= embeddings.shapes(
+            k, arch.n_embedded, arch.embedding_frequencies, arch.embedding_dim
+        )
     if arch.front_scale:
         shapes["front_scales"] = (k, 1, arch.first_layer_inputs)
     return shapes
@@ -432,7 +409,7 @@ class PopulationMLP(nn.Module):
         self._front_names: tuple[str, ...] = ()
         shapes = state_shapes(arch, n_members)
         if arch.n_embedded:
-            self._front_names += _EMBEDDING_PARAMS
+            self._front_names += embeddings.PARAMETERS
             # Not saved: the architecture says which inputs are embedded.
             index = torch.as_tensor(arch.embedded, dtype=torch.long)
             self.register_buffer("embedded_index", index, persistent=False)
@@ -455,28 +432,15 @@ class PopulationMLP(nn.Module):
     def _front(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """First-layer inputs ``[K, B, first_layer_inputs]`` from ``x`` (``[K, B, F]``, or
         shared rows ``[N, F]``): the raw inputs, then each embedded input's PBLD embedding
-        ``W_j cos(2 pi (w_j x_j + b_j)) + c_j`` (``frequencies`` values reduced to
-        ``embedding_dim``), all times the front scale when there is one. ``member`` computes
-        that one member's ``[1, N, ...]`` from shared rows.
+        (:func:`fitwell.embeddings.embed`), all times the front scale when there is one.
+        ``member`` computes that one member's ``[1, N, ...]`` from shared rows.
 
-        Embedded per batch: the ``frequencies``-times wider table never exists as a whole."""
+        Called per batch (and per evaluation chunk): the embedded table never exists whole."""
         part = slice(None) if member is None else slice(member, member + 1)
         h = x
         if self.arch.n_embedded:
-            freq = self.embed_frequencies[part]  # [K, C, F]
-            cols = x.index_select(-1, self.embedded_index).mT  # [K, C, B] or [C, N]
-            if cols.dim() == 2:  # shared rows: every member reads the same values
-                cols = cols.unsqueeze(0)
-            # [K, C, B, F] with rows inside each column: the per-column maps are one batched
-            # matmul, no transposing copy of the widest tensor.
-            z = torch.addcmul(
-                self.embed_phases[part].unsqueeze(2), cols.unsqueeze(3), freq.unsqueeze(2)
-            )
-            z = torch.cos(z * _TWO_PI) if torch.is_grad_enabled() else z.mul_(_TWO_PI).cos_()
-            e = torch.matmul(z, self.embed_weights[part]) + self.embed_biases[part].unsqueeze(2)
-            k, c, b, d = e.shape
-            raw = x if x.dim() == 3 else x.unsqueeze(0).expand(k, -1, -1)
-            h = torch.cat([raw, e.transpose(1, 2).reshape(k, b, c * d)], dim=2)
+            params = (getattr(self, name)[part] for name in embeddings.PARAMETERS)
+            h = embeddings.embed(x, self.embedded_index, *params)
         if self.arch.front_scale:
             h = h * self.front_scales[part]  # [K, 1, F]: shared rows come out [K, N, F]
         return h
@@ -511,15 +475,9 @@ class PopulationMLP(nn.Module):
                 self.weights[layer][k].copy_(w.to(self.weights[layer].device))
                 self.biases[layer][k].fill_(bias_init if layer < last else 0.0)
             if self.arch.n_embedded:  # drawn after the layers: the layers' draws do not change
-                c, f = self.arch.n_embedded, self.arch.embedding_frequencies
-                d = self.arch.embedding_dim
-                drawn = {
-                    "embed_frequencies": torch.randn(c, f, generator=gen) * EMBEDDING_FREQUENCY_STD,
-                    "embed_phases": torch.rand(c, f, generator=gen) - 0.5,
-                    "embed_weights": torch.randn(c, f, d, generator=gen) / math.sqrt(f),
-                    "embed_biases": torch.zeros(c, d),
-                }
-                for name, value in drawn.items():
+                a = self.arch
+                drawn = embeddings.draw(gen, a.n_embedded, a.embedding_frequencies, a.embedding_dim)
+                for name, value in zip(embeddings.PARAMETERS, drawn, strict=True):
                     param = getattr(self, name)
                     param[k].copy_(value.to(param.device))
             if self.arch.front_scale:

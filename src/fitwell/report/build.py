@@ -60,7 +60,7 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
     n_inputs = len(pre.encoded_names)
     if len(per_feature) != n_inputs:
         # A numeric embedding's rows follow the raw inputs, ``embedding_dim`` per embedded input
-        # (fitwell.models.first_layer_sources): each counts for its input.
+        # (fitwell.embeddings.first_layer_sources): each counts for its input.
         try:
             arch = meta["architecture"]
             dim = int(arch["embedding_dim"])
