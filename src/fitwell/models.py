@@ -424,11 +424,6 @@ class PopulationMLP(nn.Module):
     def n_layers(self) -> int:
         return len(self.weights)
 
-    @property
-    def has_front(self) -> bool:
-        """Whether inputs pass an embedding or a scale before the first layer."""
-        return bool(self._front_names)
-
     def _front(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """First-layer inputs ``[K, B, first_layer_inputs]`` from ``x`` (``[K, B, F]``, or
         shared rows ``[N, F]``): the raw inputs, then each embedded input's PBLD embedding
