@@ -24,6 +24,7 @@ from fitwell.models import (
     front_width,
     model_bytes,
 )
+from fitwell.report.build import _first_layer_magnitudes
 from fitwell.resume import resume
 from fitwell.training.optim import PopulationOptimizer
 
@@ -170,6 +171,11 @@ def test_train_then_load_and_predict(mixed_csv: Path, tmp_path: Path, front_scal
     assert meta["architecture"]["numeric_embedding"] == "pbld"
     assert meta["architecture"]["front_scale"] is front_scale
     assert run.model.embed_frequencies.shape == (3, 2, 16)  # 3 averaged members, 2 numeric
+    # The report's first-layer magnitude per column counts each column's embedding rows too.
+    names, values = _first_layer_magnitudes(tmp_path / "r")
+    first = run.model.weights[0].detach().abs().sum(dim=(0, 2))
+    assert names == ["x1", "x2", "colour"]
+    np.testing.assert_allclose(values[0], float(first[[0, 5, 6, 7]].sum()), rtol=1e-5)
     frame = pd.read_csv(mixed_csv).drop(columns="label")
     loaded = fitwell.load_run(tmp_path / "r")
     np.testing.assert_array_equal(loaded.predict(frame), run.predict(frame))
