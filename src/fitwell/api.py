@@ -33,7 +33,7 @@ from fitwell.diagnosis.context import (
 )
 from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import FitwellError, InputError
-from fitwell.finish import finish_run, l1_zeroed_features
+from fitwell.finish import finish_run, l1_zeroed_features, numeric_inputs
 from fitwell.models import Architecture
 from fitwell.predictor import Run, load_run, model_from_state
 from fitwell.threads import configure_threads, limit_blas_threads
@@ -104,6 +104,24 @@ def input_groups(pre: Preprocessor) -> list[int]:
         for i in idx:
             groups[i] = g
     return groups
+
+
+def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ...]) -> Architecture:
+    """The members' shape: ``cfg``'s layers and front on ``prepared``'s encoded inputs, with the
+    numeric columns' inputs embedded when ``cfg.numeric_embedding`` asks for it."""
+    embed = cfg.numeric_embedding != "none"
+    return Architecture(
+        n_inputs=prepared.n_features,
+        hidden=hidden,
+        n_outputs=prepared.target_encoder.n_outputs,
+        activation=cfg.activation,
+        batch_norm=cfg.batch_norm,
+        numeric_embedding=cfg.numeric_embedding,
+        embedded=tuple(numeric_inputs(prepared.preprocessor)) if embed else (),
+        embedding_frequencies=cfg.embedding_frequencies,
+        embedding_dim=cfg.embedding_dim,
+        front_scale=cfg.front_scale,
+    )
 
 
 def _loop_settings(cfg: TrainConfig) -> LoopSettings:
@@ -214,13 +232,9 @@ def fit_prepared(
     if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
         cfgs = [c.replace(hidden=hidden) for c in cfgs]
         cfg = cfgs[0]
-    arch = Architecture(
-        n_inputs=prepared.n_features,
-        hidden=hidden,
-        n_outputs=prepared.target_encoder.n_outputs,
-        activation=cfg.activation,
-        batch_norm=cfg.batch_norm,
-    )
+    arch = architecture(cfg, prepared, hidden)
+    # The group step reads first-layer rows: an embedding's rows belong to their column.
+    groups = input_groups(prepared.preprocessor)
     members, origin = _population_members(cfgs)
     probe = SignalProbe()
     all_callbacks = [probe, *callbacks]
@@ -238,7 +252,7 @@ def fit_prepared(
         y_val=prepared.y_val,
         device=device,
         callbacks=all_callbacks,
-        input_groups=input_groups(prepared.preprocessor),
+        input_groups=[groups[i] for i in arch.first_layer_sources],
     )
     if session is not None:
         session.attach(trainer, every=cfg.checkpoint_every, warn=warn)

@@ -23,6 +23,7 @@ from fitwell.config import (
     DEVICES,
     INITS,
     LR_SCHEDULES,
+    NUMERIC_EMBEDDINGS,
     OPTIMIZERS,
     TASKS,
 )
@@ -69,6 +70,23 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-scale", type=float, help="multiplies the initial weight std")
     g.add_argument("--bias-init", type=float, help="initial value of hidden biases")
     g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
+    g.add_argument(
+        "--numeric-embedding",
+        help=" | ".join(NUMERIC_EMBEDDINGS) + " (default none); pbld: RealMLP's periodic "
+        "embedding of each numeric column",
+    )
+    g.add_argument(
+        "--embedding-frequencies", type=int, help="frequencies per embedded column (default 16)"
+    )
+    g.add_argument(
+        "--embedding-dim", type=int, help="embedding outputs per embedded column (default 3)"
+    )
+    g.add_argument(
+        "--front-scale",
+        action="store_const",
+        const=True,
+        help="a learned scale per first-layer input, starting at 1",
+    )
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", help=" | ".join(OPTIMIZERS))
     g.add_argument("--lr", type=float, help="learning rate (default 3e-3)")

@@ -26,6 +26,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu")
 INITS = ("auto", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
+NUMERIC_EMBEDDINGS = ("none", "pbld")
 TASKS = ("auto", "classification", "regression")
 DEVICES = ("auto", "cpu", "cuda")
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes", "penguins", "mnist1d")
@@ -115,6 +116,22 @@ class TrainConfig:
     bias_init : float, default 0.0
         Constant initial value of every hidden bias.
     batch_norm : bool, default False
+    numeric_embedding : {"none", "pbld"}, default "none"
+        ``pbld`` (RealMLP's periodic embedding): each numeric input ``x_j`` also feeds the first
+        layer through ``W_j cos(2 pi (w_j x_j + b_j)) + c_j``, with ``embedding_frequencies``
+        learned frequencies ``w_j`` (initially ~ N(0, 0.1^2)) and phases ``b_j``, reduced to
+        ``embedding_dim`` values by the learned ``W_j``, ``c_j``; the raw value is kept beside
+        them. Per member and per column, computed batch by batch. One-hot levels are not
+        embedded. ``l1_inputs`` groups a column's embedding with its raw value.
+    embedding_frequencies : int, default 16
+        Frequencies per embedded column (RealMLP: 16).
+    embedding_dim : int, default 3
+        Embedding outputs per embedded column, besides the raw value (RealMLP: 3, so 4 inputs
+        per column reach the first layer).
+    front_scale : bool, default False
+        A learned scale per member and first-layer input, starting at 1, multiplies the inputs
+        (raw values and embeddings) before the first layer (RealMLP's scaling layer). Not
+        penalised by ``l1`` / ``l2``.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default 3e-3
     lr_schedule : {"constant", "cosine", "onecycle"}, default "constant"
@@ -185,6 +202,10 @@ class TrainConfig:
     init_scale: float = 1.0
     bias_init: float = 0.0
     batch_norm: bool = False
+    numeric_embedding: str = "none"
+    embedding_frequencies: int = 16
+    embedding_dim: int = 3
+    front_scale: bool = False
     optimizer: str = "adam"
     lr: float = 3e-3
     lr_schedule: str = "constant"
@@ -336,6 +357,8 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         "threads",
         "checkpoint_every",
         "warmup_epochs",
+        "embedding_frequencies",
+        "embedding_dim",
     ):
         if raw.get(name) is not None:
             v = raw[name]
@@ -372,6 +395,11 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES, problems)
     _choice("scaling", cfg.scaling, ("standard", "robust"), problems)
+    _choice("numeric_embedding", cfg.numeric_embedding, NUMERIC_EMBEDDINGS, problems)
+    for name in ("embedding_frequencies", "embedding_dim"):
+        v = getattr(cfg, name)
+        if not 1 <= v <= 1024:
+            problems.append(f"`{name}` must be in [1, 1024]; got {v}")
     if cfg.warmup_epochs < 0:
         problems.append(f"`warmup_epochs` must be >= 0; got {cfg.warmup_epochs}")
     if not (math.isfinite(cfg.adam_beta2) and 0 < cfg.adam_beta2 < 1):

@@ -20,6 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fitwell.config import TrainConfig
+from fitwell.embeddings import per_input
 from fitwell.errors import TrainingFailed
 from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.training import LoopSettings, MemberSettings, Trainer
@@ -55,6 +56,8 @@ class _FitwellEstimator(BaseEstimator):
         restarts: int = _DEFAULTS.restarts,
         ensemble: int = _DEFAULTS.ensemble,
         scale: bool = _DEFAULTS.scale,
+        numeric_embedding: str = _DEFAULTS.numeric_embedding,
+        front_scale: bool = _DEFAULTS.front_scale,
         random_state: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -76,6 +79,8 @@ class _FitwellEstimator(BaseEstimator):
         self.restarts = restarts
         self.ensemble = ensemble
         self.scale = scale
+        self.numeric_embedding = numeric_embedding
+        self.front_scale = front_scale
         self.random_state = random_state
         self.device = device
 
@@ -104,6 +109,8 @@ class _FitwellEstimator(BaseEstimator):
                 "ensemble": self.ensemble,
                 "seed": self.random_state,
                 "device": self.device,
+                "numeric_embedding": self.numeric_embedding,
+                "front_scale": self.front_scale,
             }
         )
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -144,7 +151,13 @@ class _FitwellEstimator(BaseEstimator):
 
         hidden = tuple(int(h) for h in resolve_hidden(self.hidden, len(x_tr)))
         arch = Architecture(
-            n_inputs=x.shape[1], hidden=hidden, n_outputs=n_outputs, activation=self.activation
+            n_inputs=x.shape[1],
+            hidden=hidden,
+            n_outputs=n_outputs,
+            activation=self.activation,
+            numeric_embedding=self.numeric_embedding,
+            embedded=tuple(range(x.shape[1])) if self.numeric_embedding != "none" else (),
+            front_scale=bool(self.front_scale),
         )
         drop = tuple(float(self.dropout) for _ in hidden)
         members = [
@@ -180,6 +193,8 @@ class _FitwellEstimator(BaseEstimator):
             x_val=x_val,
             y_val=y_val,
             device=device,
+            # l1_inputs: an embedding's first-layer rows belong to their feature's group
+            input_groups=arch.first_layer_sources,
         )
         fit = trainer.fit()
         best = fit.best_member
@@ -204,8 +219,9 @@ class _FitwellEstimator(BaseEstimator):
         self.val_scores_ = [m.val_score for m in fit.members]
         # Inputs the fitted model does not read: every averaged member's first-layer weights for
         # the column are exactly zero (``l1`` / ``l1_inputs`` feature selection).
-        first = model.weights[0].detach().abs()
-        self.zeroed_features_ = np.flatnonzero(first.sum(dim=(0, 2)).numpy() == 0.0)
+        rows = model.weights[0].detach().abs().sum(dim=(0, 2))
+        per_column = per_input(rows, arch.first_layer_sources, arch.n_inputs)
+        self.zeroed_features_ = np.flatnonzero(per_column.numpy() == 0.0)
 
     @torch.no_grad()
     def _outputs(self, x: Any) -> np.ndarray:
@@ -261,6 +277,11 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         members are trained, as one batched population); 1 keeps a single model.
     scale : bool, default True
         Standardize features with the ``fit`` rows' mean and standard deviation.
+    numeric_embedding : {"none", "pbld"}, default "none"
+        ``pbld``: every feature also reaches the first layer through a learned periodic
+        embedding (see :class:`fitwell.TrainConfig`; 16 frequencies, 3 outputs per feature).
+    front_scale : bool, default False
+        A learned scale per first-layer input, starting at 1 (RealMLP's scaling layer).
     random_state : int, default 0
         Seeds initialisation, data order, dropout and the validation split.
     device : {"cpu", "cuda", "auto"}, default "cpu"

@@ -22,6 +22,7 @@ from fitwell import runs
 from fitwell.config import TrainConfig, to_toml
 from fitwell.data import PreparedData, Preprocessor
 from fitwell.diagnosis.context import SIGNALS_FILE
+from fitwell.embeddings import first_layer_sources, per_input
 from fitwell.ensemble import ensemble_members, split_metrics
 from fitwell.errors import TrainingFailed
 from fitwell.metrics import classification_report, regression_report, score_name
@@ -33,11 +34,27 @@ if TYPE_CHECKING:
     from fitwell.api import PopulationFit
 
 
+def numeric_inputs(pre: Preprocessor) -> list[int]:
+    """Encoded-input indices of the numeric columns (the ones a numeric embedding embeds)."""
+    groups = pre.encoded_groups()
+    return [i for c in pre.columns if c.kind == "numeric" for i in groups[c.name]]
+
+
 def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[list[str], list[str]]:
-    """Input columns (and encoded features) whose every first-layer weight is exactly zero."""
+    """Input columns (and encoded features) whose every first-layer weight is exactly zero.
+
+    With a numeric embedding the first layer has more rows than encoded inputs: each numeric
+    input's embedding rows follow the raw inputs (:func:`fitwell.embeddings.first_layer_sources`),
+    and an input is off only when its raw row and its embedding rows all are."""
     # Stacked members ``[K, in, out]``: a column is off only when every member switched it off.
     w = first_layer.detach().abs()
-    norms = (w.sum(dim=(0, 2)) if w.dim() == 3 else w.sum(dim=1)).cpu().numpy()
+    rows = w.sum(dim=(0, 2)) if w.dim() == 3 else w.sum(dim=1)
+    n_inputs = len(pre.encoded_names)
+    if len(rows) != n_inputs:
+        embedded = numeric_inputs(pre)
+        dim = (len(rows) - n_inputs) // max(len(embedded), 1)
+        rows = per_input(rows, first_layer_sources(n_inputs, embedded, dim), n_inputs)
+    norms = rows.cpu().numpy()
     encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
     columns = [
         col

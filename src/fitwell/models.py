@@ -3,6 +3,11 @@
 K = 1 is an ordinary MLP. Members share the architecture (so their weights stack into
 ``[K, fan_in, fan_out]`` tensors) but each has its own initialisation seed; per-member dropout
 rates are applied through masks the training loop draws from each member's own generator.
+
+An optional front sits before the first layer: periodic embeddings of the numeric inputs (PBLD,
+from RealMLP) and a learnable scale per first-layer input. Both are computed per batch inside
+``forward``, so the embedded table never exists in memory, and both keep the member axis first
+(``[K, ...]``) so the members stay one batched model.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fitwell.config import ACTIVATIONS, INITS
+from fitwell import embeddings
+from fitwell.config import ACTIVATIONS, INITS, NUMERIC_EMBEDDINGS
 from fitwell.errors import InputError, did_you_mean
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -164,11 +170,35 @@ class Architecture:
     n_outputs: int
     activation: str = "relu"
     batch_norm: bool = False
+    numeric_embedding: str = "none"
+    # Inputs that get a periodic embedding (indices into the encoded inputs: numeric columns).
+    embedded: tuple[int, ...] = ()
+    embedding_frequencies: int = 16
+    embedding_dim: int = 3
+    front_scale: bool = False
 
     def to_json(self) -> dict:
         data = asdict(self)
         data["hidden"] = list(self.hidden)
+        data["embedded"] = list(self.embedded)
         return data
+
+    @property
+    def n_embedded(self) -> int:
+        """Inputs with a periodic embedding (0 without one)."""
+        return len(self.embedded) if self.numeric_embedding == "pbld" else 0
+
+    @property
+    def first_layer_inputs(self) -> int:
+        """Inputs of the first linear layer: the encoded inputs, then the embeddings' outputs."""
+        return self.n_inputs + self.n_embedded * self.embedding_dim
+
+    @property
+    def first_layer_sources(self) -> list[int]:
+        """The encoded input each first-layer input reads: its own index for the raw inputs, the
+        embedded input for each of its ``embedding_dim`` embedding outputs."""
+        embedded = self.embedded if self.n_embedded else ()
+        return embeddings.first_layer_sources(self.n_inputs, embedded, self.embedding_dim)
 
     @classmethod
     def from_json(cls, data: dict) -> Architecture:
@@ -179,6 +209,12 @@ class Architecture:
                 n_outputs=int(data["n_outputs"]),
                 activation=str(data["activation"]),
                 batch_norm=bool(data["batch_norm"]),
+                # Runs saved before the front existed have none of these keys: no front.
+                numeric_embedding=str(data.get("numeric_embedding", "none")),
+                embedded=tuple(int(i) for i in data.get("embedded", ())),
+                embedding_frequencies=int(data.get("embedding_frequencies", 16)),
+                embedding_dim=int(data.get("embedding_dim", 3)),
+                front_scale=bool(data.get("front_scale", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"architecture description is malformed ({exc!r}).") from None
@@ -187,13 +223,25 @@ class Architecture:
                 f"unknown activation {arch.activation!r} in the architecture."
                 f"{did_you_mean(arch.activation, ACTIVATIONS)}"
             )
-        if arch.n_inputs < 0 or arch.n_outputs < 1 or any(h < 1 for h in arch.hidden):
+        if arch.numeric_embedding not in NUMERIC_EMBEDDINGS:
+            raise InputError(
+                f"unknown numeric embedding {arch.numeric_embedding!r} in the architecture."
+                f"{did_you_mean(arch.numeric_embedding, NUMERIC_EMBEDDINGS)}"
+            )
+        if (
+            arch.n_inputs < 0
+            or arch.n_outputs < 1
+            or any(h < 1 for h in arch.hidden)
+            or arch.embedding_frequencies < 1
+            or arch.embedding_dim < 1
+            or any(not 0 <= i < arch.n_inputs for i in arch.embedded)
+        ):
             raise InputError(f"architecture has impossible sizes: {arch}.")
         return arch
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
-        dims = [self.n_inputs, *self.hidden, self.n_outputs]
+        dims = [self.first_layer_inputs, *self.hidden, self.n_outputs]
         return list(zip(dims[:-1], dims[1:], strict=True))
 
 
@@ -210,7 +258,21 @@ def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...
                 shapes[name] = (k * h,)
             shapes[f"bn_mean_{layer}"] = (k * h,)
             shapes[f"bn_var_{layer}"] = (k * h,)
+    if arch.n_embedded:
+        shapes |= embeddings.shapes(
+            k, arch.n_embedded, arch.embedding_frequencies, arch.embedding_dim
+        )
+    if arch.front_scale:
+        shapes["front_scales"] = (k, 1, arch.first_layer_inputs)
     return shapes
+
+
+def front_width(arch: Architecture) -> int:
+    """Widest per-row tensor of the front (the periodic features ``[C, frequencies]``, or the
+    first layer's inputs), 0 without a front."""
+    if not arch.n_embedded and not arch.front_scale:
+        return 0
+    return max(arch.n_embedded * arch.embedding_frequencies, arch.first_layer_inputs)
 
 
 # Float32 copies of the weights alive while training: weights, gradients, Adam's two moments,
@@ -229,6 +291,8 @@ def model_bytes(
     if not training:
         return 4 * params
     units = sum(arch.hidden) + arch.n_outputs + arch.n_inputs
+    if front_width(arch):  # periodic features, cosines, embeddings and scaled inputs
+        units += 2 * arch.n_embedded * arch.embedding_frequencies + 2 * arch.first_layer_inputs
     activations = TRAINING_ACTIVATION_COPIES * 4 * n_members * batch_size * units
     return TRAINING_WEIGHT_COPIES * 4 * params + activations
 
@@ -280,7 +344,7 @@ def eval_chunk_rows(arch: Architecture, n_members: int, *, cache: bool = True) -
     ``cache=False`` (accelerators, which want large batches and have no CPU cache to fit)
     keeps only the memory bound.
     """
-    per_row = n_members * max([*arch.hidden, arch.n_outputs, 1])
+    per_row = n_members * max([*arch.hidden, arch.n_outputs, front_width(arch), 1])
     cache_rows = max(64, _EVAL_CACHE_ELEMENTS // per_row) if cache else 8192
     return max(1, min(8192, cache_rows, _EVAL_CHUNK_ELEMENTS // per_row))
 
@@ -342,10 +406,39 @@ class PopulationMLP(nn.Module):
                 layer = len(self.bn_weights) - 1
                 self.register_buffer(f"bn_mean_{layer}", torch.zeros(n_members * h))
                 self.register_buffer(f"bn_var_{layer}", torch.ones(n_members * h))
+        self._front_names: tuple[str, ...] = ()
+        shapes = state_shapes(arch, n_members)
+        if arch.n_embedded:
+            self._front_names += embeddings.PARAMETERS
+            # Not saved: the architecture says which inputs are embedded.
+            index = torch.as_tensor(arch.embedded, dtype=torch.long)
+            self.register_buffer("embedded_index", index, persistent=False)
+        if arch.front_scale:
+            self._front_names += ("front_scales",)
+        for name in self._front_names:
+            self.register_parameter(name, nn.Parameter(torch.zeros(shapes[name])))
+            if name == "front_scales":
+                getattr(self, name).data.fill_(1.0)
 
     @property
     def n_layers(self) -> int:
         return len(self.weights)
+
+    def _front(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """First-layer inputs ``[K, B, first_layer_inputs]`` from ``x`` (``[K, B, F]``, or
+        shared rows ``[N, F]``): the raw inputs, then each embedded input's PBLD embedding
+        (:func:`fitwell.embeddings.embed`), all times the front scale when there is one.
+        ``member`` computes that one member's ``[1, N, ...]`` from shared rows.
+
+        Called per batch (and per evaluation chunk): the embedded table never exists whole."""
+        part = slice(None) if member is None else slice(member, member + 1)
+        h = x
+        if self.arch.n_embedded:
+            params = (getattr(self, name)[part] for name in embeddings.PARAMETERS)
+            h = embeddings.embed(x, self.embedded_index, *params)
+        if self.arch.front_scale:
+            h = h * self.front_scales[part]  # [K, 1, F]: shared rows come out [K, N, F]
+        return h
 
     def _cache_pairs(self) -> tuple[tuple[nn.Parameter, nn.Parameter], ...]:
         # ParameterList indexing costs ~6 us per access: a plain tuple keeps it out of the
@@ -354,7 +447,9 @@ class PopulationMLP(nn.Module):
         return self._pairs
 
     def penalized_weights(self) -> list[torch.Tensor]:
-        """The weight matrices L1/L2 act on (not biases, not batch-norm parameters)."""
+        """The weight matrices L1/L2 act on (not biases, batch-norm or front parameters). The
+        first is the first layer, whose rows ``arch.first_layer_sources`` map to input columns
+        (the group step of ``l1_inputs``)."""
         return list(self.weights)
 
     @torch.no_grad()
@@ -374,6 +469,14 @@ class PopulationMLP(nn.Module):
                 w = torch.randn(fan_in, fan_out, generator=gen) * std
                 self.weights[layer][k].copy_(w.to(self.weights[layer].device))
                 self.biases[layer][k].fill_(bias_init if layer < last else 0.0)
+            if self.arch.n_embedded:  # drawn after the layers: the layers' draws do not change
+                a = self.arch
+                drawn = embeddings.draw(gen, a.n_embedded, a.embedding_frequencies, a.embedding_dim)
+                for name, value in zip(embeddings.PARAMETERS, drawn, strict=True):
+                    param = getattr(self, name)
+                    param[k].copy_(value.to(param.device))
+            if self.arch.front_scale:
+                self.front_scales[k].fill_(1.0)
 
     def forward(
         self,
@@ -390,6 +493,8 @@ class PopulationMLP(nn.Module):
         Hooks see each hidden layer's pre-activations ``[K, B, H]`` and must not keep them:
         without gradients the activation is applied in place."""
         pairs = self._pairs if self._pairs is not None else self._cache_pairs()
+        if self._front_names:
+            x = self._front(x)
         h = self._hidden(x, pairs, dropout_masks, on_preactivation)
         if targets is None:
             return self._linear(h, *pairs[-1])
@@ -502,7 +607,7 @@ class PopulationMLP(nn.Module):
         """Eval-mode outputs ``[N, n_outputs]`` of member ``k`` alone."""
         pairs = self._pairs if self._pairs is not None else self._cache_pairs()
         last = len(pairs) - 1
-        h = x
+        h = self._front(x, k)[0] if self._front_names else x
         for layer, (w, b) in enumerate(pairs):
             h = torch.addmm(b[k], h, w[k])
             if layer == last:
@@ -554,6 +659,11 @@ class PopulationMLP(nn.Module):
                     plist[layer] = new
                 for name in (f"bn_mean_{layer}", f"bn_var_{layer}"):
                     setattr(self, name, getattr(self, name)[flat_idx].clone())
+        for name in self._front_names:
+            p = getattr(self, name)
+            new = nn.Parameter(p.detach()[members].clone())
+            mapping[p] = (new, members)
+            setattr(self, name, new)
         self.n_members = int(len(members))
         return mapping
 

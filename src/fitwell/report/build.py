@@ -57,6 +57,22 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
         return None
     # Stacked members [K, in, out] (an ensemble) or one [in, out]: sum over members and units.
     per_feature = abs(first).sum(axis=(0, 2)) if first.ndim == 3 else abs(first).sum(axis=1)
+    n_inputs = len(pre.encoded_names)
+    if len(per_feature) != n_inputs:
+        # A numeric embedding's rows follow the raw inputs, ``embedding_dim`` per embedded input
+        # (fitwell.embeddings.first_layer_sources): each counts for its input.
+        try:
+            arch = meta["architecture"]
+            dim = int(arch["embedding_dim"])
+            sources = [*range(n_inputs), *(int(i) for i in arch["embedded"] for _ in range(dim))]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if len(sources) != len(per_feature):
+            return None
+        folded = [0.0] * n_inputs
+        for i, value in zip(sources, per_feature, strict=True):
+            folded[i] += float(value)
+        per_feature = folded
     names, values = [], []
     for column, idx in pre.encoded_groups().items():
         names.append(str(column))
