@@ -27,6 +27,12 @@ VARIANTS: dict[str, dict] = {
     "pbld": {"numeric_embedding": "pbld"},
     "front scale": {"front_scale": True},
     "pbld + scale": {"numeric_embedding": "pbld", "front_scale": True},
+    "robust": {"scaling": "robust"},
+    "pbld + scale + robust": {
+        "numeric_embedding": "pbld",
+        "front_scale": True,
+        "scaling": "robust",
+    },
 }
 
 

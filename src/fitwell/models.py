@@ -434,11 +434,19 @@ class PopulationMLP(nn.Module):
         part = slice(None) if member is None else slice(member, member + 1)
         h = x
         if self.arch.n_embedded:
-            params = (getattr(self, name)[part] for name in embeddings.PARAMETERS)
-            h = embeddings.embed(x, self.embedded_index, *params)
+            params = (self._parameter(name)[part] for name in embeddings.PARAMETERS)
+            h = embeddings.embed(x, self._parameter("embedded_index"), *params)
         if self.arch.front_scale:
-            h = h * self.front_scales[part]  # [K, 1, F]: shared rows come out [K, N, F]
+            # [K, 1, F]: shared rows come out [K, N, F]
+            h = h * self._parameter("front_scales")[part]
         return h
+
+    def _parameter(self, name: str) -> torch.Tensor:
+        """A parameter or buffer registered by name (typed for mypy: nn.Module's getattr
+        is untyped)."""
+        value = getattr(self, name)
+        assert isinstance(value, torch.Tensor)
+        return value
 
     def _cache_pairs(self) -> tuple[tuple[nn.Parameter, nn.Parameter], ...]:
         # ParameterList indexing costs ~6 us per access: a plain tuple keeps it out of the
@@ -476,7 +484,7 @@ class PopulationMLP(nn.Module):
                     param = getattr(self, name)
                     param[k].copy_(value.to(param.device))
             if self.arch.front_scale:
-                self.front_scales[k].fill_(1.0)
+                self._parameter("front_scales")[k].fill_(1.0)
 
     def forward(
         self,
