@@ -60,24 +60,26 @@ def make_table(task: str, k: int, m: int, *, n: int = ROWS, seed: int = 0) -> pd
     return frame
 
 
-def run_shape(task: str, k: int, m: int, seeds: list[int], folder: Path) -> dict[str, Any]:
+def run_shape(
+    task: str, k: int, m: int, seeds: list[int], folder: Path, *, adaptive: bool, grid: tuple
+) -> dict[str, Any]:
     path = folder / f"{task}_{k}_{m}.csv"
     make_table(task, k, m).to_csv(path, index=False)
     names = [f"s{i}" for i in range(k)] + [f"n{j}" for j in range(m)]
     score = "accuracy" if task == "classification" else "r2"
     rows = []
     for seed in seeds:
-        cfg = build_config(
-            {"data": str(path), "target": "label", "seed": seed, "max_epochs": MAX_EPOCHS}
-        )
+        common = {"target": "label", "seed": seed, "max_epochs": MAX_EPOCHS}
+        cfg = build_config({"data": str(path), "l1_inputs_adaptive": adaptive} | common)
         started = time.perf_counter()
-        sel = select_features(cfg, GRID)
+        sel = select_features(cfg, grid)
         lam = sel.chosen_point.l1_inputs
-        base = train(path, target="label", seed=seed, max_epochs=MAX_EPOCHS)
+        base = train(path, **common)
+        # The chosen model reuses the path's adaptive weights: λ was chosen with them.
         chosen = (
             base
             if lam == 0
-            else train(path, target="label", seed=seed, max_epochs=MAX_EPOCHS, l1_inputs=lam)
+            else train(path, l1_inputs=lam, l1_inputs_weights=sel.weights, **common)
         )
         off = set(chosen.metrics["l1_zeroed_features"])
         rows.append(
@@ -120,16 +122,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain group lasso (every column weighs 1) instead of the adaptive weights",
+    )
+    parser.add_argument("--grid", help="comma-separated l1_inputs grid (default: GRID)")
+    parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "feature_selection.json")
     )
     args = parser.parse_args()
     shapes = SHAPES[:1] if args.quick else SHAPES
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    grid = GRID if args.grid is None else tuple(float(v) for v in args.grid.split(","))
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for task, k, m in shapes:
-            results.append(run_shape(task, k, m, seeds, Path(tmp)))
+            results.append(
+                run_shape(task, k, m, seeds, Path(tmp), adaptive=not args.plain, grid=grid)
+            )
     print()
     print(
         "| table | noise off | informative off | test − λ=0 (mean / worst) | λ chosen | agreement |"
@@ -144,7 +155,8 @@ def main() -> None:
             f"{r['agreement']}/{r['seeds']} |"
         )
     doc = {
-        "grid": GRID,
+        "grid": grid,
+        "adaptive": not args.plain,
         "rows": ROWS,
         "max_epochs": MAX_EPOCHS,
         "rule": "largest l1_inputs whose val score >= best - 0.01",

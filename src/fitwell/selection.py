@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fitwell.api import fit_prepared, load_and_prepare, resolve_device
+from fitwell.api import fit_prepared, load_and_prepare, member_weights, resolve_device
 from fitwell.config import TrainConfig
 from fitwell.errors import InputError
 from fitwell.finish import l1_zeroed_features
@@ -40,6 +40,7 @@ class SelectionPath:
     tolerance: float
     points: list[PathPoint]
     chosen: int
+    weights: dict[str, float] | None = None
 
     @property
     def chosen_point(self) -> PathPoint:
@@ -53,6 +54,7 @@ class SelectionPath:
             "chosen_l1_inputs": self.chosen_point.l1_inputs,
             "chosen_kept": self.chosen_point.kept,
             "chosen_off": self.chosen_point.off,
+            "l1_inputs_weights": self.weights,
             "path": [p.__dict__ for p in self.points],
         }
 
@@ -99,14 +101,39 @@ def select_features(
     """Train one member per λ (one batched population) and choose λ on validation data.
 
     ``cfg`` gives everything but ``l1_inputs``; each member has ``restarts = ensemble = 1`` and
-    ``cfg.seed``. ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading.
+    ``cfg.seed``. ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading. With
+    ``cfg.l1_inputs_adaptive`` and no ``cfg.l1_inputs_weights``, an unpenalised pilot
+    (:func:`fitwell.api.adaptive_weights`) measures the weights first; every λ of the path uses
+    them, and they come back in ``SelectionPath.weights`` to train the chosen model with.
     """
     grid = check_lambdas(lambdas, tolerance)
     prepared = prepared if prepared is not None else load_and_prepare(cfg)
+    device = resolve_device(cfg.device)
     base = cfg.replace(restarts=1, ensemble=1)
+    if base.l1_inputs_adaptive and base.l1_inputs_weights is None:
+        # First step: the plain path; its chosen member's column norms weigh the second path.
+        plain = base.replace(l1_inputs_adaptive=False)
+        points, states, chosen = _path(plain, grid, prepared, device, tolerance)
+        base = base.replace(
+            l1_inputs_weights=member_weights([states[chosen]], prepared.preprocessor)
+        )
+    points, states, chosen = _path(base, grid, prepared, device, tolerance)
+    return SelectionPath(
+        score_name(prepared.task), tolerance, points, chosen, base.l1_inputs_weights
+    )
+
+
+def _path(
+    base: TrainConfig,
+    grid: Sequence[float],
+    prepared: Any,
+    device: Any,
+    tolerance: float,
+) -> tuple[list[PathPoint], list[dict[str, Any]], int]:
+    """One batched population over ``grid``: its points, members' tensors and the chosen index."""
     configs = [base.replace(l1_inputs=lam) for lam in grid]
-    pop = fit_prepared(configs, prepared, device=resolve_device(cfg.device))
-    points: list[PathPoint] = []
+    pop = fit_prepared(configs, prepared, device=device)
+    rows = []
     for member in pop.fit.members:
         lam = grid[pop.origin[member.member]]
         if member.finite and member.state:
@@ -115,7 +142,9 @@ def select_features(
             off = []
         kept = [c for c in prepared.preprocessor.encoded_groups() if c not in off]
         score = member.val_score if member.finite else float("nan")
-        points.append(PathPoint(lam, float(score), float(member.val_loss), kept, off))
-    points.sort(key=lambda p: p.l1_inputs)
+        point = PathPoint(lam, float(score), float(member.val_loss), kept, off)
+        rows.append((point, member.state if member.finite else {}))
+    rows.sort(key=lambda r: r[0].l1_inputs)
+    points = [r[0] for r in rows]
     chosen = choose_lambda([p.l1_inputs for p in points], [p.val_score for p in points], tolerance)
-    return SelectionPath(score_name(prepared.task), tolerance, points, chosen)
+    return points, [r[1] for r in rows], chosen
