@@ -127,11 +127,14 @@ def main() -> None:
         help="plain group lasso (every column weighs 1) instead of the adaptive weights",
     )
     parser.add_argument("--grid", help="comma-separated l1_inputs grid (default: GRID)")
+    parser.add_argument("--shape", type=int, help="run only SHAPES[SHAPE] (0-3), all 5 seeds")
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "feature_selection.json")
     )
     args = parser.parse_args()
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.shape is not None:
+        shapes = SHAPES[args.shape : args.shape + 1]
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     grid = GRID if args.grid is None else tuple(float(v) for v in args.grid.split(","))
     started = time.perf_counter()

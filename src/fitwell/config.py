@@ -142,11 +142,13 @@ class TrainConfig:
         best epoch does not bring back columns the penalty had switched off.
     l1_inputs_adaptive : bool, default False
         Adaptive group lasso: column ``g``'s penalty is multiplied by
-        ``w_g = mean_g' ||W1_g'|| / ||W1_g||`` measured on an unpenalised pilot fit (3 seeds,
-        each fit's norms divided by their mean, then averaged), so columns the network barely
-        reads without a penalty get a large one and columns it relies on a small one. The pilot
-        runs once before training (or before the ``fitwell select`` path) when
-        ``l1_inputs_weights`` is not given; the weights it found are saved in the run's config.
+        ``w_g = mean_g' ||W1_g'|| / ||W1_g||`` measured on a plain group-lasso pilot (every
+        column weighing 1; each fit's norms divided by their mean, averaged over fits, floored at
+        1e-3), so columns the pilot barely reads, or switched off, get a large penalty and the
+        columns it relies on a small one. ``fitwell select`` takes the pilot from its plain path
+        (the member at the λ chosen on validation) and returns the weights; ``train`` without
+        ``l1_inputs_weights`` runs a 3-seed pilot at its own ``l1_inputs`` first. The weights
+        are saved in the run's config.
     l1_inputs_weights : dict of str to float or None, default None
         Per-column factors ``w_g`` of the ``l1_inputs`` penalty (``>= 0``; one per input column,
         by name). Set by the adaptive pilot and saved with the run, so a resumed run replays the

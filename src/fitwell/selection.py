@@ -50,7 +50,8 @@ class SelectionPath:
         return {
             "score": self.score,
             "tolerance": self.tolerance,
-            "rule": "largest l1_inputs whose val score >= best val score - tolerance",
+            "rule": "largest l1_inputs whose val score >= best val score - tolerance "
+            "(tolerance: the given one, or one standard error of the best val accuracy if larger)",
             "chosen_l1_inputs": self.chosen_point.l1_inputs,
             "chosen_kept": self.chosen_point.kept,
             "chosen_off": self.chosen_point.off,
@@ -71,6 +72,41 @@ def choose_lambda(lambdas: Sequence[float], scores: Sequence[float], tolerance: 
     best = max(finite)
     ok = [i for i, s in enumerate(scores) if math.isfinite(s) and s >= best - tolerance]
     return max(ok, key=lambda i: (lambdas[i], -i))
+
+
+def path_tolerance(task: str, scores: Sequence[float], n_val: int, tolerance: float) -> float:
+    """The tolerance the rule uses: ``tolerance``, or for classification one standard error of
+    the best validation accuracy, ``sqrt(a * (1 - a) / n_val)``, when that is larger.
+
+    Why: on a small validation split one row moves accuracy by ``1 / n_val`` (0.008 at 120 rows),
+    so a fixed 0.01 lets a lucky row decide between λs (the one-standard-error rule of Hastie,
+    Tibshirani & Friedman, with the binomial error of the best score). Regression scores
+    (R²) keep the fixed ``tolerance``.
+    """
+    finite = [s for s in scores if math.isfinite(s)]
+    if task != "classification" or not finite or n_val < 1:
+        return tolerance
+    best = min(max(max(finite), 0.0), 1.0)
+    return max(tolerance, math.sqrt(best * (1.0 - best) / n_val))
+
+
+def pilot_index(lambdas: Sequence[float], scores: Sequence[float], tolerance: float) -> int:
+    """The plain-path member whose column norms become the adaptive weights.
+
+    :func:`choose_lambda` among the penalised members (λ > 0), measured against the best score of
+    the whole path; when none is within ``tolerance``, the smallest λ > 0. Why never λ = 0: the
+    first-layer norms of an unpenalised network stay close to their random initial values, so
+    they weigh noise and signal columns alike (measured on ``benchmarks/feature_selection.py``).
+    """
+    positive = [i for i, lam in enumerate(lambdas) if lam > 0]
+    if not positive:
+        return choose_lambda(lambdas, scores, tolerance)
+    finite = [s for s in scores if math.isfinite(s)]
+    best = max(finite) if finite else float("nan")
+    ok = [i for i in positive if math.isfinite(scores[i]) and scores[i] >= best - tolerance]
+    if ok:
+        return max(ok, key=lambda i: (lambdas[i], -i))
+    return min(positive, key=lambda i: (lambdas[i], i))
 
 
 def check_lambdas(lambdas: Sequence[float], tolerance: float) -> list[float]:
@@ -111,16 +147,15 @@ def select_features(
     device = resolve_device(cfg.device)
     base = cfg.replace(restarts=1, ensemble=1)
     if base.l1_inputs_adaptive and base.l1_inputs_weights is None:
-        # First step: the plain path; its chosen member's column norms weigh the second path.
+        # First step: the plain path; a penalised member's column norms weigh the second path.
         plain = base.replace(l1_inputs_adaptive=False)
-        points, states, chosen = _path(plain, grid, prepared, device, tolerance)
+        points, states, _, tol = _path(plain, grid, prepared, device, tolerance)
+        pilot = pilot_index([p.l1_inputs for p in points], [p.val_score for p in points], tol)
         base = base.replace(
-            l1_inputs_weights=member_weights([states[chosen]], prepared.preprocessor)
+            l1_inputs_weights=member_weights([states[pilot]], prepared.preprocessor)
         )
-    points, states, chosen = _path(base, grid, prepared, device, tolerance)
-    return SelectionPath(
-        score_name(prepared.task), tolerance, points, chosen, base.l1_inputs_weights
-    )
+    points, _, chosen, tol = _path(base, grid, prepared, device, tolerance)
+    return SelectionPath(score_name(prepared.task), tol, points, chosen, base.l1_inputs_weights)
 
 
 def _path(
@@ -129,8 +164,9 @@ def _path(
     prepared: Any,
     device: Any,
     tolerance: float,
-) -> tuple[list[PathPoint], list[dict[str, Any]], int]:
-    """One batched population over ``grid``: its points, members' tensors and the chosen index."""
+) -> tuple[list[PathPoint], list[dict[str, Any]], int, float]:
+    """One batched population over ``grid``: its points, members' tensors, the chosen index and
+    the tolerance used (:func:`path_tolerance`)."""
     configs = [base.replace(l1_inputs=lam) for lam in grid]
     pop = fit_prepared(configs, prepared, device=device)
     rows = []
@@ -146,5 +182,7 @@ def _path(
         rows.append((point, member.state if member.finite else {}))
     rows.sort(key=lambda r: r[0].l1_inputs)
     points = [r[0] for r in rows]
-    chosen = choose_lambda([p.l1_inputs for p in points], [p.val_score for p in points], tolerance)
-    return points, [r[1] for r in rows], chosen
+    scores = [p.val_score for p in points]
+    tol = path_tolerance(prepared.task, scores, len(prepared.y_val), tolerance)
+    chosen = choose_lambda([p.l1_inputs for p in points], scores, tol)
+    return points, [r[1] for r in rows], chosen, tol

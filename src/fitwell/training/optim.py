@@ -18,7 +18,7 @@ from torch import nn
 ADAM_EPS = 1e-8
 ADAMW_WEIGHT_DECAY = 0.01
 # Adaptive weights are ``1 / norm`` of a pilot fit's column norms (mean 1); this floor keeps a
-# column the pilot never read (norm 0) at a large but finite weight.
+# column the pilot switched off (norm 0) at a large but finite weight.
 ADAPTIVE_NORM_FLOOR = 1e-3
 
 
@@ -26,11 +26,12 @@ def adaptive_group_weights(norms: torch.Tensor, gamma: float = 1.0) -> torch.Ten
     """Adaptive group-lasso weights ``w_g = (mean_g' n_g' / n_g) ** gamma`` from pilot norms.
 
     ``norms`` is ``[G]`` or ``[K, G]``: the first-layer column norms ``||W1_g||`` of one or
-    more unpenalised fits. Each fit's norms are divided by their mean (so the weights do not
+    more pilot fits. Each fit's norms are divided by their mean (so the weights do not
     depend on the network's scale), averaged over fits, floored at ``ADAPTIVE_NORM_FLOOR``, then
     inverted. Why: plain group lasso shrinks every column by the same threshold, so it cannot
     drop noise columns without also biasing signal ones (Zou 2006; Wang & Leng 2008); columns
-    the unpenalised fit barely reads get a large penalty, columns it relies on a small one.
+    the pilot barely reads get a large penalty, columns it relies on a small one. A column the
+    pilot switched off gets ``1 / ADAPTIVE_NORM_FLOOR``; when every norm is zero all weigh 1.
     """
     n = norms.detach().to(torch.float64)
     if n.dim() == 1:
