@@ -61,7 +61,15 @@ def make_table(task: str, k: int, m: int, *, n: int = ROWS, seed: int = 0) -> pd
 
 
 def run_shape(
-    task: str, k: int, m: int, seeds: list[int], folder: Path, *, adaptive: bool, grid: tuple
+    task: str,
+    k: int,
+    m: int,
+    seeds: list[int],
+    folder: Path,
+    *,
+    adaptive: bool,
+    grid: tuple,
+    path_seeds: int,
 ) -> dict[str, Any]:
     path = folder / f"{task}_{k}_{m}.csv"
     make_table(task, k, m).to_csv(path, index=False)
@@ -72,7 +80,7 @@ def run_shape(
         common = {"target": "label", "seed": seed, "max_epochs": MAX_EPOCHS}
         cfg = build_config({"data": str(path), "l1_inputs_adaptive": adaptive} | common)
         started = time.perf_counter()
-        sel = select_features(cfg, grid)
+        sel = select_features(cfg, grid, seeds=path_seeds)
         lam = sel.chosen_point.l1_inputs
         base = train(path, **common)
         # The chosen model reuses the path's adaptive weights: λ was chosen with them.
@@ -127,6 +135,9 @@ def main() -> None:
         help="plain group lasso (every column weighs 1) instead of the adaptive weights",
     )
     parser.add_argument("--grid", help="comma-separated l1_inputs grid (default: GRID)")
+    parser.add_argument(
+        "--path-seeds", type=int, default=1, help="members per λ in the path (select --seeds)"
+    )
     parser.add_argument("--shape", type=int, help="run only SHAPES[SHAPE] (0-3), all 5 seeds")
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "feature_selection.json")
@@ -142,7 +153,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task, k, m in shapes:
             results.append(
-                run_shape(task, k, m, seeds, Path(tmp), adaptive=not args.plain, grid=grid)
+                run_shape(
+                    task,
+                    k,
+                    m,
+                    seeds,
+                    Path(tmp),
+                    adaptive=not args.plain,
+                    grid=grid,
+                    path_seeds=args.path_seeds,
+                )
             )
     print()
     print(
@@ -160,6 +180,7 @@ def main() -> None:
     doc = {
         "grid": grid,
         "adaptive": not args.plain,
+        "path_seeds": args.path_seeds,
         "rows": ROWS,
         "max_epochs": MAX_EPOCHS,
         "rule": "largest l1_inputs whose val score >= best - 0.01",

@@ -194,3 +194,13 @@ def test_cli_select_adaptive_prints_weights(tmp_path: Path):
     )
     assert out.returncode == 0, out.stderr
     assert "adaptive weights" in out.stdout
+
+
+def test_path_with_several_seeds_per_lambda(tmp_path: Path):
+    path = _table(tmp_path / "t.csv")
+    cfg = build_config({"data": str(path), "target": "label", "max_epochs": 10})
+    with pytest.raises(InputError, match="`seeds` must be an integer >= 1"):
+        select_features(cfg, [0.0, 0.1], seeds=0)
+    result = select_features(cfg, [0.0, 0.1], seeds=2)
+    assert [p.l1_inputs for p in result.points] == [0.0, 0.1]
+    assert all(math.isfinite(p.val_score) for p in result.points)

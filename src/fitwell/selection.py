@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from fitwell.api import fit_prepared, load_and_prepare, member_weights, resolve_device
 from fitwell.config import TrainConfig
 from fitwell.errors import InputError
@@ -133,27 +136,31 @@ def select_features(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     prepared: Any = None,
+    seeds: int = 1,
 ) -> SelectionPath:
-    """Train one member per λ (one batched population) and choose λ on validation data.
+    """Train ``seeds`` members per λ (one batched population) and choose λ on validation data.
 
-    ``cfg`` gives everything but ``l1_inputs``; each member has ``restarts = ensemble = 1`` and
-    ``cfg.seed``. ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading. With
-    ``cfg.l1_inputs_adaptive`` and no ``cfg.l1_inputs_weights``, an unpenalised pilot
-    (:func:`fitwell.api.adaptive_weights`) measures the weights first; every λ of the path uses
-    them, and they come back in ``SelectionPath.weights`` to train the chosen model with.
+    ``cfg`` gives everything but ``l1_inputs``; the members of each λ have seeds ``cfg.seed,
+    cfg.seed + 1, ...``, and a λ's validation score is their mean (its columns off: those off in
+    every one of them). ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading.
+    With ``cfg.l1_inputs_adaptive`` and no ``cfg.l1_inputs_weights``, the plain path (every
+    column weighing 1) runs first; the column norms of its members at the λ
+    :func:`pilot_index` picks become the weights (:func:`fitwell.api.member_weights`) of the
+    second, adaptive path, and come back in ``SelectionPath.weights`` to train the chosen model
+    with.
     """
     grid = check_lambdas(lambdas, tolerance)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(f"`seeds` must be an integer >= 1; got {seeds!r}.")
     prepared = prepared if prepared is not None else load_and_prepare(cfg)
     device = resolve_device(cfg.device)
-    base = cfg.replace(restarts=1, ensemble=1)
+    base = cfg.replace(restarts=seeds, ensemble=1)
     if base.l1_inputs_adaptive and base.l1_inputs_weights is None:
-        # First step: the plain path; a penalised member's column norms weigh the second path.
+        # First step: the plain path; penalised members' column norms weigh the second path.
         plain = base.replace(l1_inputs_adaptive=False)
         points, states, _, tol = _path(plain, grid, prepared, device, tolerance)
         pilot = pilot_index([p.l1_inputs for p in points], [p.val_score for p in points], tol)
-        base = base.replace(
-            l1_inputs_weights=member_weights([states[pilot]], prepared.preprocessor)
-        )
+        base = base.replace(l1_inputs_weights=member_weights(states[pilot], prepared.preprocessor))
     points, _, chosen, tol = _path(base, grid, prepared, device, tolerance)
     return SelectionPath(score_name(prepared.task), tol, points, chosen, base.l1_inputs_weights)
 
@@ -164,25 +171,26 @@ def _path(
     prepared: Any,
     device: Any,
     tolerance: float,
-) -> tuple[list[PathPoint], list[dict[str, Any]], int, float]:
-    """One batched population over ``grid``: its points, members' tensors, the chosen index and
-    the tolerance used (:func:`path_tolerance`)."""
-    configs = [base.replace(l1_inputs=lam) for lam in grid]
-    pop = fit_prepared(configs, prepared, device=device)
-    rows = []
-    for member in pop.fit.members:
-        lam = grid[pop.origin[member.member]]
-        if member.finite and member.state:
-            off, _ = l1_zeroed_features(member.state["weights.0"], prepared.preprocessor)
+) -> tuple[list[PathPoint], list[list[dict[str, Any]]], int, float]:
+    """One batched population over ``grid``: its points, each λ's members' tensors, the chosen
+    index and the tolerance used (:func:`path_tolerance`)."""
+    pop = fit_prepared([base.replace(l1_inputs=lam) for lam in grid], prepared, device=device)
+    columns = list(prepared.preprocessor.encoded_groups())
+    points, states = [], []
+    for i, lam in enumerate(grid):
+        members = [m for m in pop.fit.members if pop.origin[m.member] == i]
+        finite = [m for m in members if m.finite and m.state]
+        if finite:
+            first = torch.cat([m.state["weights.0"] for m in finite])
+            off, _ = l1_zeroed_features(first, prepared.preprocessor)
+            score = float(np.mean([m.val_score for m in finite]))
+            loss = float(np.mean([m.val_loss for m in finite]))
         else:
-            off = []
-        kept = [c for c in prepared.preprocessor.encoded_groups() if c not in off]
-        score = member.val_score if member.finite else float("nan")
-        point = PathPoint(lam, float(score), float(member.val_loss), kept, off)
-        rows.append((point, member.state if member.finite else {}))
-    rows.sort(key=lambda r: r[0].l1_inputs)
-    points = [r[0] for r in rows]
+            off, score, loss = [], float("nan"), float("nan")
+        kept = [c for c in columns if c not in off]
+        points.append(PathPoint(lam, score, loss, kept, off))
+        states.append([m.state for m in finite])
     scores = [p.val_score for p in points]
     tol = path_tolerance(prepared.task, scores, len(prepared.y_val), tolerance)
-    chosen = choose_lambda([p.l1_inputs for p in points], scores, tol)
-    return points, [r[1] for r in rows], chosen, tol
+    chosen = choose_lambda(list(grid), scores, tol)
+    return points, states, chosen, tol
