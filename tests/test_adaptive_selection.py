@@ -204,3 +204,12 @@ def test_path_with_several_seeds_per_lambda(tmp_path: Path):
     result = select_features(cfg, [0.0, 0.1], seeds=2)
     assert [p.l1_inputs for p in result.points] == [0.0, 0.1]
     assert all(math.isfinite(p.val_score) for p in result.points)
+
+
+def test_select_is_adaptive_by_default_and_plain_on_request(tmp_path: Path):
+    path = _table(tmp_path / "t.csv")
+    cfg = build_config({"data": str(path), "target": "label", "max_epochs": 5})
+    assert cfg.l1_inputs_adaptive is None  # train stays plain: no pilot unless asked
+    assert select_features(cfg, [0.0, 0.1]).weights is not None
+    plain = cfg.replace(l1_inputs_adaptive=False)
+    assert select_features(plain, [0.0, 0.1]).weights is None

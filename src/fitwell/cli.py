@@ -85,7 +85,15 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         help="adaptive group lasso: weigh each column's --l1-inputs penalty by 1/its norm in a "
-        "plain group-lasso pilot (columns the pilot barely reads get a large penalty)",
+        "plain group-lasso pilot (columns the pilot barely reads get a large penalty); "
+        "default: on in `select`, off in `train`",
+    )
+    g.add_argument(
+        "--no-l1-inputs-adaptive",
+        dest="l1_inputs_adaptive",
+        action="store_const",
+        const=False,
+        help="plain group lasso: every column's --l1-inputs penalty weighs the same",
     )
     g.add_argument("--l2", type=float, help="L2 strength: adds l2*sum W^2")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")

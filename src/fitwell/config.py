@@ -140,15 +140,18 @@ class TrainConfig:
         optimizer step, so whole columns reach exactly zero and the model stops reading them.
         While it is on, early stopping watches validation loss plus this penalty, so restoring the
         best epoch does not bring back columns the penalty had switched off.
-    l1_inputs_adaptive : bool, default False
+    l1_inputs_adaptive : bool or None, default None
         Adaptive group lasso: column ``g``'s penalty is multiplied by
         ``w_g = mean_g' ||W1_g'|| / ||W1_g||`` measured on a plain group-lasso pilot (every
         column weighing 1; each fit's norms divided by their mean, averaged over fits, floored at
         1e-3), so columns the pilot barely reads, or switched off, get a large penalty and the
         columns it relies on a small one. ``fitwell select`` takes the pilot from its plain path
-        (the member at the λ chosen on validation) and returns the weights; ``train`` without
-        ``l1_inputs_weights`` runs a 3-seed pilot at its own ``l1_inputs`` first. The weights
-        are saved in the run's config.
+        (the members at the λ :func:`fitwell.selection.pilot_index` picks) and returns the
+        weights; ``train`` without ``l1_inputs_weights`` runs a 3-seed pilot at its own
+        ``l1_inputs`` first. The weights are saved in the run's config. ``None`` (the default):
+        on in ``fitwell select``, where ``benchmarks/feature_selection.py`` measured it (noise
+        columns off 28-93% -> 100%), off in ``train`` (a pilot costs three more fits, and a run
+        saved before this option trains as it did).
     l1_inputs_weights : dict of str to float or None, default None
         Per-column factors ``w_g`` of the ``l1_inputs`` penalty (``>= 0``; one per input column,
         by name). Set by the adaptive pilot and saved with the run, so a resumed run replays the
@@ -204,7 +207,7 @@ class TrainConfig:
     max_epochs: int = 200
     l1: float = 0.0
     l1_inputs: float = 0.0
-    l1_inputs_adaptive: bool = False
+    l1_inputs_adaptive: bool | None = None
     l1_inputs_weights: dict[str, float] | None = None
     l2: float = 0.0
     patience: int = 20
@@ -451,7 +454,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             problems.append(f"`{name}` must be >= 0; got {v}. Use 0 to disable it")
-    if not isinstance(cfg.l1_inputs_adaptive, bool):
+    if cfg.l1_inputs_adaptive is not None and not isinstance(cfg.l1_inputs_adaptive, bool):
         problems.append(
             f"`l1_inputs_adaptive` must be true or false; got {cfg.l1_inputs_adaptive!r}"
         )

@@ -143,7 +143,8 @@ def select_features(
     ``cfg`` gives everything but ``l1_inputs``; the members of each λ have seeds ``cfg.seed,
     cfg.seed + 1, ...``, and a λ's validation score is their mean (its columns off: those off in
     every one of them). ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading.
-    With ``cfg.l1_inputs_adaptive`` and no ``cfg.l1_inputs_weights``, the plain path (every
+    Unless ``cfg.l1_inputs_adaptive`` is False, and when no ``cfg.l1_inputs_weights`` are
+    given, the plain path (every
     column weighing 1) runs first; the column norms of its members at the λ
     :func:`pilot_index` picks become the weights (:func:`fitwell.api.member_weights`) of the
     second, adaptive path, and come back in ``SelectionPath.weights`` to train the chosen model
@@ -155,9 +156,10 @@ def select_features(
     prepared = prepared if prepared is not None else load_and_prepare(cfg)
     device = resolve_device(cfg.device)
     base = cfg.replace(restarts=seeds, ensemble=1)
-    if base.l1_inputs_adaptive and base.l1_inputs_weights is None:
+    if base.l1_inputs_adaptive is not False and base.l1_inputs_weights is None:
         # First step: the plain path; penalised members' column norms weigh the second path.
         plain = base.replace(l1_inputs_adaptive=False)
+        base = base.replace(l1_inputs_adaptive=True)
         points, states, _, tol = _path(plain, grid, prepared, device, tolerance)
         pilot = pilot_index([p.l1_inputs for p in points], [p.val_score for p in points], tol)
         base = base.replace(l1_inputs_weights=member_weights(states[pilot], prepared.preprocessor))
