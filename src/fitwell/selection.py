@@ -1,7 +1,9 @@
 """Feature selection by a regularisation path: one population over a grid of ``l1_inputs``.
 
-Members differ only in ``l1_inputs`` (same seed, same data order), so the path is one batched
-model. The choice reads validation scores only; the test split stays sealed.
+Members differ only in ``l1_inputs`` (same seeds, same data order), so the path is one batched
+model. By default it is an adaptive group lasso in two steps: the plain path first, whose member
+at a penalised λ gives each column a weight (1 / its first-layer norm), then the weighted path.
+Every choice reads validation scores only; the test split stays sealed.
 """
 
 from __future__ import annotations
@@ -144,11 +146,10 @@ def select_features(
     cfg.seed + 1, ...``, and a λ's validation score is their mean (its columns off: those off in
     every one of them). ``prepared`` (from :func:`fitwell.api.load_and_prepare`) skips loading.
     Unless ``cfg.l1_inputs_adaptive`` is False, and when no ``cfg.l1_inputs_weights`` are
-    given, the plain path (every
-    column weighing 1) runs first; the column norms of its members at the λ
-    :func:`pilot_index` picks become the weights (:func:`fitwell.api.member_weights`) of the
-    second, adaptive path, and come back in ``SelectionPath.weights`` to train the chosen model
-    with.
+    given, the plain path (every column weighing 1) runs first; the column norms of its members
+    at the λ :func:`pilot_index` picks become the weights (:func:`fitwell.api.member_weights`)
+    of the second, adaptive path, and come back in ``SelectionPath.weights`` to train the chosen
+    model with.
     """
     grid = check_lambdas(lambdas, tolerance)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -162,6 +163,11 @@ def select_features(
         base = base.replace(l1_inputs_adaptive=True)
         points, states, _, tol = _path(plain, grid, prepared, device, tolerance)
         pilot = pilot_index([p.l1_inputs for p in points], [p.val_score for p in points], tol)
+        if not states[pilot]:
+            raise InputError(
+                f"the plain path diverged at l1_inputs = {grid[pilot]:g}, so it gives no adaptive "
+                "weights; lower `lr`, or pass --no-l1-inputs-adaptive."
+            )
         base = base.replace(l1_inputs_weights=member_weights(states[pilot], prepared.preprocessor))
     points, _, chosen, tol = _path(base, grid, prepared, device, tolerance)
     return SelectionPath(score_name(prepared.task), tol, points, chosen, base.l1_inputs_weights)
