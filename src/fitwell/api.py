@@ -32,6 +32,7 @@ from fitwell.diagnosis.context import (
     with_capacity_reference,
 )
 from fitwell.diagnosis.probes import SignalProbe
+from fitwell.embeddings import first_layer_sources
 from fitwell.errors import FitwellError, InputError
 from fitwell.finish import finish_run, l1_zeroed_features, numeric_inputs
 from fitwell.models import Architecture
@@ -46,10 +47,13 @@ from fitwell.training import (
     Trainer,
 )
 from fitwell.training.capacity import capacity_reference
+from fitwell.training.optim import adaptive_group_weights
 
 __all__ = [
     "PopulationFit",
     "Run",
+    "adaptive_weights",
+    "member_weights",
     "fit_prepared",
     "l1_zeroed_features",
     "load_and_prepare",
@@ -122,6 +126,97 @@ def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ..
         embedding_dim=cfg.embedding_dim,
         front_scale=cfg.front_scale,
     )
+
+
+def group_weights(cfg: TrainConfig, pre: Preprocessor) -> list[float] | None:
+    """``cfg.l1_inputs_weights`` in the order of the column groups, or None when not set."""
+    if cfg.l1_inputs_weights is None:
+        return None
+    columns = list(pre.encoded_groups())
+    missing = [c for c in columns if c not in cfg.l1_inputs_weights]
+    unknown = [c for c in cfg.l1_inputs_weights if c not in columns]
+    if missing or unknown:
+        raise InputError(
+            f"`l1_inputs_weights` must name each input column once; missing {missing}, "
+            f"unknown {unknown}. Drop the table to have the adaptive pilot measure them again."
+        )
+    return [cfg.l1_inputs_weights[c] for c in columns]
+
+
+# Members of the adaptive pilot, averaged (more seeds: steadier weights).
+PILOT_MEMBERS = 3
+
+
+def first_layer_groups(cfg: TrainConfig, pre: Preprocessor) -> list[int]:
+    """Group id (original column) of each first-layer row: an embedding's rows belong to the
+    column they embed (:func:`fitwell.embeddings.first_layer_sources`)."""
+    groups = input_groups(pre)
+    if cfg.numeric_embedding == "none":
+        return groups
+    sources = first_layer_sources(len(groups), numeric_inputs(pre), cfg.embedding_dim)
+    return [groups[i] for i in sources]
+
+
+def member_weights(
+    states: Sequence[dict[str, torch.Tensor]], pre: Preprocessor, row_groups: Sequence[int]
+) -> dict[str, float]:
+    """Adaptive weights per column from trained members' first-layer column norms.
+
+    ``states`` are members' tensors (``weights.0`` is ``[1, first-layer rows, width]``, each row
+    in group ``row_groups[i]``); their norms go through
+    :func:`fitwell.training.optim.adaptive_group_weights`.
+    """
+    groups = torch.as_tensor(list(row_groups), dtype=torch.long)
+    columns = list(pre.encoded_groups())
+    norms = []
+    for state in states:
+        w = state["weights.0"][0].detach().to("cpu", torch.float64)
+        sq = torch.zeros(len(columns), dtype=torch.float64).index_add_(0, groups, (w * w).sum(1))
+        norms.append(sq.sqrt())
+    weights = adaptive_group_weights(torch.stack(norms)).tolist()
+    return dict(zip(columns, (float(w) for w in weights), strict=True))
+
+
+def adaptive_weights(
+    cfg: TrainConfig, prepared: PreparedData, *, device: torch.device
+) -> dict[str, float]:
+    """Adaptive ``l1_inputs`` weights per column from a plain group-lasso pilot population.
+
+    ``PILOT_MEMBERS`` members (seeds ``cfg.seed, cfg.seed + 1, ...``) train with ``cfg``'s own
+    ``l1_inputs`` and every column weighing 1, with early stopping on validation; their restored
+    first-layer column norms become the weights (:func:`member_weights`). Why a penalised pilot
+    rather than an unpenalised one: without a penalty the first-layer norms stay near their
+    random initial values (noise and signal columns within a few percent of each other on the
+    feature-selection benchmark), so they cannot tell the columns apart. Reads no test row.
+    """
+    pilot = cfg.replace(
+        l1_inputs_adaptive=False, l1_inputs_weights=None, restarts=1, ensemble=PILOT_MEMBERS
+    )
+    pop = fit_prepared([pilot], prepared, device=device, check_capacity=False)
+    states = [m.state for m in pop.fit.members if m.finite and m.state]
+    if not states:
+        raise InputError("the adaptive pilot diverged in every member; lower `lr` or `l1_inputs`.")
+    return member_weights(
+        states, prepared.preprocessor, first_layer_groups(cfg, prepared.preprocessor)
+    )
+
+
+def with_adaptive_weights(
+    cfgs: Sequence[TrainConfig], prepared: PreparedData, *, device: torch.device
+) -> list[TrainConfig]:
+    """Fill in ``l1_inputs_weights`` when ``l1_inputs_adaptive`` asks for them (one pilot).
+
+    The flag and the weights are shared by a population's members, so one pilot serves all.
+    It runs only when some member has a penalty (``l1_inputs > 0``) and no weights are given;
+    a resumed run has its weights in the stored config, so the pilot never runs twice.
+    """
+    first = cfgs[0]
+    if not first.l1_inputs_adaptive or first.l1_inputs_weights is not None:
+        return list(cfgs)
+    if not any(c.l1_inputs > 0 for c in cfgs):
+        return list(cfgs)
+    weights = adaptive_weights(first, prepared, device=device)
+    return [c.replace(l1_inputs_weights=weights) for c in cfgs]
 
 
 def _loop_settings(cfg: TrainConfig) -> LoopSettings:
@@ -233,8 +328,6 @@ def fit_prepared(
         cfgs = [c.replace(hidden=hidden) for c in cfgs]
         cfg = cfgs[0]
     arch = architecture(cfg, prepared, hidden)
-    # The group step reads first-layer rows: an embedding's rows belong to their column.
-    groups = input_groups(prepared.preprocessor)
     members, origin = _population_members(cfgs)
     probe = SignalProbe()
     all_callbacks = [probe, *callbacks]
@@ -252,7 +345,9 @@ def fit_prepared(
         y_val=prepared.y_val,
         device=device,
         callbacks=all_callbacks,
-        input_groups=[groups[i] for i in arch.first_layer_sources],
+        # The group step reads first-layer rows: an embedding's rows belong to their column.
+        input_groups=first_layer_groups(cfg, prepared.preprocessor),
+        group_weights=group_weights(cfg, prepared.preprocessor),
     )
     if session is not None:
         session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
@@ -403,6 +498,7 @@ def train_population(
         if isinstance(cfgs[0].hidden, str):  # "auto": fixed now, so the run state records it
             hidden = resolve_hidden(cfgs[0].hidden, len(prepared.y_train))
             cfgs = [c.replace(hidden=hidden) for c in cfgs]
+        cfgs = with_adaptive_weights(cfgs, prepared, device=device)
         session = None
         if out is not None:
             from fitwell.run_state import RunSession

@@ -103,6 +103,21 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         help="feature selection: group lasso on each input column's first-layer weights "
         "(whole columns switch off)",
     )
+    g.add_argument(
+        "--l1-inputs-adaptive",
+        action="store_const",
+        const=True,
+        help="adaptive group lasso: weigh each column's --l1-inputs penalty by 1/its norm in a "
+        "plain group-lasso pilot (columns the pilot barely reads get a large penalty); "
+        "default: on in `select`, off in `train`",
+    )
+    g.add_argument(
+        "--no-l1-inputs-adaptive",
+        dest="l1_inputs_adaptive",
+        action="store_const",
+        const=False,
+        help="plain group lasso: every column's --l1-inputs penalty weighs the same",
+    )
     g.add_argument("--l2", type=float, help="L2 strength: adds l2*sum W^2")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
     g.add_argument("--min-delta", type=float, help="smallest validation-loss improvement")
@@ -449,6 +464,11 @@ def cmd_select(args: argparse.Namespace) -> int:
         f"chosen l1_inputs = {c.l1_inputs:g}: the largest λ whose val {score} is within "
         f"{path.tolerance:g} of the best; keeps {len(c.kept)} column(s): {', '.join(c.kept)}"
     )
+    if path.weights is not None:
+        print(
+            "adaptive weights (l1_inputs_weights; --json prints them for a config file): "
+            + ", ".join(f"{name} {w:.3g}" for name, w in path.weights.items())
+        )
     return EXIT_OK
 
 

@@ -160,6 +160,22 @@ class TrainConfig:
         optimizer step, so whole columns reach exactly zero and the model stops reading them.
         While it is on, early stopping watches validation loss plus this penalty, so restoring the
         best epoch does not bring back columns the penalty had switched off.
+    l1_inputs_adaptive : bool or None, default None
+        Adaptive group lasso: column ``g``'s penalty is multiplied by
+        ``w_g = mean_g' ||W1_g'|| / ||W1_g||`` measured on a plain group-lasso pilot (every
+        column weighing 1; each fit's norms divided by their mean, averaged over fits, floored at
+        1e-3), so columns the pilot barely reads, or switched off, get a large penalty and the
+        columns it relies on a small one. ``fitwell select`` takes the pilot from its plain path
+        (the members at the λ :func:`fitwell.selection.pilot_index` picks) and returns the
+        weights; ``train`` without ``l1_inputs_weights`` runs a 3-seed pilot at its own
+        ``l1_inputs`` first. The weights are saved in the run's config. ``None`` (the default):
+        on in ``fitwell select``, where ``benchmarks/feature_selection.py`` measured it (noise
+        columns off 28-93% -> 100%), off in ``train`` (a pilot costs three more fits, and a run
+        saved before this option trains as it did).
+    l1_inputs_weights : dict of str to float or None, default None
+        Per-column factors ``w_g`` of the ``l1_inputs`` penalty (``>= 0``; one per input column,
+        by name). Set by the adaptive pilot and saved with the run, so a resumed run replays the
+        same penalty; give them explicitly to reuse the weights ``fitwell select`` chose with.
     patience : int, default 20
         Early stopping: epochs without a validation-loss improvement larger than ``min_delta``
         before stopping. 0 turns early stopping off.
@@ -216,6 +232,8 @@ class TrainConfig:
     max_epochs: int = 200
     l1: float = 0.0
     l1_inputs: float = 0.0
+    l1_inputs_adaptive: bool | None = None
+    l1_inputs_weights: dict[str, float] | None = None
     l2: float = 0.0
     patience: int = 20
     min_delta: float = 0.0
@@ -371,6 +389,8 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
                     else ""
                 )
                 problems.append(f"`{name}` must be an integer; got {v!r}{hint}")
+    if raw.get("l1_inputs_weights") is not None:
+        raw["l1_inputs_weights"] = _group_weights(raw["l1_inputs_weights"], problems)
     bad_fields = {name for name in raw if any(f"`{name}`" in p for p in problems)}
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k not in bad_fields})
     _check(cfg, problems)
@@ -378,6 +398,32 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         text = "; ".join(p.rstrip(".") if not p.endswith("?") else p for p in problems)
         raise InputError("invalid configuration: " + text + ("" if text.endswith("?") else "."))
     return cfg
+
+
+def _group_weights(value: Any, problems: list[str]) -> dict[str, float] | None:
+    """``l1_inputs_weights``: a table of column name -> finite factor >= 0."""
+    if not isinstance(value, dict):
+        problems.append(
+            f"`l1_inputs_weights` must be a table of column name -> number; got {value!r}"
+        )
+        return None
+    out: dict[str, float] = {}
+    bad = []
+    for name, w in value.items():
+        try:
+            out[str(name)] = _to_float(w)
+        except (TypeError, ValueError):
+            bad.append(name)
+            continue
+        if not (math.isfinite(out[str(name)]) and out[str(name)] >= 0):
+            bad.append(name)
+    if bad:
+        problems.append(
+            f"`l1_inputs_weights` must be finite numbers >= 0; got {[value[b] for b in bad]!r} "
+            f"for {bad!r}"
+        )
+        return None
+    return out
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]) -> None:
@@ -441,6 +487,10 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             problems.append(f"`{name}` must be >= 0; got {v}. Use 0 to disable it")
+    if cfg.l1_inputs_adaptive is not None and not isinstance(cfg.l1_inputs_adaptive, bool):
+        problems.append(
+            f"`l1_inputs_adaptive` must be true or false; got {cfg.l1_inputs_adaptive!r}"
+        )
     if not (math.isfinite(cfg.momentum) and 0 <= cfg.momentum < 1):
         problems.append(f"`momentum` must be in [0, 1); got {cfg.momentum}")
     if not math.isfinite(cfg.bias_init):

@@ -118,6 +118,7 @@ class Trainer:
         device: torch.device,
         callbacks: Sequence[Callback] = (),
         input_groups: Sequence[int] | None = None,
+        group_weights: Sequence[float] | None = None,
     ) -> None:
         # From the shape alone, before any tensor exists: a typo like hidden 10**9 is refused
         # with the estimate instead of failing in the allocator.
@@ -130,6 +131,8 @@ class Trainer:
         self.task = task
         self.device = device
         self.input_groups = None if input_groups is None else list(input_groups)
+        # Adaptive ``l1_inputs`` weights per column group (None: every group weighs 1).
+        self.group_weights = None if group_weights is None else list(group_weights)
         self.score = score_name(task)
         y_dtype = torch.long if task == "classification" else torch.float32
         # Row-major storage: every step gathers rows, and a column-major array (what pandas
@@ -197,6 +200,7 @@ class Trainer:
             l1_inputs=self._member_tensor("l1_inputs"),
             input_groups=self.input_groups,
             adam_beta2=loop.adam_beta2,
+            group_weights=self.group_weights,
         )
 
     # ----------------------------------------------------------------- population bookkeeping

@@ -17,6 +17,28 @@ from torch import nn
 
 ADAM_EPS = 1e-8
 ADAMW_WEIGHT_DECAY = 0.01
+# Adaptive weights are ``1 / norm`` of a pilot fit's column norms (mean 1); this floor keeps a
+# column the pilot switched off (norm 0) at a large but finite weight.
+ADAPTIVE_NORM_FLOOR = 1e-3
+
+
+def adaptive_group_weights(norms: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Adaptive group-lasso weights ``w_g = (mean_g' n_g' / n_g) ** gamma`` from pilot norms.
+
+    ``norms`` is ``[G]`` or ``[K, G]``: the first-layer column norms ``||W1_g||`` of one or
+    more pilot fits. Each fit's norms are divided by their mean (so the weights do not
+    depend on the network's scale), averaged over fits, floored at ``ADAPTIVE_NORM_FLOOR``, then
+    inverted. Why: plain group lasso shrinks every column by the same threshold, so it cannot
+    drop noise columns without also biasing signal ones (Zou 2006; Wang & Leng 2008); columns
+    the pilot barely reads get a large penalty, columns it relies on a small one. A column the
+    pilot switched off gets ``1 / ADAPTIVE_NORM_FLOOR``; when every norm is zero all weigh 1.
+    """
+    n = norms.detach().to(torch.float64)
+    if n.dim() == 1:
+        n = n.unsqueeze(0)
+    mean = n.mean(dim=1, keepdim=True)
+    rel = torch.where(mean > 0, n / mean.clamp_min(1e-30), torch.ones_like(n)).mean(dim=0)
+    return rel.clamp_min(ADAPTIVE_NORM_FLOOR).pow(-gamma).to(torch.float32)
 
 
 def _member_view(values: torch.Tensor, param: torch.Tensor, n_members: int) -> torch.Tensor:
@@ -33,7 +55,8 @@ class PopulationOptimizer:
     ``penalized`` are the weight matrices the L1 proximal step and the L2 gradient act on. Which
     members use which penalty is read once here (and again when members are removed), so a step
     never waits on the device to decide what to do. ``input_groups[i]`` is the group (original
-    column) of encoded input ``i`` for the ``l1_inputs`` group step (default: one group each).
+    column) of encoded input ``i`` for the ``l1_inputs`` group step (default: one group each);
+    ``group_weights[g]`` multiplies group ``g``'s penalty (adaptive group lasso; default 1).
     """
 
     def __init__(
@@ -49,6 +72,7 @@ class PopulationOptimizer:
         l1_inputs: torch.Tensor | None = None,
         input_groups: Sequence[int] | None = None,
         adam_beta2: float = 0.999,
+        group_weights: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         self.kind = kind
         self.momentum = momentum
@@ -58,6 +82,11 @@ class PopulationOptimizer:
         self.l2s = torch.zeros_like(lrs) if l2s is None else l2s
         self.l1_inputs = torch.zeros_like(lrs) if l1_inputs is None else l1_inputs
         self.input_groups = None if input_groups is None else list(input_groups)
+        self.group_weights = (
+            None
+            if group_weights is None
+            else torch.as_tensor(group_weights, dtype=torch.float32, device=lrs.device)
+        )
         self.params = list(params)
         self.penalized = list(penalized)
         self._refresh()
@@ -181,23 +210,34 @@ class PopulationOptimizer:
         )
         sq = torch.zeros(k, n_groups, device=w.device, dtype=w.dtype)
         sq.index_add_(1, index, (w * w).sum(dim=2))
+        if self.group_weights is not None and self.group_weights.numel() != n_groups:
+            raise ValueError(
+                f"`group_weights` has {self.group_weights.numel()} values for {n_groups} groups"
+            )
         return index, sizes, sq.sqrt()
+
+    def _group_scale(self, sizes: torch.Tensor) -> torch.Tensor:
+        """Each group's penalty factor ``sqrt(p_g) * w_g`` (``w_g = 1`` without weights)."""
+        scale = sizes.sqrt()
+        return scale if self.group_weights is None else scale * self.group_weights
 
     @torch.no_grad()
     def group_penalty(self) -> torch.Tensor | None:
-        """Per member ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||``; None when no member uses it."""
+        """Per member ``l1_inputs * sum_g sqrt(p_g) * w_g * ||W1_g||``; None when no member uses
+        it."""
         if not self._any_group:
             return None
         _, sizes, norms = self._group_norms()
-        return self.l1_inputs * (norms * sizes.sqrt()).sum(dim=1)
+        return self.l1_inputs * (norms * self._group_scale(sizes)).sum(dim=1)
 
     @torch.no_grad()
     def _group_proximal_step(self) -> None:
-        """Proximal step of ``l1_inputs * sum_g sqrt(p_g) * ||W1_g||_2`` on the first layer.
+        """Proximal step of ``l1_inputs * sum_g sqrt(p_g) * w_g * ||W1_g||_2`` on the first layer.
 
         ``W1_g`` are the outgoing first-layer weights of input column ``g``'s ``p_g`` encoded
         inputs, per member. Block soft-threshold: ``W1_g <- W1_g * max(0, 1 - t_g / ||W1_g||)``
-        with ``t_g = eta * l1_inputs * sqrt(p_g)``; ``eta = lr`` for SGD, and for Adam/AdamW
+        with ``t_g = eta * l1_inputs * sqrt(p_g) * w_g`` (``w_g``: ``group_weights``, default 1);
+        ``eta = lr`` for SGD, and for Adam/AdamW
         ``lr`` divided by the group's mean ``sqrt(v_hat) + eps`` (one step size per group keeps
         the step a block shrink, so a whole column reaches zero at once). A column set to zero
         also loses its Adam momentum, so that stale momentum does not push it off zero again.
@@ -216,7 +256,7 @@ class PopulationOptimizer:
                 scale.index_add_(1, index, v_hat.sqrt().sum(dim=2))
                 scale = scale / (sizes * w.shape[2]) + ADAM_EPS
                 eta = eta / scale
-        thresh = eta * self.l1_inputs.view(k, 1) * sizes.sqrt()
+        thresh = eta * self.l1_inputs.view(k, 1) * self._group_scale(sizes)
         factor = torch.clamp(1.0 - thresh / norms.clamp_min(1e-30), min=0.0)
         keep = factor[:, index].unsqueeze(2)
         w.mul_(keep)

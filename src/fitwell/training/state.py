@@ -87,6 +87,7 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         l1_inputs=trainer._member_tensor("l1_inputs"),
         input_groups=trainer.input_groups,
         adam_beta2=trainer.loop.adam_beta2,
+        group_weights=trainer.group_weights,
     )
     opt = state["optimizer"]
     trainer.optimizer.load_state_dict(
