@@ -112,10 +112,8 @@ def _float32_enough(array) -> bool:
 
 
 def _to_series(chunks: list, name: str) -> pd.Series:
-    """One column from its blocks (float32 NumPy blocks, or Arrow arrays)."""
+    """One column from its Arrow blocks."""
     pa, _, _ = _arrow()
-    if chunks and isinstance(chunks[0], np.ndarray):
-        return pd.Series(np.concatenate(chunks), name=name, copy=False)
     column = pa.chunked_array(chunks) if chunks else pa.chunked_array([], type=pa.null())
     return column.to_pandas().rename(name)
 
@@ -162,7 +160,7 @@ def read_csv_arrow(path: Path, sep: str, max_cell_chars: int) -> pd.DataFrame | 
         if not _header_ok(names, sep):
             return None
         try:
-            return _read_all(reader, names, max_cell_chars)
+            return _read_all(reader, names, max_cell_chars, path.stat().st_size)
         except NotArrowReadable as exc:
             wider = _widened(reader.schema, str(exc), types)
             if wider is None:
@@ -171,25 +169,54 @@ def read_csv_arrow(path: Path, sep: str, max_cell_chars: int) -> pd.DataFrame | 
     return None
 
 
-def _read_all(reader, names: list[str], max_cell_chars: int) -> pd.DataFrame:
-    chunks: list[list] = [[] for _ in names]
-    float32 = [True] * len(names)
+class _Float32Column:
+    """A float32 column filled block by block in one array, grown by half when full.
+
+    Sized from the first block's rows per byte: pages never written cost no memory, so a
+    generous estimate is free, while a list of small blocks to concatenate would fragment the
+    heap and hold the column twice."""
+
+    def __init__(self, capacity: int) -> None:
+        self.values = np.empty(max(capacity, 1024), dtype=np.float32)
+        self.size = 0
+
+    def append(self, block: np.ndarray) -> None:
+        end = self.size + len(block)
+        if end > len(self.values):
+            grown = np.empty(max(end, len(self.values) * 3 // 2), dtype=np.float32)
+            grown[: self.size] = self.values[: self.size]
+            self.values = grown
+        self.values[self.size : end] = block  # cast from float64 in place, no temporary
+        self.size = end
+
+    def series(self, name: str) -> pd.Series:
+        return pd.Series(self.values[: self.size], name=name, copy=False)
+
+
+def _read_all(reader, names: list[str], max_cell_chars: int, file_bytes: int) -> pd.DataFrame:
+    chunks: list = [[] for _ in names]
     first = True
     for n_blocks, batch in enumerate(_blocks(reader), start=1):
         if n_blocks % TRIM_EVERY_BLOCKS == 0:
             trim_heap()
+        if first:  # rows in the file, estimated from the first block (1 MB of text)
+            estimate = int(1.25 * batch.num_rows * file_bytes / min(BLOCK_BYTES, file_bytes))
         for i in range(len(names)):
             array = _column(batch.column(i), max_cell_chars)
-            if pa_is_float(array):
-                if first:
-                    float32[i] = _float32_enough(array)
-                if float32[i]:  # keep the block compact from the start
-                    array = array.to_numpy(zero_copy_only=False).astype(np.float32)
-            chunks[i].append(array)
+            if first and pa_is_float(array) and _float32_enough(array):
+                chunks[i] = _Float32Column(estimate)
+            if isinstance(chunks[i], _Float32Column):
+                chunks[i].append(array.to_numpy(zero_copy_only=False))
+            else:
+                chunks[i].append(array)
         first = False
     columns = {}
     for i, name in enumerate(names):
-        columns[name.strip()] = _to_series(chunks[i], name.strip())
+        column = chunks[i]
+        if isinstance(column, _Float32Column):
+            columns[name.strip()] = column.series(name.strip())
+        else:
+            columns[name.strip()] = _to_series(column, name.strip())
         chunks[i] = []  # release the Arrow blocks of this column before the next
     trim_heap()
     return pd.DataFrame(columns, copy=False)

@@ -12,6 +12,7 @@ from fitwell.data.loading import Table
 from fitwell.data.preprocessing import Preprocessor
 from fitwell.data.splitting import SealedTest, split_indices
 from fitwell.errors import InputError
+from fitwell.heap import trim_heap
 
 MAX_CLASSES_FOR_INTEGER_TARGET = 30
 
@@ -279,6 +280,7 @@ def prepare(
         features, [train_idx, val_idx, test_idx], source=table.source, release=release
     )
     del features
+    trim_heap()  # pandas' per-column temporaries leave free pages behind; hand them back
     y_test = y_all[test_idx]
 
     def load_test() -> tuple[np.ndarray, np.ndarray]:
