@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -228,7 +229,8 @@ def test_adaptive_weights_fold_embedding_rows_into_their_column() -> None:
         pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.5, 0.1, 0.3], "c": ["x", "y", "x"]})
     )
     cfg = build_config({"numeric_embedding": "pbld", "embedding_dim": 2})
-    groups = first_layer_groups(cfg, pre)
+    prepared = SimpleNamespace(preprocessor=pre, task="classification")
+    groups = first_layer_groups(cfg, prepared)  # type: ignore[arg-type]
     # raw inputs a, b, c=x, c=y; then 2 embedding rows for a and 2 for b
     assert groups == [0, 1, 2, 2, 0, 0, 1, 1]
     w = torch.ones(1, len(groups), 5)

@@ -41,8 +41,13 @@ def test_l1_switches_off_noise_features(tmp_path: Path):
     off = run.metrics["l1_zeroed_features"]
     assert not any(c.startswith("signal") for c in off)
     assert len([c for c in off if c.startswith("noise")]) >= 4
-    # The saved model averages several members: a column is off when every member dropped it.
-    per_column = run.model.weights[0].detach().abs().sum(dim=(0, 2)).numpy()
+    # The saved model averages several members: a column is off when every member dropped it
+    # (its raw row and, with embeddings, its embedding rows).
+    from fitwell.embeddings import per_input
+
+    arch = run.model.arch
+    per_row = run.model.weights[0].detach().abs().sum(dim=(0, 2))
+    per_column = per_input(per_row, arch.first_layer_sources, arch.n_inputs).numpy()
     for i, name in enumerate(cols):
         assert (per_column[i] == 0.0) == (name in off)
     assert run.metrics["test"]["accuracy"] > 0.9

@@ -106,8 +106,10 @@ def test_selection_drops_noise_keeps_signal_and_saved_model_ignores_off_columns(
     frame = _table(4, 8, n=500)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
+    # 0.05 under the default recipe: a numeric column's group is its raw row and 3 embedding
+    # rows, so sqrt(p_g) doubles its penalty against the classic recipe's 0.2.
     run = train(
-        path, target="label", l1_inputs=0.2, ensemble=1, max_epochs=60, out=tmp_path / "run"
+        path, target="label", l1_inputs=0.05, ensemble=1, max_epochs=60, out=tmp_path / "run"
     )
     off = run.metrics["l1_zeroed_features"]
     noise = [f"n{j}" for j in range(8)]
@@ -131,15 +133,22 @@ def test_default_ensemble_of_three_agrees_on_switched_off_columns(tmp_path: Path
     frame = _table(4, 8, n=500, seed=1)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    run = train(path, target="label", l1_inputs=0.2, max_epochs=60)
+    run = train(path, target="label", l1_inputs=0.05, max_epochs=60)
     off = run.metrics["l1_zeroed_features"]
     assert len(off) >= 4 and not any(c.startswith("s") for c in off), off
-    # Reported = zero in every member the saved model averages.
+    # Reported = zero in every member the saved model averages (raw and embedding rows).
+    from fitwell.embeddings import per_input
+
+    arch = run.model.arch
     first = run.model.weights[0].detach()
     assert first.shape[0] == 3
     names = list(frame.columns.drop("label"))
+    per_column = [
+        per_input(first[k].abs().sum(dim=1), arch.first_layer_sources, arch.n_inputs)
+        for k in range(3)
+    ]
     per_member = [
-        {names[i] for i in range(len(names)) if bool((first[k, i] == 0).all())} for k in range(3)
+        {names[i] for i in range(len(names)) if bool(per_column[k][i] == 0)} for k in range(3)
     ]
     assert set(off) == set.intersection(*per_member)
 
@@ -218,7 +227,7 @@ def test_estimator_reports_the_columns_it_does_not_read():
 
     frame = _table(4, 8, n=500)
     x, y = frame.drop(columns="label").to_numpy(), frame["label"].to_numpy()
-    est = FitwellClassifier(l1_inputs=0.2, ensemble=1, max_epochs=60).fit(x, y)
+    est = FitwellClassifier(l1_inputs=0.05, ensemble=1, max_epochs=60).fit(x, y)
     off = est.zeroed_features_
     assert len(off) >= 5 and all(i >= 4 for i in off), off  # noise columns are 4..11
     changed = x.copy()

@@ -221,7 +221,14 @@ def test_first_layer_magnitudes_sum_every_averaged_member(l1_run: Path) -> None:
     got = _first_layer_magnitudes(l1_run)
     assert got is not None
     names, values = got
-    expected = np.abs(first).sum(axis=(0, 2))
+    # Per input column: its raw row plus (under the default recipe) its embedding rows.
+    import torch
+
+    from fitwell.embeddings import per_input
+
+    arch = fitwell.load_run(l1_run).model.arch
+    rows = torch.as_tensor(np.abs(first).sum(axis=(0, 2)))
+    expected = per_input(rows, arch.first_layer_sources, arch.n_inputs).numpy()
     np.testing.assert_allclose(values, expected, rtol=1e-6)
     assert names == ["signal", "noise_a", "noise_b"]
 

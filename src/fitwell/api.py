@@ -23,6 +23,7 @@ from fitwell.config import (
     TrainConfig,
     build_config,
     load_toml,
+    resolve_front,
     resolve_hidden,
 )
 from fitwell.data import PreparedData, Preprocessor, load_table, prepare
@@ -113,6 +114,7 @@ def input_groups(pre: Preprocessor) -> list[int]:
 def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ...]) -> Architecture:
     """The members' shape: ``cfg``'s layers and front on ``prepared``'s encoded inputs, with the
     numeric columns' inputs embedded when ``cfg.numeric_embedding`` asks for it."""
+    cfg = resolve_front(cfg, prepared.task)
     embed = cfg.numeric_embedding != "none"
     return Architecture(
         n_inputs=prepared.n_features,
@@ -124,7 +126,7 @@ def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ..
         embedded=tuple(numeric_inputs(prepared.preprocessor)) if embed else (),
         embedding_frequencies=cfg.embedding_frequencies,
         embedding_dim=cfg.embedding_dim,
-        front_scale=cfg.front_scale,
+        front_scale=cfg.front_scale is True,
     )
 
 
@@ -147,9 +149,11 @@ def group_weights(cfg: TrainConfig, pre: Preprocessor) -> list[float] | None:
 PILOT_MEMBERS = 3
 
 
-def first_layer_groups(cfg: TrainConfig, pre: Preprocessor) -> list[int]:
+def first_layer_groups(cfg: TrainConfig, prepared: PreparedData) -> list[int]:
     """Group id (original column) of each first-layer row: an embedding's rows belong to the
     column they embed (:func:`fitwell.embeddings.first_layer_sources`)."""
+    pre = prepared.preprocessor
+    cfg = resolve_front(cfg, prepared.task)
     groups = input_groups(pre)
     if cfg.numeric_embedding == "none":
         return groups
@@ -196,9 +200,7 @@ def adaptive_weights(
     states = [m.state for m in pop.fit.members if m.finite and m.state]
     if not states:
         raise InputError("the adaptive pilot diverged in every member; lower `lr` or `l1_inputs`.")
-    return member_weights(
-        states, prepared.preprocessor, first_layer_groups(cfg, prepared.preprocessor)
-    )
+    return member_weights(states, prepared.preprocessor, first_layer_groups(cfg, prepared))
 
 
 def with_adaptive_weights(
@@ -326,7 +328,9 @@ def fit_prepared(
     hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
     if isinstance(cfg.hidden, str):  # "auto": fixed now, so the saved config.toml records it
         cfgs = [c.replace(hidden=hidden) for c in cfgs]
-        cfg = cfgs[0]
+    # Likewise the embedding and front scale chosen by task.
+    cfgs = [resolve_front(c, prepared.task) for c in cfgs]
+    cfg = cfgs[0]
     arch = architecture(cfg, prepared, hidden)
     members, origin = _population_members(cfgs)
     probe = SignalProbe()
@@ -346,7 +350,7 @@ def fit_prepared(
         device=device,
         callbacks=all_callbacks,
         # The group step reads first-layer rows: an embedding's rows belong to their column.
-        input_groups=first_layer_groups(cfg, prepared.preprocessor),
+        input_groups=first_layer_groups(cfg, prepared),
         group_weights=group_weights(cfg, prepared.preprocessor),
     )
     if session is not None:

@@ -72,7 +72,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
     g.add_argument(
         "--numeric-embedding",
-        help=" | ".join(NUMERIC_EMBEDDINGS) + " (default none); pbld: RealMLP's periodic "
+        help=" | ".join(NUMERIC_EMBEDDINGS) + " (default auto: pbld for classification, none for "
+        "regression); pbld: RealMLP's periodic "
         "embedding of each numeric column",
     )
     g.add_argument(
@@ -85,7 +86,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "--front-scale",
         action="store_const",
         const=True,
-        help="a learned scale per first-layer input, starting at 1",
+        help="a learned scale per first-layer input, starting at 1 (default: on with pbld)",
+    )
+    g.add_argument(
+        "--no-front-scale",
+        dest="front_scale",
+        action="store_const",
+        const=False,
+        help="no learned input scale, even with pbld",
     )
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", help=" | ".join(OPTIMIZERS))

@@ -57,7 +57,7 @@ class _FitwellEstimator(BaseEstimator):
         ensemble: int = _DEFAULTS.ensemble,
         scale: bool = _DEFAULTS.scale,
         numeric_embedding: str = _DEFAULTS.numeric_embedding,
-        front_scale: bool = _DEFAULTS.front_scale,
+        front_scale: bool | None = _DEFAULTS.front_scale,
         random_state: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -85,11 +85,11 @@ class _FitwellEstimator(BaseEstimator):
         self.device = device
 
     # ------------------------------------------------------------------------------ internals
-    def _check_params(self) -> None:
+    def _check_params(self) -> TrainConfig:
         """Validate through the library's own config so messages match the CLI's."""
         from fitwell.config import build_config
 
-        build_config(
+        cfg = build_config(
             {
                 "hidden": self.hidden if isinstance(self.hidden, str) else list(self.hidden),
                 "activation": self.activation,
@@ -118,6 +118,7 @@ class _FitwellEstimator(BaseEstimator):
                 f"`validation_fraction` must be in [0, 1); got {self.validation_fraction}. "
                 "Use 0 to validate on the training rows (no early stopping)."
             )
+        return cfg
 
     def _split(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
         """Hold out ``validation_fraction`` of the rows for early stopping and model choice."""
@@ -136,7 +137,7 @@ class _FitwellEstimator(BaseEstimator):
         return x_tr, y_tr, x_val, y_val
 
     def _fit_arrays(self, x: np.ndarray, y: np.ndarray, n_outputs: int) -> None:
-        self._check_params()
+        cfg = self._check_params()
         x = np.asarray(x, dtype=np.float64)
         if self.scale:
             self.mean_ = x.mean(axis=0)
@@ -147,17 +148,18 @@ class _FitwellEstimator(BaseEstimator):
             self.scale_ = np.ones(x.shape[1])
         x = (x - self.mean_) / self.scale_
         x_tr, y_tr, x_val, y_val = self._split(x, y)
-        from fitwell.config import resolve_hidden
+        from fitwell.config import resolve_front, resolve_hidden
 
         hidden = tuple(int(h) for h in resolve_hidden(self.hidden, len(x_tr)))
+        front = resolve_front(cfg, "classification" if n_outputs > 1 else "regression")
         arch = Architecture(
             n_inputs=x.shape[1],
             hidden=hidden,
             n_outputs=n_outputs,
             activation=self.activation,
-            numeric_embedding=self.numeric_embedding,
-            embedded=tuple(range(x.shape[1])) if self.numeric_embedding != "none" else (),
-            front_scale=bool(self.front_scale),
+            numeric_embedding=front.numeric_embedding,
+            embedded=tuple(range(x.shape[1])) if front.numeric_embedding != "none" else (),
+            front_scale=front.front_scale is True,
         )
         drop = tuple(float(self.dropout) for _ in hidden)
         members = [
@@ -277,11 +279,13 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         members are trained, as one batched population); 1 keeps a single model.
     scale : bool, default True
         Standardize features with the ``fit`` rows' mean and standard deviation.
-    numeric_embedding : {"none", "pbld"}, default "none"
-        ``pbld``: every feature also reaches the first layer through a learned periodic
-        embedding (see :class:`fitwell.TrainConfig`; 16 frequencies, 3 outputs per feature).
-    front_scale : bool, default False
-        A learned scale per first-layer input, starting at 1 (RealMLP's scaling layer).
+    numeric_embedding : {"auto", "none", "pbld"}, default "auto"
+        ``auto``: ``pbld`` for the classifier, ``none`` for the regressor. ``pbld``: every
+        feature also reaches the first layer through a learned periodic embedding (see
+        :class:`fitwell.TrainConfig`; 16 frequencies, 3 outputs per feature).
+    front_scale : bool or None, default None
+        A learned scale per first-layer input, starting at 1 (RealMLP's scaling layer);
+        ``None``: on exactly when features are embedded.
     random_state : int, default 0
         Seeds initialisation, data order, dropout and the validation split.
     device : {"cpu", "cuda", "auto"}, default "cpu"

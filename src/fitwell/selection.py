@@ -175,7 +175,7 @@ def select_features(
                 "weights; lower `lr`, or pass --no-l1-inputs-adaptive."
             )
         weights = member_weights(
-            states[pilot], prepared.preprocessor, first_layer_groups(base, prepared.preprocessor)
+            states[pilot], prepared.preprocessor, first_layer_groups(base, prepared)
         )
         base = base.replace(l1_inputs_weights=weights)
     points, _, chosen, tol = _path(base, grid, prepared, device, tolerance)
