@@ -26,6 +26,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 DATASETS = ["digits", "wine", "breast_cancer", "penguins", "mnist1d", "diabetes"]
+# Generated tables beyond the built-in sets: name -> rows of MNIST-1D (written as a CSV).
+GENERATED = {"mnist1d_40k": 40_000}
+
+
+def _source(name: str, folder: Path) -> dict:
+    """Keyword arguments naming the table: a built-in dataset, or a generated CSV."""
+    if name not in GENERATED:
+        return {"dataset": name}
+    from fitwell.data.datasets import _mnist1d
+
+    path = folder / f"{name}.csv"
+    if not path.exists():
+        _mnist1d(num_samples=GENERATED[name]).to_csv(path, index=False)
+    return {"data": str(path), "target": "label"}
+
+
 GRID = {
     "hidden_layer_sizes": [(64,), (256,), (128, 128), (256, 256), (512, 512)],
     "alpha": [1e-5, 1e-4, 1e-3, 1e-2],
@@ -93,16 +109,20 @@ def sklearn_models(prepared, seed: int, budget: float, x_test, y_test) -> dict[s
 
 
 def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
+    import tempfile
+
     import fitwell
     from fitwell.auto import auto
     from fitwell.data import load_table, prepare
 
     rows = []
+    folder = Path(tempfile.mkdtemp(prefix="fitwell-auto-bench-"))
     for name in datasets:
+        source = _source(name, folder)
         for seed in seeds:
             row: dict = {"dataset": name, "seed": seed}
             t0 = time.perf_counter()
-            run_ = auto(dataset=name, seed=seed, time_budget=budget)
+            run_ = auto(**source, seed=seed, time_budget=budget)
             record = run_.metrics["auto"]
             row["metric"] = run_.metrics["score_name"]
             row["auto"] = {
@@ -113,13 +133,16 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
                 "winner": record["winner"],
             }
             t0 = time.perf_counter()
-            default = fitwell.train(dataset=name, seed=seed)
+            default = fitwell.train(**source, seed=seed)
             row["defaults"] = {
                 "score": default.metrics["test_score"],
                 "seconds": time.perf_counter() - t0,
             }
+            table = load_table(
+                source.get("data"), dataset=source.get("dataset"), target=source.get("target")
+            )
             prepared = prepare(
-                load_table(dataset=name),
+                table,
                 task="auto",
                 split=(0.7, 0.15, 0.15),
                 seed=seed,

@@ -234,6 +234,7 @@ def _loop_settings(cfg: TrainConfig) -> LoopSettings:
         min_delta=cfg.min_delta,
         restore_best=cfg.restore_best,
         adam_beta2=cfg.adam_beta2,
+        label_smoothing=cfg.label_smoothing,
     )
 
 

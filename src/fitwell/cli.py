@@ -101,6 +101,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-schedule", help=" | ".join(LR_SCHEDULES) + " (default constant)")
     g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs")
     g.add_argument("--adam-beta2", type=float, help="Adam's second-moment decay (default 0.999)")
+    g.add_argument(
+        "--label-smoothing", type=float, help="classification target smoothing eps (default 0)"
+    )
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)

@@ -146,6 +146,10 @@ class TrainConfig:
         of the scheduled rate.
     adam_beta2 : float, default 0.999
         Adam's / AdamW's second-moment decay (RealMLP uses 0.95).
+    label_smoothing : float, default 0.0
+        Classification: train against targets with ``1 - eps`` on the class and ``eps`` spread
+        over all classes (RealMLP uses 0.1). Validation and test losses stay plain
+        cross-entropy, so early stopping and the doctor read the same loss as without it.
     momentum : float, default 0.9
         SGD only.
     batch_size : int, default 64
@@ -230,6 +234,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_epochs: int = 0
     adam_beta2: float = 0.999
+    label_smoothing: float = 0.0
     momentum: float = 0.9
     batch_size: int = 64
     max_epochs: int = 200
@@ -361,6 +366,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         "lr",
         "momentum",
         "adam_beta2",
+        "label_smoothing",
         "init_scale",
         "bias_init",
         "l1",
@@ -461,6 +467,8 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
             problems.append(f"`{name}` must be in [1, 1024]; got {v}")
     if cfg.warmup_epochs < 0:
         problems.append(f"`warmup_epochs` must be >= 0; got {cfg.warmup_epochs}")
+    if not (math.isfinite(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1):
+        problems.append(f"`label_smoothing` must be in [0, 1); got {cfg.label_smoothing}")
     if not (math.isfinite(cfg.adam_beta2) and 0 < cfg.adam_beta2 < 1):
         problems.append(f"`adam_beta2` must be in (0, 1); got {cfg.adam_beta2}")
     _choice("task", cfg.task, TASKS, problems)

@@ -58,6 +58,7 @@ class LoopSettings:
     min_delta: float = 0.0
     restore_best: bool = True
     adam_beta2: float = 0.999
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -352,7 +353,9 @@ class Trainer:
         use_dropout = self._dropout_layout() is not None
         model, optimizer, task = self.model, self.optimizer, self.task
         # Populations of classifiers fuse the thin output layer with the loss (same values).
-        fused_loss = task == "classification" and model.fuses_cross_entropy
+        # (The fused kernel computes plain cross-entropy: label smoothing takes the general path.)
+        smoothing = self.loop.label_smoothing if task == "classification" else 0.0
+        fused_loss = task == "classification" and model.fuses_cross_entropy and smoothing == 0.0
         x_train, y_train = self.x_train, self.y_train
         k = perms.shape[0]
         for start in range(0, n, b):
@@ -368,7 +371,7 @@ class Trainer:
                 )
             else:
                 objective, losses = training_objective(
-                    task, model(x_batch, dropout_masks=masks), y_train.take(idx)
+                    task, model(x_batch, dropout_masks=masks), y_train.take(idx), smoothing
                 )
             optimizer.zero_grad()
             objective.backward()
