@@ -206,7 +206,7 @@ class AutoSearch:
         self.log(
             f"      median val loss {self.baseline['median_val_loss']:.4g} "
             f"(seed spread {self.baseline['spread']:.3g}); findings: "
-            + (", ".join(codes) if codes else "none")
+            + (", ".join(dict.fromkeys(codes)) if codes else "none")  # each code once
         )
         self._timed("baseline", started)
         return out.findings[0]
