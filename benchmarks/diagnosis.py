@@ -308,7 +308,7 @@ def measure_overhead(repeats: int, hidden: tuple[int, ...] = (256, 256)) -> dict
     def no_diagnosis(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"findings": []}
 
-    def no_hashes(rows: Any, seen: Any) -> int:
+    def no_hashes(rows: Any, seen: Any, **kwargs: Any) -> int:
         return 0
 
     def no_capacity(*args: Any, **kwargs: Any) -> bool:

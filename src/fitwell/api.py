@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fitwell import runs
@@ -221,7 +222,18 @@ def with_adaptive_weights(
     return [c.replace(l1_inputs_weights=weights) for c in cfgs]
 
 
-def _loop_settings(cfg: TrainConfig) -> LoopSettings:
+def class_weights(cfg: TrainConfig, prepared: PreparedData) -> tuple[float, ...] | None:
+    """``balanced``: ``n / (C * n_c)`` per class from the training rows (scikit-learn's rule),
+    so every class carries the same total weight and the mean weight per row is 1."""
+    if cfg.class_weight != "balanced" or prepared.task != "classification":
+        return None
+    classes = len(prepared.target_encoder.classes)
+    counts = np.bincount(prepared.y_train, minlength=classes).astype(float)
+    n = float(counts.sum())
+    return tuple(n / (classes * c) if c > 0 else 0.0 for c in counts)
+
+
+def _loop_settings(cfg: TrainConfig, weights: tuple[float, ...] | None = None) -> LoopSettings:
     return LoopSettings(
         optimizer=cfg.optimizer,
         momentum=cfg.momentum,
@@ -235,6 +247,7 @@ def _loop_settings(cfg: TrainConfig) -> LoopSettings:
         restore_best=cfg.restore_best,
         adam_beta2=cfg.adam_beta2,
         label_smoothing=cfg.label_smoothing,
+        class_weights=weights,
     )
 
 
@@ -342,7 +355,7 @@ def fit_prepared(
     trainer = Trainer(
         arch,
         members,
-        _loop_settings(cfg),
+        _loop_settings(cfg, class_weights(cfg, prepared)),
         task=prepared.task,
         x_train=prepared.x_train,
         y_train=prepared.y_train,

@@ -104,6 +104,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--label-smoothing", type=float, help="classification target smoothing eps (default 0)"
     )
+    g.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        help="balanced: weigh each row's loss by n / (classes * n_class) (default none)",
+    )
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)

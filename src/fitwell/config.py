@@ -150,6 +150,11 @@ class TrainConfig:
         Classification: train against targets with ``1 - eps`` on the class and ``eps`` spread
         over all classes (RealMLP uses 0.1). Validation and test losses stay plain
         cross-entropy, so early stopping and the doctor read the same loss as without it.
+    class_weight : {"none", "balanced"}, default "none"
+        ``balanced``: each training row's loss is multiplied by ``n / (C * n_class)``
+        (scikit-learn's rule), so a rare class weighs as much as a common one in training.
+        Validation loss and scores stay unweighted; balanced accuracy and macro-F1 are
+        reported beside accuracy.
     momentum : float, default 0.9
         SGD only.
     batch_size : int, default 64
@@ -235,6 +240,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     adam_beta2: float = 0.999
     label_smoothing: float = 0.0
+    class_weight: str = "none"
     momentum: float = 0.9
     batch_size: int = 64
     max_epochs: int = 200
@@ -460,6 +466,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES, problems)
     _choice("scaling", cfg.scaling, ("standard", "robust"), problems)
+    _choice("class_weight", cfg.class_weight, ("none", "balanced"), problems)
     _choice("numeric_embedding", cfg.numeric_embedding, NUMERIC_EMBEDDINGS, problems)
     for name in ("embedding_frequencies", "embedding_dim"):
         v = getattr(cfg, name)

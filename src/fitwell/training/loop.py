@@ -59,6 +59,7 @@ class LoopSettings:
     restore_best: bool = True
     adam_beta2: float = 0.999
     label_smoothing: float = 0.0
+    class_weights: tuple[float, ...] | None = None  # per class, multiplying each row's loss
 
 
 @dataclass
@@ -355,7 +356,17 @@ class Trainer:
         # Populations of classifiers fuse the thin output layer with the loss (same values).
         # (The fused kernel computes plain cross-entropy: label smoothing takes the general path.)
         smoothing = self.loop.label_smoothing if task == "classification" else 0.0
-        fused_loss = task == "classification" and model.fuses_cross_entropy and smoothing == 0.0
+        weights = (
+            torch.tensor(self.loop.class_weights, device=self.device)
+            if task == "classification" and self.loop.class_weights is not None
+            else None
+        )
+        fused_loss = (
+            task == "classification"
+            and model.fuses_cross_entropy
+            and smoothing == 0.0
+            and weights is None
+        )
         x_train, y_train = self.x_train, self.y_train
         k = perms.shape[0]
         for start in range(0, n, b):
@@ -371,7 +382,11 @@ class Trainer:
                 )
             else:
                 objective, losses = training_objective(
-                    task, model(x_batch, dropout_masks=masks), y_train.take(idx), smoothing
+                    task,
+                    model(x_batch, dropout_masks=masks),
+                    y_train.take(idx),
+                    smoothing,
+                    weights,
                 )
             optimizer.zero_grad()
             objective.backward()
