@@ -28,6 +28,8 @@ VARIANTS: dict[str, dict] = {
     "front scale": {"front_scale": True},
     "pbld + scale": {"numeric_embedding": "pbld", "front_scale": True},
     "robust": {"scaling": "robust"},
+    "smoothing 0.1": {"label_smoothing": 0.1},
+    "beta2 0.95": {"adam_beta2": 0.95},
     "pbld + scale + robust": {
         "numeric_embedding": "pbld",
         "front_scale": True,
