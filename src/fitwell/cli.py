@@ -761,9 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from fitwell.errors import FitwellError
-    from fitwell.heap import pin_malloc_threshold
 
-    pin_malloc_threshold()
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warning
     try:
