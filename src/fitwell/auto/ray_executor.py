@@ -115,7 +115,9 @@ class RayExecutor:
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             try:
                 ray.init(
-                    address=address,
+                    # "local": a new instance even when RAY_ADDRESS is set or another Ray runs
+                    # on this machine (Ray's default, None, would join those).
+                    address=address or "local",
                     include_dashboard=False,
                     log_to_driver=False,
                     configure_logging=False,
