@@ -28,6 +28,8 @@ from optuna.trial import TrialState
 from fitwell.api import load_and_prepare, make_config
 from fitwell.auto import auto
 from fitwell.auto.executors import LocalExecutor, PopulationJob, PopulationOutcome
+from fitwell.cli import main
+from fitwell.errors import InputError
 
 SEARCH = [
     "--dataset",
@@ -106,7 +108,8 @@ def test_a_wave_is_told_in_trial_order_whatever_order_it_trained_in(tmp_path):
     executor = _executor()
     auto(**KW, parallel=3, out=tmp_path / "rev", executor=executor)
     auto(**KW, parallel=3, out=tmp_path / "local")
-    assert executor.waves == [3, 1]  # 3 populations of 2, then the last 2 trials
+    # 3 populations of 2, then the last 2 trials, then the 2 best retrained side by side
+    assert executor.waves == [3, 1, 2]
     reversed_study, local_study = _study(tmp_path / "rev"), _study(tmp_path / "local")
     assert _values(reversed_study) == _values(local_study)
     assert len(reversed_study.trials) == 8
@@ -150,6 +153,33 @@ def test_local_run_many_turns_a_setting_the_data_cannot_take_into_a_failed_outco
     outs = executor.run_many([PopulationJob([bad]), PopulationJob([good])])
     assert outs[0].error is not None and "dropout" in outs[0].error and not outs[0].members
     assert outs[1].error is None and len(outs[1].members) == max(good["restarts"], good["ensemble"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"parallel": 0}, "`parallel` must be a whole number >= 1; got 0"),
+        ({"executor": "rey"}, "Did you mean `ray`"),
+        ({"address": "127.0.0.1:6379"}, "`address` is for the ray executor"),
+    ],
+)
+def test_bad_scale_settings_are_refused_with_what_to_do(settings, match):
+    with pytest.raises(InputError, match=match):
+        auto(dataset="iris", time_budget=None, trials=2, max_epochs=3, **settings)
+
+
+def test_the_cli_refuses_parallel_zero_with_exit_code_2(tmp_path, capsys):
+    args = ["auto", "--dataset", "iris", "--trials", "2", "--time-budget", "none"]
+    assert main([*args, "--parallel", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "`parallel` must be" in capsys.readouterr().err
+
+
+def test_the_local_executor_needs_no_ray_and_the_ray_one_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    run = auto(dataset="iris", time_budget=None, trials=2, population_size=2, max_epochs=3)
+    assert run.metrics["auto"]["search"]["trials"] == 2
+    with pytest.raises(InputError, match=r"pip install 'fitwell\[ray\]'"):
+        auto(dataset="iris", time_budget=None, trials=2, max_epochs=3, executor="ray")
 
 
 # --------------------------------------------------------------------------- Ray cluster

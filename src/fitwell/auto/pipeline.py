@@ -543,32 +543,50 @@ class AutoSearch:
                 picks.append(t)
             if len(picks) == CONFIRM_TOP:
                 break
-        for t in picks:
+        # With --parallel, the picks retrain side by side (one wave); else one after another.
+        batch = max(1, min(self.parallel, CONFIRM_TOP))
+        for start in range(0, len(picks), batch):
+            group = picks[start : start + batch]
             left = self._search_left()
             if left <= 0.5 * self.final_estimate:
-                self.log(f"      trial {t.number}: not confirmed, no time left for it")
+                self.log(f"      trial {group[0].number}: not confirmed, no time left for it")
                 break
-            settings = search_space.settings_from_params(t.params, self.current, seed=self.seed)
-            out = self._run(
-                [_seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)],
-                "search",
-                label="confirm",
-                seconds=left,
-            )
-            losses = _losses(out, 0)
-            self.confirmed.append(
-                {
-                    "trial": t.number,
-                    "val_losses": losses,
-                    "median_val_loss": repair_table.median_loss(losses),
-                    "spread": repair_table.seed_spread(losses),
-                    "cut_by_budget": out.stopped_by_deadline,
-                }
-            )
-            self.log(
-                f"      trial {t.number} with the baseline's {BASELINE_SEEDS} seeds: median val "
-                f"loss {repair_table.median_loss(losses):.4g} (single seed {t.value:.4g})"
-            )
+            jobs = [
+                PopulationJob(
+                    settings=[
+                        _seeded(
+                            search_space.settings_from_params(
+                                t.params, self.current, seed=self.seed
+                            ),
+                            seed=self.seed,
+                            seeds=BASELINE_SEEDS,
+                        )
+                    ],
+                    seconds=None if math.isinf(left) else max(left, 0.0),
+                    label="confirm",
+                    check_capacity=False,
+                )
+                for t in group
+            ]
+            outs = self.executor.run_many(jobs) if batch > 1 else [self.executor.run(jobs[0])]
+            for t, out in zip(group, outs, strict=True):
+                if out.error is not None:
+                    self.log(f"      trial {t.number}: not confirmed ({out.error})")
+                    continue
+                losses = _losses(out, 0)
+                self.confirmed.append(
+                    {
+                        "trial": t.number,
+                        "val_losses": losses,
+                        "median_val_loss": repair_table.median_loss(losses),
+                        "spread": repair_table.seed_spread(losses),
+                        "cut_by_budget": out.stopped_by_deadline,
+                    }
+                )
+                self.log(
+                    f"      trial {t.number} with the baseline's {BASELINE_SEEDS} seeds: median "
+                    f"val loss {repair_table.median_loss(losses):.4g} (single seed {t.value:.4g})"
+                )
 
     def winner(self, study: Any | None) -> tuple[dict[str, Any], str]:
         """The configuration the restarts stage trains.
