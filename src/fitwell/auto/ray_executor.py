@@ -128,7 +128,15 @@ class RayExecutor:
                     "with `ray start --head` (see docs/scale.md) or leave out --address."
                 ) from None
             self._owned = True
-        cpus = ray.cluster_resources().get("CPU", 0)
+        resources = ray.cluster_resources()
+        cpus = resources.get("CPU", 0)
+        if self.device.startswith("cuda") and not resources.get("GPU"):
+            # A task asking for a GPU the cluster lacks would wait forever, unscheduled.
+            self.close()
+            raise InputError(
+                f"--device {self.device} asks one GPU per population; got a Ray cluster with no "
+                "GPUs. Use --device cpu, or add nodes with GPUs."
+            )
         if log is not None:
             where = f"joined {address}" if address else "started on this machine"
             log(
