@@ -216,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--study-name", help="study name in the storage (default fitwell-auto)")
     g.add_argument("--resume", action="store_true", help="continue a killed search in --out")
     g.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where populations train: this process, or a Ray cluster (the `ray` extra); "
+        "default local",
+    )
+    g.add_argument(
+        "--address",
+        help="with --executor ray: the cluster's HOST:PORT (default: start Ray on this machine)",
+    )
+    g.add_argument(
+        "--population-size",
+        type=int,
+        default=8,
+        help="search trials of one shape trained together as one population (default 8)",
+    )
+    g.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="search populations asked together and trained side by side (default 1); the "
+        "trials chosen depend on the seed, --trials and --parallel, not on the executor",
+    )
+    g.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the fitwell run already in --out once the new run finishes",
@@ -497,6 +521,10 @@ _AUTO_ONLY = {
     "study_name",
     "resume",
     "overwrite",
+    "executor",
+    "address",
+    "parallel",
+    "population_size",
 }
 
 
@@ -520,7 +548,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
             sys.stderr.write(message + "\n")
             sys.stderr.flush()
 
-    from contextlib import nullcontext
+    from contextlib import nullcontext, redirect_stdout
 
     from fitwell.runs import replacing_run
 
@@ -530,7 +558,9 @@ def cmd_auto(args: argparse.Namespace) -> int:
         raise InputError(
             "--resume continues the search in --out; --overwrite replaces it: not both."
         )
-    with replacing_run(out) if args.overwrite else nullcontext():
+    # stdout carries the result only: what libraries print during the run (Ray's notes on
+    # workers it restarted, for one) goes to stderr, so `--json` stays one JSON document.
+    with replacing_run(out) if args.overwrite else nullcontext(), redirect_stdout(sys.stderr):
         run = _auto_run(args, out, log, settings)
     return _auto_report(args, run)
 
@@ -549,6 +579,10 @@ def _auto_run(args: argparse.Namespace, out: Path, log: Any, settings: dict[str,
         resume=args.resume,
         out=out,
         log=log,
+        executor=args.executor,
+        address=args.address,
+        parallel=args.parallel,
+        population_size=args.population_size,
         **settings,
     )
 

@@ -3,7 +3,8 @@
 A job is plain data (settings dicts, a time limit, rung epochs) and its outcome is a weights-free
 summary (per member: curve, best loss, score, how it ended; per setting: the doctor's findings),
 so an executor on other machines can return it as it is. The final model is always trained where
-the driver runs.
+the driver runs. ``run_many`` takes several jobs at once (the search's waves); an executor with
+more than one worker trains them side by side and returns the outcomes in the jobs' order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +21,7 @@ from fitwell.auto.pruning import RungPruner
 from fitwell.config import TrainConfig, build_config
 from fitwell.data import PreparedData
 from fitwell.diagnosis.context import findings_from_signals
+from fitwell.errors import InputError
 
 
 @dataclass
@@ -60,15 +63,34 @@ class PopulationOutcome:
     seconds: float
     epochs: int
     stopped_by_deadline: bool
+    # Why the job could not train (a setting the data cannot take, a worker that kept dying);
+    # None when it trained. A failed outcome has no members.
+    error: str | None = None
+    worker: str = ""  # where it trained, when not in this process (e.g. Ray node / pid)
+
+    @classmethod
+    def failed(cls, reason: str) -> PopulationOutcome:
+        return cls(
+            members=[], findings=[], seconds=0.0, epochs=0, stopped_by_deadline=False, error=reason
+        )
 
     def of_setting(self, index: int) -> list[MemberOutcome]:
         return [m for m in self.members if m.setting == index]
 
 
 class Executor(Protocol):
-    """Runs populations on the prepared data; ``run`` blocks until the job is done."""
+    """Runs populations on the prepared data.
+
+    ``run`` blocks until the job is done and raises :class:`fitwell.errors.InputError` for a
+    setting the data cannot take. ``run_many`` blocks until every job is done and never raises
+    for one job's failure: that job's outcome carries the reason in ``error``.
+    """
 
     def run(self, job: PopulationJob) -> PopulationOutcome: ...
+
+    def run_many(self, jobs: Sequence[PopulationJob]) -> list[PopulationOutcome]: ...
+
+    def close(self) -> None: ...
 
 
 def setting_findings(signals: dict[str, Any], fit: Any, members: list[int]) -> list[dict]:
@@ -121,6 +143,19 @@ class LocalExecutor:
         )
         return summarize(pop, pruner.pruned, deadline.fired, time.perf_counter() - started)
 
+    def run_many(self, jobs: Sequence[PopulationJob]) -> list[PopulationOutcome]:
+        """One job after another, in this process."""
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(self.run(job))
+            except InputError as exc:
+                outcomes.append(PopulationOutcome.failed(str(exc)))
+        return outcomes
+
+    def close(self) -> None:
+        """Nothing to release: the populations trained in this process."""
+
 
 def summarize(
     pop: Any, pruned: dict[int, int], stopped_by_deadline: bool, seconds: float
@@ -157,3 +192,35 @@ def summarize(
         epochs=fit.epochs_run,
         stopped_by_deadline=stopped_by_deadline,
     )
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(
+    executor: Executor | str | None,
+    prepared: PreparedData,
+    *,
+    device: Any,
+    threads: int | None,
+    address: str | None = None,
+    log: Any = None,
+) -> Executor:
+    """``executor`` as an :class:`Executor`: one given as it is, ``"local"`` (default) or
+    ``"ray"`` (imported here, so the core install needs no Ray)."""
+    if executor is not None and not isinstance(executor, str):
+        return executor
+    name = executor or "local"
+    if name not in EXECUTORS:
+        import difflib
+
+        close = difflib.get_close_matches(name, EXECUTORS, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise InputError(f"`executor` must be one of {', '.join(EXECUTORS)}; got {name!r}.{hint}")
+    if address is not None and name != "ray":
+        raise InputError(f"`address` is for the ray executor; got it with executor {name!r}.")
+    if name == "local":
+        return LocalExecutor(prepared, device=device, threads=threads)
+    from fitwell.auto.ray_executor import RayExecutor
+
+    return RayExecutor(prepared, device=device, threads=threads, address=address, log=log)

@@ -26,7 +26,12 @@ from fitwell import runs
 from fitwell.auto import repairs as repair_table
 from fitwell.auto import search as search_space
 from fitwell.auto.budget import SHARES, Budget, Deadline
-from fitwell.auto.executors import Executor, LocalExecutor, PopulationJob, PopulationOutcome
+from fitwell.auto.executors import (
+    Executor,
+    PopulationJob,
+    PopulationOutcome,
+    make_executor,
+)
 from fitwell.auto.pruning import rungs_for
 from fitwell.config import TrainConfig, resolve_hidden
 from fitwell.errors import InputError
@@ -40,6 +45,9 @@ FINAL_SAFETY = 1.25
 CONFIRM_TOP = 2  # the restarts stage's time estimate, with room for the run's files
 POPULATION_SIZE = 8
 REPAIR_ROUNDS = 2
+# With a study shared by several drivers: seconds to wait for the others' running trials before
+# confirming (plus three of this driver's waves).
+PEER_WAIT = 30.0
 REPAIRS_FILE = "repairs.json"
 TRIALS_FILE = "trials.csv"
 AUTO_STATE_FILE = "auto_state.json"
@@ -120,6 +128,8 @@ class AutoSearch:
         population_size: int,
         log: Callable[[str], None],
         prune: bool = True,
+        parallel: int = 1,
+        shared: bool = False,
     ) -> None:
         self.start = start
         self.seed = start.seed
@@ -128,6 +138,8 @@ class AutoSearch:
         self.trials = trials
         self.population_size = population_size
         self.prune = prune
+        self.parallel = parallel
+        self.shared = shared
         self.log = log
         self.current = start.to_dict()
         self.current_losses: list[float] = []
@@ -353,6 +365,31 @@ class AutoSearch:
             self.current_losses, self.current_findings = losses, findings
 
     # ------------------------------------------------------------------ stage 3
+    def _ask_wave(
+        self, study: Any, pending: dict[tuple, list[dict[str, Any]]], done: int
+    ) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        """Ask up to ``parallel`` populations before any is told (re-queued parameters first),
+        within the trials still allowed."""
+        wave: list[tuple[list[Any], list[dict[str, Any]]]] = []
+        remaining = None if self.trials is None else self.trials - done
+        for _ in range(self.parallel):
+            size = (
+                self.population_size if remaining is None else min(self.population_size, remaining)
+            )
+            if size <= 0:
+                break
+            group = None
+            if pending:
+                shape = next(iter(pending))
+                group, pending[shape] = pending[shape][:size], pending[shape][size:]
+                if not pending[shape]:
+                    del pending[shape]
+            trials, params = search_space.ask_population(study, size, queued=group)
+            wave.append((trials, params))
+            if remaining is not None:
+                remaining -= len(trials)
+        return wave
+
     def run_search(self, study: Any, *, resume: bool) -> None:
         from optuna.trial import TrialState
 
@@ -362,6 +399,7 @@ class AutoSearch:
             "[3/5] search"
             + ("" if math.isinf(left) else f" ({left:.0f} s, leaving the restarts what they need)")
             + f": Optuna TPE, populations of {self.population_size} trials"
+            + (f", {self.parallel} at a time" if self.parallel > 1 else "")
         )
         queued = search_space.requeue_running(study) if resume else []
         pending: dict[tuple, list[dict[str, Any]]] = {}
@@ -382,42 +420,49 @@ class AutoSearch:
             estimate = self.seconds_per_population or 0.0
             if left <= 0 or (populations and left < 0.5 * estimate):
                 break
-            size = self.population_size
-            if self.trials is not None:
-                size = min(size, self.trials - done)
-            group = None
-            if pending:
-                shape = next(iter(pending))
-                group, pending[shape] = pending[shape][:size], pending[shape][size:]
-                if not pending[shape]:
-                    del pending[shape]
-            trials, params = search_space.ask_population(study, size, queued=group)
-            settings = [
-                search_space.settings_from_params(
-                    p, base, seed=self.seed + search_space.SEED_OFFSET + t.number
+            wave = self._ask_wave(study, pending, done)
+            jobs = [
+                PopulationJob(
+                    settings=[
+                        search_space.settings_from_params(
+                            p, base, seed=self.seed + search_space.SEED_OFFSET + t.number
+                        )
+                        for t, p in zip(trials, params, strict=True)
+                    ],
+                    seconds=None if math.isinf(left) else max(left, 0.0),
+                    rungs=list(rungs),
+                    label="search",
+                    check_capacity=False,
                 )
-                for t, p in zip(trials, params, strict=True)
+                for trials, params in wave
             ]
-            try:
-                out = self._run(
-                    settings, "search", label="search", rungs=rungs, seconds=max(left, 0.0)
-                )
-            except InputError as exc:
-                for t in trials:
+            wave_started = time.perf_counter()
+            outs = self.executor.run_many(jobs)
+            if any(out.error is None for out in outs):
+                # The next wave is expected to take as long as this one did.
+                self.seconds_per_population = time.perf_counter() - wave_started
+            # Told in trial-number order, whichever population finished first: the study (and
+            # so TPE's next asks) is the same on any executor.
+            told = sorted(
+                (t.number, j, i) for j, (trials, _) in enumerate(wave) for i, t in enumerate(trials)
+            )
+            states: list[list[str]] = [[] for _ in wave]
+            for _, j, i in told:
+                t, out = wave[j][0][i], outs[j]
+                t.set_user_attr("population", populations + 1 + j)
+                if out.worker:
+                    t.set_user_attr("worker", out.worker)
+                if out.error is not None:
+                    t.set_user_attr("fail_reason", out.error[:500])
                     study.tell(t, state=TrialState.FAIL)
-                    self.log(f"      trial {t.number}: failed ({exc})")
-                populations += 1
-                continue
-            populations += 1
-            self.seconds_per_population = out.seconds
-            states = []
-            member_epochs = sum(max(m.epochs_run, 1) for m in out.members)
-            for i, t in enumerate(trials):
-                member = out.of_setting(i)[0]
-                t.set_user_attr("seconds", round(out.seconds / len(trials), 3))
-                t.set_user_attr("population", populations)
+                    self.log(f"      trial {t.number}: failed ({out.error})")
+                    states[j].append("fail")
+                    continue
+                member_epochs = sum(max(m.epochs_run, 1) for m in out.members)
+                t.set_user_attr("seconds", round(out.seconds / len(wave[j][0]), 3))
                 t.set_user_attr("member_epoch_seconds", out.seconds / member_epochs)
-                states.append(search_space.tell_member(study, t, member, report_every=5))
+                member = out.of_setting(i)[0]
+                states[j].append(search_space.tell_member(study, t, member, report_every=5))
             best = _best_trial(study)
             if best is not None and "member_epoch_seconds" in best.user_attrs:
                 # The winner retrained: its seeds, as many epochs as it ran (early stopping
@@ -428,14 +473,25 @@ class AutoSearch:
                     * max(int(best.user_attrs.get("epochs_run") or 1), 1)
                     * self._final_seeds()
                 )
-            p0 = params[0]
-            self.log(
-                f"      population {populations}: {len(trials)} trials "
-                f"({p0['n_layers']} x {p0['width']} {p0['activation']}, batch {p0['batch_size']}"
-                f"{', batch norm' if p0['batch_norm'] else ''}) in {out.seconds:.1f} s: "
-                f"{states.count('complete')} complete, {states.count('pruned')} pruned"
-                + (f"; best so far trial {best.number}, val loss {best.value:.4g}" if best else "")
-            )
+            for j, ((trials, params), out) in enumerate(zip(wave, outs, strict=True)):
+                populations += 1
+                if out.error is not None:
+                    continue
+                p0 = params[0]
+                self.log(
+                    f"      population {populations}: {len(trials)} trials "
+                    f"({p0['n_layers']} x {p0['width']} {p0['activation']}, "
+                    f"batch {p0['batch_size']}{', batch norm' if p0['batch_norm'] else ''}) "
+                    f"in {out.seconds:.1f} s: {states[j].count('complete')} complete, "
+                    f"{states[j].count('pruned')} pruned"
+                    + (
+                        f"; best so far trial {best.number}, val loss {best.value:.4g}"
+                        if best and j == len(wave) - 1
+                        else ""
+                    )
+                )
+        if self.shared:
+            self._await_peers(study)
         self.confirm(study)
         trials_all = study.get_trials(deepcopy=False)
         best = _best_trial(study)
@@ -455,6 +511,24 @@ class AutoSearch:
         }
         self._timed("search", started)
 
+    def _await_peers(self, study: Any) -> None:
+        """A study shared with other drivers: wait (bounded) for their running trials, so that
+        every driver confirms and chooses among the same trials."""
+        from optuna.trial import TrialState
+
+        limit = min(PEER_WAIT + 3 * (self.seconds_per_population or 0.0), self._search_left())
+        started = time.perf_counter()
+        said = False
+        while time.perf_counter() - started < limit:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
+                return
+            if not said:
+                self.log(f"      waiting for {len(running)} trials of other processes")
+                said = True
+            time.sleep(0.5)
+        self.log("      stopped waiting for other processes' trials (still running)")
+
     def confirm(self, study: Any) -> None:
         """Retrain the best distinct trials with the baseline's seeds, time permitting."""
         from optuna.trial import TrialState
@@ -469,32 +543,50 @@ class AutoSearch:
                 picks.append(t)
             if len(picks) == CONFIRM_TOP:
                 break
-        for t in picks:
+        # With --parallel, the picks retrain side by side (one wave); else one after another.
+        batch = max(1, min(self.parallel, CONFIRM_TOP))
+        for start in range(0, len(picks), batch):
+            group = picks[start : start + batch]
             left = self._search_left()
             if left <= 0.5 * self.final_estimate:
-                self.log(f"      trial {t.number}: not confirmed, no time left for it")
+                self.log(f"      trial {group[0].number}: not confirmed, no time left for it")
                 break
-            settings = search_space.settings_from_params(t.params, self.current, seed=self.seed)
-            out = self._run(
-                [_seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)],
-                "search",
-                label="confirm",
-                seconds=left,
-            )
-            losses = _losses(out, 0)
-            self.confirmed.append(
-                {
-                    "trial": t.number,
-                    "val_losses": losses,
-                    "median_val_loss": repair_table.median_loss(losses),
-                    "spread": repair_table.seed_spread(losses),
-                    "cut_by_budget": out.stopped_by_deadline,
-                }
-            )
-            self.log(
-                f"      trial {t.number} with the baseline's {BASELINE_SEEDS} seeds: median val "
-                f"loss {repair_table.median_loss(losses):.4g} (single seed {t.value:.4g})"
-            )
+            jobs = [
+                PopulationJob(
+                    settings=[
+                        _seeded(
+                            search_space.settings_from_params(
+                                t.params, self.current, seed=self.seed
+                            ),
+                            seed=self.seed,
+                            seeds=BASELINE_SEEDS,
+                        )
+                    ],
+                    seconds=None if math.isinf(left) else max(left, 0.0),
+                    label="confirm",
+                    check_capacity=False,
+                )
+                for t in group
+            ]
+            outs = self.executor.run_many(jobs) if batch > 1 else [self.executor.run(jobs[0])]
+            for t, out in zip(group, outs, strict=True):
+                if out.error is not None:
+                    self.log(f"      trial {t.number}: not confirmed ({out.error})")
+                    continue
+                losses = _losses(out, 0)
+                self.confirmed.append(
+                    {
+                        "trial": t.number,
+                        "val_losses": losses,
+                        "median_val_loss": repair_table.median_loss(losses),
+                        "spread": repair_table.seed_spread(losses),
+                        "cut_by_budget": out.stopped_by_deadline,
+                    }
+                )
+                self.log(
+                    f"      trial {t.number} with the baseline's {BASELINE_SEEDS} seeds: median "
+                    f"val loss {repair_table.median_loss(losses):.4g} (single seed {t.value:.4g})"
+                )
 
     def winner(self, study: Any | None) -> tuple[dict[str, Any], str]:
         """The configuration the restarts stage trains.
@@ -604,7 +696,9 @@ def auto(
     log: Callable[[str], None] | None = None,
     population_size: int = POPULATION_SIZE,
     prune: bool = True,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
+    address: str | None = None,
+    parallel: int = 1,
     **settings: Any,
 ) -> Any:
     """Diagnose, repair and search a network for a table within a time budget; test once.
@@ -638,8 +732,15 @@ def auto(
         Search trials trained together as one population (1: one trial at a time).
     prune : bool, default True
         Successive halving inside each population at the rung epochs.
-    executor : Executor, optional
-        Where populations train (default: this process).
+    executor : Executor, "local" or "ray", optional
+        Where populations train (default "local": this process). ``"ray"`` sends each
+        population to a Ray cluster as one task (needs the ``ray`` extra).
+    address : str, optional
+        With ``executor="ray"``: the cluster's ``HOST:PORT``; default: start Ray on this
+        machine for the run.
+    parallel : int, default 1
+        Search populations asked together and trained side by side (a wave). The trials the
+        search chooses depend on the seed, ``trials`` and ``parallel``, not on the executor.
 
     Returns
     -------
@@ -656,6 +757,8 @@ def auto(
         raise InputError("give a time budget or --trials: without either the search never ends.")
     if population_size < 1:
         raise InputError(f"`population_size` must be >= 1; got {population_size}.")
+    if isinstance(parallel, bool) or int(parallel) < 1:
+        raise InputError(f"`parallel` must be a whole number >= 1; got {parallel!r}.")
     say = log or (lambda _msg: None)
     budget = Budget(seconds)
     cfg = make_config(config, data=str(data) if data is not None else None, **settings)
@@ -669,7 +772,10 @@ def auto(
         start = cfg.replace(
             hidden=resolve_hidden(cfg.hidden, len(prepared.y_train)), target=prepared.target
         )
-        runner = executor or LocalExecutor(prepared, device=device, threads=threads)
+        owned = executor is None or isinstance(executor, str)
+        runner = make_executor(
+            executor, prepared, device=device, threads=threads, address=address, log=say
+        )
         job = AutoSearch(
             start,
             executor=runner,
@@ -678,26 +784,35 @@ def auto(
             population_size=population_size,
             log=say,
             prune=prune,
+            parallel=parallel,
+            shared=storage is not None,
         )
-        findings = job.run_baseline()
-        codes = _codes(findings)
-        refused = "no_signal" if "no_signal" in codes else None
-        if "leakage" in codes:
-            say("      error: leakage — test rows also occur in the training rows (see findings)")
-        study = None
-        if refused:
-            say("      no model beats the trivial baseline on validation: no repair, no search")
-        else:
-            if repair:
-                job.run_repairs()
-            if search and (trials is None or trials > 0):
-                study = search_space.open_study(
-                    search_space.storage_for(storage, folder),
-                    study_name or "fitwell-auto",
-                    seed=job.seed,
-                    resume=resume or storage is not None,
+        try:
+            findings = job.run_baseline()
+            codes = _codes(findings)
+            refused = "no_signal" if "no_signal" in codes else None
+            if "leakage" in codes:
+                say(
+                    "      error: leakage — test rows also occur in the training rows "
+                    "(see findings)"
                 )
-                job.run_search(study, resume=resume)
+            study = None
+            if refused:
+                say("      no model beats the trivial baseline on validation: no repair, no search")
+            else:
+                if repair:
+                    job.run_repairs()
+                if search and (trials is None or trials > 0):
+                    study = search_space.open_study(
+                        search_space.storage_for(storage, folder),
+                        study_name or "fitwell-auto",
+                        seed=job.seed,
+                        resume=resume or storage is not None,
+                    )
+                    job.run_search(study, resume=resume)
+        finally:
+            if owned:
+                runner.close()  # the final model trains here; the workers are done
         chosen, why = job.winner(study)
         final = chosen | {
             "seed": start.seed,

@@ -27,6 +27,7 @@ dropout      0 .. 0.5                               no
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -133,19 +134,34 @@ def storage_for(storage: str | None, folder: Path | None) -> Any:
     return JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
 
 
+CREATE_TRIES = 5
+
+
 def open_study(storage: Any, name: str, *, seed: int, resume: bool) -> Any:
-    """Create the study (or load it with ``resume``); TPE seeded by ``seed``."""
+    """Create the study (or load it with ``resume``); TPE seeded by ``seed``.
+
+    Processes started together on one database race to create its tables and the study: the
+    loser's insert fails on a unique key (IntegrityError), and a retry loads what the winner
+    made.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    return optuna.create_study(
-        storage=storage,
-        study_name=name,
-        sampler=sampler,
-        direction="minimize",
-        load_if_exists=resume,
-    )
+    for attempt in range(CREATE_TRIES):
+        try:
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                direction="minimize",
+                load_if_exists=resume,
+            )
+        except Exception as exc:  # sqlalchemy's IntegrityError, or the driver's own
+            raced = "IntegrityError" in type(exc).__name__ or "UniqueViolation" in str(exc)
+            if not (resume and raced) or attempt == CREATE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def requeue_running(study: Any) -> list[dict[str, Any]]:
