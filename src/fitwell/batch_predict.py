@@ -24,9 +24,10 @@ import torch
 from fitwell.data.arrow_csv import NotArrowReadable, csv_column_names, iter_csv_frames
 from fitwell.data.loading import MAX_CELL_CHARS, Table, read_file, validate_table
 from fitwell.errors import InputError
+from fitwell.heap import trim_heap
 from fitwell.predictor import Run
 
-CHUNK_ROWS = 65_536
+CHUNK_ROWS = 16_384
 
 
 @dataclass
@@ -184,6 +185,7 @@ def _predict_chunks(
         elif first_bad is None:
             result.to_csv(fh, index=False, header=offset == 0)
         summary.rows += len(frame)
+        trim_heap()  # each chunk's pandas and torch temporaries: hand their pages back
     if first_bad is not None:
         raise InputError(
             f"{path}: data row {first_bad} gives a non-finite prediction ({n_bad} row(s) "
