@@ -350,3 +350,16 @@ def test_end_to_end_iris_30s(iris_auto):
     assert 'id="repairs"' in report and 'id="search"' in report
     # The run predicts like any other.
     assert main(["predict", str(out), str(out / "trials.csv")]) == 2  # wrong columns: refused
+
+
+def test_auto_starts_from_the_embedding_recipe_unless_told_otherwise(tmp_path: Path) -> None:
+    from fitwell.auto.pipeline import _auto_recipe
+    from fitwell.config import TrainConfig
+
+    assert _auto_recipe(None, {})["numeric_embedding"] == "auto"
+    assert _auto_recipe(None, {"numeric_embedding": "none"})["numeric_embedding"] == "none"
+    assert "numeric_embedding" not in _auto_recipe({"numeric_embedding": "pbld"}, {})
+    assert "numeric_embedding" not in _auto_recipe(TrainConfig(), {})
+    start = tmp_path / "start.toml"
+    start.write_text('numeric_embedding = "none"\n')
+    assert "numeric_embedding" not in _auto_recipe(start, {})

@@ -106,10 +106,8 @@ def test_selection_drops_noise_keeps_signal_and_saved_model_ignores_off_columns(
     frame = _table(4, 8, n=500)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    # 0.05 under the default recipe: a numeric column's group is its raw row and 3 embedding
-    # rows, so sqrt(p_g) doubles its penalty against the classic recipe's 0.2.
     run = train(
-        path, target="label", l1_inputs=0.05, ensemble=1, max_epochs=60, out=tmp_path / "run"
+        path, target="label", l1_inputs=0.2, ensemble=1, max_epochs=60, out=tmp_path / "run"
     )
     off = run.metrics["l1_zeroed_features"]
     noise = [f"n{j}" for j in range(8)]
@@ -133,10 +131,10 @@ def test_default_ensemble_of_three_agrees_on_switched_off_columns(tmp_path: Path
     frame = _table(4, 8, n=500, seed=1)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    run = train(path, target="label", l1_inputs=0.05, max_epochs=60)
+    run = train(path, target="label", l1_inputs=0.2, max_epochs=60)
     off = run.metrics["l1_zeroed_features"]
     assert len(off) >= 4 and not any(c.startswith("s") for c in off), off
-    # Reported = zero in every member the saved model averages (raw and embedding rows).
+    # Reported = zero in every member the saved model averages (raw and any embedding rows).
     from fitwell.embeddings import per_input
 
     arch = run.model.arch
@@ -227,10 +225,32 @@ def test_estimator_reports_the_columns_it_does_not_read():
 
     frame = _table(4, 8, n=500)
     x, y = frame.drop(columns="label").to_numpy(), frame["label"].to_numpy()
-    est = FitwellClassifier(l1_inputs=0.05, ensemble=1, max_epochs=60).fit(x, y)
+    est = FitwellClassifier(l1_inputs=0.2, ensemble=1, max_epochs=60).fit(x, y)
     off = est.zeroed_features_
     assert len(off) >= 5 and all(i >= 4 for i in off), off  # noise columns are 4..11
     changed = x.copy()
     changed[:, off] = 100.0
     np.testing.assert_array_equal(est.predict_proba(changed), est.predict_proba(x))
     assert len(FitwellClassifier(ensemble=1, max_epochs=5).fit(x, y).zeroed_features_) == 0
+
+
+def test_selection_names_columns_under_the_embedding_recipe(tmp_path: Path):
+    """With PBLD each numeric column's group is its raw row and 3 embedding rows (sqrt(p_g) = 2):
+    a smaller λ switches the noise columns off, and the saved model ignores them."""
+    frame = _table(4, 8, n=500)
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    run = train(
+        path,
+        target="label",
+        l1_inputs=0.05,
+        numeric_embedding="pbld",
+        ensemble=1,
+        max_epochs=60,
+    )
+    off = run.metrics["l1_zeroed_features"]
+    assert sum(c.startswith("n") for c in off) >= 5 and not any(c.startswith("s") for c in off)
+    x = frame.drop(columns="label")
+    changed = x.copy()
+    changed[off] = 100.0
+    np.testing.assert_array_equal(run.predict_proba(changed), run.predict_proba(x))

@@ -72,9 +72,8 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
     g.add_argument(
         "--numeric-embedding",
-        help=" | ".join(NUMERIC_EMBEDDINGS) + " (default auto: pbld for classification, none for "
-        "regression); pbld: RealMLP's periodic "
-        "embedding of each numeric column",
+        help=" | ".join(NUMERIC_EMBEDDINGS) + " (train: none; auto: auto = pbld for "
+        "classification); pbld: RealMLP's periodic embedding of each numeric column",
     )
     g.add_argument(
         "--embedding-frequencies", type=int, help="frequencies per embedded column (default 16)"

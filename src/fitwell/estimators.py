@@ -279,7 +279,7 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         members are trained, as one batched population); 1 keeps a single model.
     scale : bool, default True
         Standardize features with the ``fit`` rows' mean and standard deviation.
-    numeric_embedding : {"auto", "none", "pbld"}, default "auto"
+    numeric_embedding : {"auto", "none", "pbld"}, default "none"
         ``auto``: ``pbld`` for the classifier, ``none`` for the regressor. ``pbld``: every
         feature also reaches the first layer through a learned periodic embedding (see
         :class:`fitwell.TrainConfig`; 16 frequencies, 3 outputs per feature).

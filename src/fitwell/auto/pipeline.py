@@ -680,6 +680,21 @@ def _prepare_folder(folder: Path, *, resume: bool, settings: dict[str, Any]) -> 
     return state
 
 
+def _auto_recipe(config: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """auto starts from RealMLP's front for classification (``numeric_embedding="auto"``:
+    measured +4.6 points on MNIST-1D; ``benchmarks/embeddings.py``) unless the start config or
+    a flag names ``numeric_embedding``. ``fitwell train`` keeps the classic default: the doctor's
+    benchmark misses more under-fitting and raises more false alarms with the embedding."""
+    from fitwell.config import load_toml
+
+    if settings.get("numeric_embedding") is not None or isinstance(config, TrainConfig):
+        return settings
+    named = load_toml(config) if isinstance(config, (str, Path)) else dict(config or {})
+    if "numeric_embedding" in named:
+        return settings
+    return {**settings, "numeric_embedding": "auto"}
+
+
 def auto(
     data: str | Path | None = None,
     *,
@@ -761,7 +776,9 @@ def auto(
         raise InputError(f"`parallel` must be a whole number >= 1; got {parallel!r}.")
     say = log or (lambda _msg: None)
     budget = Budget(seconds)
-    cfg = make_config(config, data=str(data) if data is not None else None, **settings)
+    cfg = make_config(
+        config, data=str(data) if data is not None else None, **_auto_recipe(config, settings)
+    )
     folder = Path(out) if out is not None else None
     if folder is not None:
         _prepare_folder(folder, resume=resume, settings=cfg.to_dict())
