@@ -115,9 +115,8 @@ def summary(trials: list, doc: dict, wall: float) -> dict:
     }
 
 
-def search_in_process(out: Path) -> dict:
-    """The same search through the Python API: glibc's mmap threshold left as it is (the
-    command-line tool pins it at 128 kB; Ray's worker processes do not)."""
+def search_in_process(out: Path, hidden: list[int], max_epochs: int) -> dict:
+    """The same search through the Python API (no command-line start-up)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -126,8 +125,8 @@ def search_in_process(out: Path) -> dict:
     started = time.perf_counter()
     run = auto(
         dataset="digits",
-        hidden=[64],
-        max_epochs=20,
+        hidden=hidden,
+        max_epochs=max_epochs,
         threads=1,
         time_budget=None,
         trials=TRIALS,
@@ -262,6 +261,8 @@ def postgres_costs() -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--hidden", default="64", help="the trials' widths (longer populations)")
+    parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     opts = parser.parse_args()
     global TRIALS
@@ -271,14 +272,16 @@ def main() -> None:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    args = ["--dataset", "digits", "--hidden", "64", "--max-epochs", "20", "--threads", "1"]
+    args = ["--dataset", "digits", "--hidden", opts.hidden, "--max-epochs", str(opts.max_epochs)]
+    args += ["--threads", "1"]
     args += ["--time-budget", "none", "--trials", str(opts.trials), "--no-repair"]
     args += ["--population-size", "4", "--parallel", "2"]
     work = Path(tempfile.mkdtemp(prefix="fwbench"))
     rows: dict[str, dict] = {}
     extra: dict[str, float] = {}
     rows["local"] = search(args, work / "local", None)
-    rows["local, API"] = search_in_process(work / "api")
+    widths = [int(w) for w in opts.hidden.split(",")]
+    rows["local, API"] = search_in_process(work / "api", widths, opts.max_epochs)
     temp = tempfile.mkdtemp(prefix="fwray")
     ns = Namespace()
     try:
@@ -339,7 +342,8 @@ def main() -> None:
     for row in model:
         print(f"{row['population_s']:<14g}" + "".join(f"{row[k]:>24.0f}" for k in keys))
     result = {
-        "command": "python benchmarks/scale.py --trials " + str(opts.trials),
+        "command": "python benchmarks/scale.py --trials "
+        + f"{opts.trials} --hidden {opts.hidden} --max-epochs {opts.max_epochs}",
         "machine": f"{os.cpu_count()} CPUs (shared)",
         "search_args": args,
         "executors": rows,
