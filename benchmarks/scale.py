@@ -104,6 +104,9 @@ def summary(trials: list, doc: dict, wall: float) -> dict:
         max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
     ).total_seconds()
     workers = {t.user_attrs.get("worker", "").split("/")[0] for t in trials}
+    # Seconds the populations trained (each trial carries its population's share): over the
+    # span times the nodes, how busy the nodes were; the rest is waiting for a wave's last one.
+    trained = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
     return {
         "trials": len(trials),
         "search_span_s": round(span, 2),
@@ -112,10 +115,14 @@ def summary(trials: list, doc: dict, wall: float) -> dict:
         "best_trial": doc["auto"]["search"]["best_trial"],
         "best_val_loss": doc["auto"]["search"]["best_val_loss"],
         "wall_s": round(wall, 1),
+        "population_seconds": round(trained, 1),
+        "busy_share": round(trained / (span * max(len(workers - {""}), 1)), 2),
     }
 
 
-def search_in_process(out: Path, hidden: list[int], max_epochs: int) -> dict:
+def search_in_process(
+    out: Path, hidden: list[int], max_epochs: int, population_size: int, parallel: int
+) -> dict:
     """The same search through the Python API (no command-line start-up)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -131,8 +138,8 @@ def search_in_process(out: Path, hidden: list[int], max_epochs: int) -> dict:
         time_budget=None,
         trials=TRIALS,
         repair=False,
-        population_size=4,
-        parallel=2,
+        population_size=population_size,
+        parallel=parallel,
         out=out,
     )
     wall = time.perf_counter() - started
@@ -263,6 +270,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--hidden", default="64", help="the trials' widths (longer populations)")
     parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--parallel", type=int, default=4, help="populations per wave")
+    parser.add_argument("--population-size", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     opts = parser.parse_args()
     global TRIALS
@@ -275,13 +284,15 @@ def main() -> None:
     args = ["--dataset", "digits", "--hidden", opts.hidden, "--max-epochs", str(opts.max_epochs)]
     args += ["--threads", "1"]
     args += ["--time-budget", "none", "--trials", str(opts.trials), "--no-repair"]
-    args += ["--population-size", "4", "--parallel", "2"]
+    args += ["--population-size", str(opts.population_size), "--parallel", str(opts.parallel)]
     work = Path(tempfile.mkdtemp(prefix="fwbench"))
     rows: dict[str, dict] = {}
     extra: dict[str, float] = {}
     rows["local"] = search(args, work / "local", None)
     widths = [int(w) for w in opts.hidden.split(",")]
-    rows["local, API"] = search_in_process(work / "api", widths, opts.max_epochs)
+    rows["local, API"] = search_in_process(
+        work / "api", widths, opts.max_epochs, opts.population_size, opts.parallel
+    )
     temp = tempfile.mkdtemp(prefix="fwray")
     ns = Namespace()
     try:
@@ -305,13 +316,18 @@ def main() -> None:
         costs["postgresql"] = pg["driver_s_per_trial"]
     shutil.rmtree(work, ignore_errors=True)
 
-    print(f"search: digits, {opts.trials} trials, populations of 4, --parallel 2, 1 thread each")
-    print(f"{'executor':<14}{'trials/min':>11}{'span s':>8}{'nodes':>7}{'best':>6}")
+    print(
+        f"search: digits, {opts.trials} trials, populations of {opts.population_size}, "
+        f"--parallel {opts.parallel}, 1 thread each"
+    )
+    print(f"{'executor':<14}{'trials/min':>11}{'span s':>8}{'nodes':>7}{'busy':>6}{'best':>6}")
     for name, r in rows.items():
         print(
             f"{name:<14}{r['trials_per_minute']:>11.1f}{r['search_span_s']:>8.1f}"
-            f"{r['nodes_used']:>7}{r['best_trial']:>6}"
+            f"{r['nodes_used']:>7}{r['busy_share']:>6.2f}{r['best_trial']:>6}"
         )
+    one, two = rows["ray, 1 node"], rows["ray, 2 nodes"]
+    print(f"2 nodes / 1 node: {two['trials_per_minute'] / one['trials_per_minute']:.2f}x")
     print(
         f"ray start: head {extra['ray_head_start_s']:.1f} s, second node "
         f"{extra['ray_second_node_start_s']:.1f} s, a driver joining "
@@ -343,7 +359,8 @@ def main() -> None:
         print(f"{row['population_s']:<14g}" + "".join(f"{row[k]:>24.0f}" for k in keys))
     result = {
         "command": "python benchmarks/scale.py --trials "
-        + f"{opts.trials} --hidden {opts.hidden} --max-epochs {opts.max_epochs}",
+        + f"{opts.trials} --hidden {opts.hidden} --max-epochs {opts.max_epochs}"
+        + f" --parallel {opts.parallel} --population-size {opts.population_size}",
         "machine": f"{os.cpu_count()} CPUs (shared)",
         "search_args": args,
         "executors": rows,

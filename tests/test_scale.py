@@ -27,7 +27,13 @@ from optuna.trial import TrialState
 
 from fitwell.api import load_and_prepare, make_config
 from fitwell.auto import auto
-from fitwell.auto.executors import LocalExecutor, PopulationJob, PopulationOutcome
+from fitwell.auto.executors import (
+    LocalExecutor,
+    PopulationJob,
+    PopulationOutcome,
+    estimated_cost,
+    longest_first,
+)
 from fitwell.cli import main
 from fitwell.errors import InputError
 
@@ -124,6 +130,19 @@ def test_parallel_one_asks_one_population_at_a_time():
     run = auto(**KW, parallel=1, executor=executor)
     assert executor.waves == [1, 1, 1, 1]
     assert run.metrics["auto"]["search"]["populations"] == 4
+
+
+def test_a_wave_starts_its_costliest_population_first():
+    def job(hidden, batch_size=32, members=4):
+        return PopulationJob(settings=[{"hidden": hidden, "batch_size": batch_size}] * members)
+
+    wave = [job([128]), job([512, 512, 512]), job([64, 64, 64]), job([128], members=2)]
+    costs = [estimated_cost(j, n_features=64, n_rows=1000) for j in wave]
+    # 3x512 (590k weights) > 3x64 (12k) > 1x128 (8k) > 1x128 with half the members
+    assert longest_first(costs) == [1, 2, 0, 3]
+    # Smaller batches mean more steps, each with a fixed cost: never cheaper.
+    assert estimated_cost(job([128], batch_size=8), 64, 1000) > costs[0]
+    assert longest_first([1.0, 1.0, 2.0]) == [2, 0, 1]  # ties keep the jobs' order
 
 
 def test_a_failed_population_becomes_fail_trials_with_the_reason_and_the_search_goes_on(

@@ -23,7 +23,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fitwell.auto.executors import LocalExecutor, PopulationJob, PopulationOutcome
+from fitwell.auto.executors import (
+    LocalExecutor,
+    PopulationJob,
+    PopulationOutcome,
+    estimated_cost,
+    longest_first,
+)
 from fitwell.data import PreparedData
 from fitwell.data.splitting import SealedTest
 from fitwell.errors import InputError
@@ -143,6 +149,7 @@ class RayExecutor:
                 f"      ray: {where} in {time.perf_counter() - started:.1f} s, "
                 f"{len(ray.nodes())} node(s), {cpus:g} CPUs"
             )
+        self._n_features, self._n_rows = prepared.n_features, len(prepared.x_train)
         self._data: Any = ray.put(without_test(prepared))
         self._task = ray.remote(train_population).options(
             num_cpus=self.threads,
@@ -164,12 +171,17 @@ class RayExecutor:
             raise
 
     def run_many(self, jobs: Sequence[PopulationJob]) -> list[PopulationOutcome]:
-        """Every job at once, as the cluster has room; outcomes in the jobs' order."""
-        refs = [self.submit(job) for job in jobs]
+        """Every job at once, as the cluster has room; outcomes in the jobs' order.
+
+        Submitted longest first (Ray starts queued tasks in the order they came), so that a
+        wave's long population does not start last on a node while the others sit idle.
+        """
+        costs = [estimated_cost(job, self._n_features, self._n_rows) for job in jobs]
+        refs: dict[int, Any] = {i: self.submit(jobs[i]) for i in longest_first(costs)}
         outcomes = []
-        for ref in refs:
+        for i in range(len(jobs)):
             try:
-                outcomes.append(self._ray.get(ref))
+                outcomes.append(self._ray.get(refs[i]))
             except self._ray.exceptions.RayError as exc:
                 outcomes.append(PopulationOutcome.failed(_reason(exc)))
         return outcomes
