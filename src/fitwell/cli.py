@@ -628,16 +628,14 @@ def print_auto_summary(m: dict[str, Any]) -> None:
             "rows; the test score below overstates what the model does on new data"
         )
     kept = [r for r in record["repairs"] if r.get("kept")]
+    # Several changes of one round may pass the rule; only the best of them is applied.
+    applied = [r for r in kept if r.get("chosen") or r.get("reason", "").startswith("applied")]
     tried = len(record["repairs"])
     console.print(
         f"[bold]auto[/] · {record.get('seconds_used', 0):.0f} s of "
         + (f"{record['budget_seconds']:.0f} s" if record.get("budget_seconds") else "no time limit")
-        + f" · repairs tried {tried}, kept {len(kept)}"
-        + "".join(
-            f" · {r['finding']} → {r['change']}"
-            for r in kept
-            if r.get("chosen") or r.get("reason", "").startswith("applied")
-        )
+        + f" · repairs tried {tried}, passed {len(kept)}, applied {len(applied)}"
+        + "".join(f" · {r['finding']} → {r['change']}" for r in applied)
     )
     s = record.get("search") or {}
     if s:
