@@ -242,6 +242,8 @@ def test_double_inputs_keep_large_values_exact(tmp_path: Path) -> None:
     path = tmp_path / "stamps.csv"
     frame.to_csv(path, index=False)
     run = fitwell.train(path, target="label", out=tmp_path / "run", **TINY)
+    with pytest.warns(UserWarning, match="column\\(s\\) 'stamp' .* --numeric-type double"):
+        export_onnx(run, tmp_path / "float.onnx")
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "m.onnx"),
                  "--numeric-type", "double"]) == 0  # fmt: skip
     rows = frame.drop(columns=["label"]).head(40)
@@ -307,6 +309,11 @@ def test_refuses_what_the_graph_cannot_compute(runs: dict[str, Path], tmp_path: 
     run = load_run(runs["single"])
     run.model.register_buffer("extra_scale", torch.ones(3))
     with pytest.raises(InputError, match="extra_scale"):
+        export_onnx(run, tmp_path / "m.onnx")
+
+    run = load_run(runs["single"])
+    run.preprocessor.columns[2].categories.append("")  # a level spelled like a missing value
+    with pytest.raises(InputError, match="'colour' has the empty string as a category"):
         export_onnx(run, tmp_path / "m.onnx")
 
     run = load_run(runs["single"])

@@ -10,12 +10,15 @@ appears whole or not at all (temporary file, then rename) and never inside a run
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from fitwell.data.arrow_csv import FLOAT32_TOLERANCE
+from fitwell.data.loading import MAX_ABS_VALUE
 from fitwell.data.preprocessing import SCALINGS, ColumnSpec, Preprocessor
 from fitwell.errors import FitwellError, InputError
 from fitwell.models import state_shapes
@@ -80,6 +83,19 @@ def _unknown_fields(obj: Any, known: set[str]) -> list[str]:
     return out
 
 
+def float32_coarse_columns(pre: Preprocessor) -> list[str]:
+    """Numeric columns whose values float32 inputs would round by more than
+    ``FLOAT32_TOLERANCE`` of their spread at their typical magnitude (|centre| + 3 spreads):
+    timestamps, large identifiers. The threshold fitwell's CSV reader keeps float64 columns by."""
+    out = []
+    for spec in pre.columns:
+        if spec.kind == "numeric":
+            magnitude = abs(spec.mean) + 3.0 * abs(spec.std)
+            if magnitude * 2.0**-24 > FLOAT32_TOLERANCE * abs(spec.std):
+                out.append(spec.name)
+    return out
+
+
 def check_exportable(run: Run) -> None:
     """Refuse, naming the reason, a run whose predictions the graph could not reproduce."""
     from fitwell.onnx_graph import OUTPUT_NAMES
@@ -103,6 +119,10 @@ def check_exportable(run: Run) -> None:
         problems.append(f"its task is {run.task!r}")
     for spec in pre.columns:
         problems += _column_problems(spec)
+    names = pre.input_columns
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"input column(s) {', '.join(map(repr, repeated))} appear twice")
     if not pre.columns:
         problems.append("it has no input columns")
     if run.model.arch.n_inputs != len(pre.encoded_names):
@@ -136,6 +156,12 @@ def _column_problems(spec: ColumnSpec) -> list[str]:
     if spec.kind == "categorical":
         if str(spec.fill) not in spec.categories:
             problems.append(f"column {spec.name!r} fills missing values with an unseen category")
+        elif "" in spec.categories and spec.fill != "":
+            # the graph's inputs spell a missing text value as "", so it cannot also be a level
+            problems.append(
+                f"column {spec.name!r} has the empty string as a category of its own, and the "
+                "graph reads an empty string as missing"
+            )
     elif spec.kind == "numeric":
         values = [spec.fill, spec.mean, spec.std]
         if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
@@ -165,7 +191,14 @@ def build_onnx(run: Run, *, numeric_type: str = "float") -> Any:
         numeric_type=numeric_type,
         metadata=metadata,
     )
-    onnx.checker.check_model(model, full_check=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FitwellError(
+            f"the ONNX graph of {run.run_dir or 'the run'} fails onnx's checker ({first}); "
+            "nothing was written. Please report this run."
+        ) from None
     return model
 
 
@@ -179,6 +212,7 @@ def probe_frame(pre: Preprocessor, rows: int = PROBE_ROWS, *, seed: int = 0) -> 
     for spec in pre.columns:
         if spec.kind == "numeric":
             values = spec.mean + spec.std * rng.uniform(-2.5, 2.5, size=n)
+            values = np.clip(values, -MAX_ABS_VALUE, MAX_ABS_VALUE)  # predict's bound
             values[::5] = np.nan
             data[spec.name] = values
         else:
@@ -283,4 +317,13 @@ def export_onnx(run: Run | str | Path, path: str | Path, *, numeric_type: str = 
     model = build_onnx(loaded, numeric_type=numeric_type)
     verify(model, loaded, numeric_type=numeric_type)
     write_atomic(out, model.SerializeToString())
+    coarse = float32_coarse_columns(loaded.preprocessor) if numeric_type == "float" else []
+    if coarse:
+        warnings.warn(
+            f"column(s) {', '.join(map(repr, coarse[:5]))} hold values float32 inputs round "
+            "by more than 1e-4 of their spread, so the graph's predictions can differ from "
+            "fitwell predict's; export with --numeric-type double to keep them exact.",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
