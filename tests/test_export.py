@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 import fitwell
-from fitwell import onnx_graph
+from fitwell import export, onnx_graph
 from fitwell.cli import main
 from fitwell.data.preprocessing import ColumnSpec
 from fitwell.errors import FitwellError, InputError
@@ -293,6 +294,11 @@ def test_refuses_bad_outputs_and_runs(
     _refused(_cli(capsys, "export", run_dir, "--out", ""), "not a file name")
     _refused(_cli(capsys, "export", run_dir, "--out", tmp_path / "no" / "m.onnx"), "does not exist")
     _refused(_cli(capsys, "export", tmp_path / "nothing", "--out", tmp_path / "m.onnx"), "nothing")
+    damaged = tmp_path.parent / f"{tmp_path.name}-damaged"
+    shutil.copytree(run_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    _refused(_cli(capsys, "export", damaged, "--out", tmp_path / "m.onnx"), str(damaged))
     with pytest.raises(SystemExit):  # argparse: an unknown format
         main(["export", str(run_dir), "--format", "pmml", "--out", str(tmp_path / "m")])
     with pytest.raises(InputError, match="numeric_type"):
@@ -300,7 +306,9 @@ def test_refuses_bad_outputs_and_runs(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_what_the_graph_cannot_compute(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_refuses_what_the_graph_cannot_compute(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = load_run(runs["single"])
     run.preprocessor.columns[2].kind = "hashed"  # a kind of column a later fitwell might add
     with pytest.raises(InputError, match="column 'colour' is of kind 'hashed'"):
@@ -315,6 +323,12 @@ def test_refuses_what_the_graph_cannot_compute(runs: dict[str, Path], tmp_path: 
     run.preprocessor.columns[2].categories.append("")  # a level spelled like a missing value
     with pytest.raises(InputError, match="'colour' has the empty string as a category"):
         export_onnx(run, tmp_path / "m.onnx")
+
+    run = load_run(runs["single"])
+    monkeypatch.setattr(export, "MAX_WEIGHT_BYTES", 100)
+    with pytest.raises(InputError, match="GiB, beyond the 2 GiB one ONNX file holds"):
+        export_onnx(run, tmp_path / "m.onnx")
+    monkeypatch.undo()
 
     run = load_run(runs["single"])
     run.preprocessor.columns[0].name = "prediction"

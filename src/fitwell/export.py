@@ -98,7 +98,7 @@ def float32_coarse_columns(pre: Preprocessor) -> list[str]:
 
 def check_exportable(run: Run) -> None:
     """Refuse, naming the reason, a run whose predictions the graph could not reproduce."""
-    from fitwell.onnx_graph import OUTPUT_NAMES
+    from fitwell.onnx_graph import OUTPUT_NAMES, network_tensors
 
     where = str(run.run_dir) if run.run_dir is not None else "run"
     problems: list[str] = []
@@ -111,10 +111,14 @@ def check_exportable(run: Run) -> None:
         problems.append(f"its preprocessing uses scaling {pre.scaling!r}")
     if arch.numeric_embedding not in ("none", "pbld"):
         problems.append(f"it uses the numeric embedding {arch.numeric_embedding!r}")
-    expected = set(state_shapes(arch, run.model.n_members))
-    extra = sorted(set(run.model.state_dict()) - expected)
+    state = run.model.state_dict()
+    extra = sorted(set(state) - network_tensors(arch))
     if extra:
         problems.append(f"its model holds tensors the export does not know ({', '.join(extra)})")
+    expected = state_shapes(arch, run.model.n_members)
+    wrong = sorted(n for n in set(state) & set(expected) if tuple(state[n].shape) != expected[n])
+    if wrong:
+        problems.append(f"its model's tensors {', '.join(wrong)} do not fit its architecture")
     if run.task not in ("classification", "regression"):
         problems.append(f"its task is {run.task!r}")
     for spec in pre.columns:
@@ -130,22 +134,20 @@ def check_exportable(run: Run) -> None:
             f"its network reads {arch.n_inputs} inputs but the preprocessing makes "
             f"{len(pre.encoded_names)}"
         )
-    if problems:
-        raise InputError(f"{where} cannot be exported to ONNX: {'; '.join(problems)}.")
-    # names a graph cannot hold: checked after the rest, so one message names the reason
     for name in pre.input_columns:
         if name in OUTPUT_NAMES:
-            raise InputError(
-                f"{where} cannot be exported to ONNX: input column {name!r} has the name of a "
-                f"graph output ({', '.join(OUTPUT_NAMES)}); retrain with the column renamed."
+            problems.append(
+                f"input column {name!r} has the name of a graph output ({', '.join(OUTPUT_NAMES)})"
+                "; retrain with the column renamed"
             )
-    weight_bytes = sum(4 * t.numel() for t in run.model.state_dict().values())
+    weight_bytes = sum(4 * t.numel() for t in state.values())
     if weight_bytes > MAX_WEIGHT_BYTES:
-        raise InputError(
-            f"{where} cannot be exported to ONNX: its weights take {weight_bytes / 2**30:.1f} GiB, "
-            "beyond the 2 GiB one ONNX file holds; export an ensemble of fewer members or a "
-            "narrower network."
+        problems.append(
+            f"its weights take {weight_bytes / 2**30:.1f} GiB, beyond the 2 GiB one ONNX file "
+            "holds; train an ensemble of fewer members or a narrower network"
         )
+    if problems:
+        raise InputError(f"{where} cannot be exported to ONNX: {'; '.join(problems)}.")
 
 
 def _column_problems(spec: ColumnSpec) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fitwell import __version__
+from fitwell import __version__, embeddings
 from fitwell.data.arrow_csv import NA_VALUES
 from fitwell.data.preparation import TargetEncoder
 from fitwell.data.preprocessing import SMOOTH_CLIP_BOUND, ColumnSpec, Preprocessor
@@ -183,6 +183,20 @@ def _embedding_front(
     e = g.op("Reshape", e, g.const([k, -1, c * d], "shape", np.int64))
     raw = g.op("Expand", x, g.const([k, 1, 1], "members", np.int64))
     return g.op("Concat", raw, e, axis=2)
+
+
+def network_tensors(arch: Architecture) -> set[str]:
+    """Names of the model tensors :func:`network` reads: a saved model holding any other is
+    something this graph would silently leave out."""
+    names = {f"{kind}.{i}" for i in range(len(arch.layer_sizes)) for kind in ("weights", "biases")}
+    if arch.batch_norm:
+        for i in range(len(arch.hidden)):
+            names |= {f"bn_weights.{i}", f"bn_biases.{i}", f"bn_mean_{i}", f"bn_var_{i}"}
+    if arch.n_embedded:
+        names |= set(embeddings.PARAMETERS)
+    if arch.front_scale:
+        names.add("front_scales")
+    return names
 
 
 def network(g: _Graph, x: str, arch: Architecture, state: dict[str, np.ndarray], k: int) -> str:
