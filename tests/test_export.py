@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -346,13 +347,16 @@ def test_a_graph_that_disagrees_is_never_written(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
 def test_without_the_extra_one_line_says_what_to_install(
+    module: str,
     runs: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import fails
+    monkeypatch.setitem(sys.modules, module, None)  # its import fails
+    monkeypatch.delitem(sys.modules, "fitwell.onnx_graph", raising=False)  # as in a new process
     err = _refused(_cli(capsys, "export", runs["single"], "--out", tmp_path / "m.onnx"))
-    assert "pip install 'fitwell[onnx]'" in err and "onnxruntime" in err
+    assert "pip install 'fitwell[onnx]'" in err and f"{module} is not installed" in err
     assert list(tmp_path.iterdir()) == []

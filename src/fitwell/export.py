@@ -301,11 +301,11 @@ def export_onnx(run: Run | str | Path, path: str | Path, *, numeric_type: str = 
         ``[N]`` (label or value in the target's units) and, for classification,
         ``probabilities`` ``[N, n_classes]``; the model's metadata lists the classes.
     """
+    _require_onnx()  # before anything imports onnx: a missing extra is one line
     from fitwell.onnx_graph import NUMERIC_TYPES
     from fitwell.predictor import load_run
     from fitwell.runs import check_output_file, write_atomic
 
-    _require_onnx()
     if numeric_type not in NUMERIC_TYPES:
         raise InputError(
             f"`numeric_type` must be one of {', '.join(NUMERIC_TYPES)}; got {numeric_type!r}."
