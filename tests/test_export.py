@@ -270,6 +270,9 @@ def test_existing_file_is_replaced_whole(runs: dict[str, Path], tmp_path: Path) 
     export_onnx(runs["single"], target)
     assert onnx.load(target).graph.input  # a whole model, not the old bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary left
+    plain = tmp_path.parent / f"{tmp_path.name}-plain"
+    plain.write_bytes(b"")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
 # errors ---------------------------------------------------------------------------------------
