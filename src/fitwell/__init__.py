@@ -15,6 +15,7 @@ _LAZY = {
     "load_run": "fitwell.api",
     "Run": "fitwell.api",
     "TrainConfig": "fitwell.config",
+    "export_onnx": "fitwell.export",
     "build_config": "fitwell.config",
     "Callback": "fitwell.training.callbacks",
     "Doctor": "fitwell.diagnosis.doctor",
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from fitwell.diagnosis.doctor import Doctor
     from fitwell.errors import FitwellError, InputError, TrainingFailed
     from fitwell.estimators import FitwellClassifier, FitwellRegressor
+    from fitwell.export import export_onnx
     from fitwell.training.callbacks import Callback
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "TrainingFailed",
     "build_config",
+    "export_onnx",
     "load_run",
     "train",
     "train_population",

@@ -253,6 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="CSV, Parquet or .npz file with the same columns")
     p.add_argument("--out", help="write predictions to this CSV (default: stdout)")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser(
+        "export", help="write a trained run as one ONNX file (preprocessing and ensemble inside)"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="file format (onnx)")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    p.add_argument(
+        "--numeric-type",
+        choices=("float", "double"),
+        default="float",
+        help="element type of the numeric inputs (default float; double keeps large values "
+        "such as timestamps exact)",
+    )
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help="(re)build report.html of a finished run")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
@@ -744,6 +758,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"note: column {col!r} has {n} value(s) unseen in training; "
             "they encode as no category\n"
         )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fitwell.export import export_onnx
+
+    print(export_onnx(args.run_dir, args.out, numeric_type=args.numeric_type))
     return EXIT_OK
 
 

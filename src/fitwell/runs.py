@@ -148,7 +148,9 @@ def _looks_like_run(folder: Path) -> bool:
     )
 
 
-def check_output_file(out: str | Path, *, run_dir: str | Path | None = None) -> Path:
+def check_output_file(
+    out: str | Path, *, run_dir: str | Path | None = None, what: str = "predictions"
+) -> Path:
     """Validate a file a read-only command will write (``predict --out``), before any work.
 
     It must name a file (not a folder) in an existing, writable folder, and never lie inside a
@@ -169,7 +171,7 @@ def check_output_file(out: str | Path, *, run_dir: str | Path | None = None) -> 
     for folder in resolved.parents:
         if folder in guarded or _looks_like_run(folder):
             raise InputError(
-                f"--out {text!r} lies inside the run directory {str(folder)!r}; predictions are "
+                f"--out {text!r} lies inside the run directory {str(folder)!r}; {what} are "
                 "written outside runs so that a run is never changed. Choose another --out."
             )
     check_writable_folder(path.parent, "--out")
