@@ -25,7 +25,7 @@ else:  # pragma: no cover
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu")
 INITS = ("auto", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "onecycle")
+LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 NUMERIC_EMBEDDINGS = ("auto", "none", "pbld")
 TASKS = ("auto", "classification", "regression")
 DEVICES = ("auto", "cpu", "cuda")
@@ -140,10 +140,13 @@ class TrainConfig:
         before the first layer (RealMLP's scaling layer). Not penalised by ``l1`` / ``l2``.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default 3e-3
-    lr_schedule : {"constant", "cosine", "onecycle"}, default "constant"
+    lr_schedule : {"constant", "cosine", "onecycle", "plateau"}, default "constant"
         A factor on ``lr`` set at every epoch start, laid out over ``max_epochs``
         (:func:`fitwell.training.schedules.lr_factor`). Per member, so a population can compare
-        schedules.
+        schedules. ``plateau`` multiplies the member's rate by 0.1 (down to 1e-3 of ``lr``) each
+        time its validation loss has not improved for ``max(1, patience // 2)`` epochs (10 when
+        ``patience`` is 0), so the rate drops before early stopping fires
+        (:func:`fitwell.training.schedules.plateau_factor`).
     warmup_epochs : int, default 0
         Linear warm-up: the first ``warmup_epochs`` epochs run at ``(epoch + 1) / (warmup + 1)``
         of the scheduled rate.
