@@ -58,6 +58,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         choices=("standard", "robust"),
         help="numeric scaling: standard (mean/std, default) or robust (median/IQR + smooth clip)",
     )
+    g.add_argument(
+        "--embed-categories-above",
+        type=int,
+        metavar="N",
+        help="text columns with more than N distinct values get a learned embedding instead of "
+        "one-hot inputs (default 30; 0: always one-hot)",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--hidden",
@@ -743,8 +750,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sys.stderr.write(f"note: ignoring {len(summary.extra_columns)} extra column(s): {shown}\n")
     for col, n in summary.unknown_categories.items():
         sys.stderr.write(
-            f"note: column {col!r} has {n} value(s) unseen in training; "
-            "they encode as no category\n"
+            f"note: column {col!r} has {n} value(s) unseen in training (or, for an embedded "
+            "column, too rare in it to learn); they encode as no known category\n"
         )
     return EXIT_OK
 

@@ -102,6 +102,11 @@ class TrainConfig:
     scaling : {"standard", "robust"}, default "standard"
         ``standard``: subtract the mean, divide by the std. ``robust``: subtract the median,
         divide by the IQR, then clip smoothly into (-3, 3) (RealMLP's preprocessing).
+    embed_categories_above : int, default 30
+        Text columns with more distinct training values than this get a learned embedding
+        (fastai's entity embeddings, ``min(600, round(1.6 * n ** 0.56))`` wide) instead of one
+        one-hot input per value; 0 or less: always one-hot. See
+        :mod:`fitwell.data.preprocessing` for missing, unknown and rare values.
     hidden : tuple of int or "auto", default "auto"
         Hidden layer widths. ``auto`` is two layers, 256 units wide from about 1000 training rows,
         narrower (down to 64) for smaller tables: see :func:`resolve_hidden`. The run's saved
@@ -229,6 +234,7 @@ class TrainConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     scale: bool = True
     scaling: str = "standard"
+    embed_categories_above: int = 30
     hidden: tuple[int, ...] | str = "auto"
     activation: str = "relu"
     dropout: float | tuple[float, ...] = 0.2
@@ -408,6 +414,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         "warmup_epochs",
         "embedding_frequencies",
         "embedding_dim",
+        "embed_categories_above",
     ):
         if raw.get(name) is not None:
             v = raw[name]
