@@ -34,6 +34,7 @@ from fitwell.diagnosis.context import (
     with_capacity_reference,
 )
 from fitwell.diagnosis.probes import SignalProbe
+from fitwell.embeddings import first_layer_sources
 from fitwell.errors import FitwellError, InputError
 from fitwell.finish import finish_run, l1_zeroed_features, numeric_inputs
 from fitwell.models import Architecture
@@ -159,8 +160,18 @@ def first_layer_groups(cfg: TrainConfig, prepared: PreparedData) -> list[int]:
     column they embed (:func:`fitwell.embeddings.first_layer_sources`), so a text column with a
     learned embedding is one group of its embedding's rows for the group lasso and the adaptive
     weights, as a one-hot column is one group of its levels' rows."""
-    groups = input_groups(prepared.preprocessor)
-    return [groups[i] for i in architecture(cfg, prepared, ()).first_layer_sources]
+    pre = prepared.preprocessor
+    cfg = resolve_front(cfg, prepared.task)
+    groups = input_groups(pre)
+    codes = pre.embedded_inputs()
+    sources = first_layer_sources(
+        len(groups),
+        numeric_inputs(pre) if cfg.numeric_embedding != "none" else (),
+        cfg.embedding_dim,
+        categorical=[i for i, _ in codes],
+        category_dims=[category_embeddings.embedding_dim(n) for _, n in codes],
+    )
+    return [groups[i] for i in sources]
 
 
 def member_weights(
