@@ -188,6 +188,15 @@ def test_embeddings_learn_the_per_category_signal_and_predict_replays(
     assert np.isfinite(loaded.predict(frame)).all()
     saved = json.loads((tmp_path / "run" / runs.MODEL_META).read_text())
     assert Preprocessor.from_json(saved["preprocessing"]) == run.preprocessor
+    # The report's first-layer magnitude per column counts the embedding's rows for shop.
+    from fitwell.report.build import _first_layer_magnitudes
+
+    magnitudes = _first_layer_magnitudes(tmp_path / "run")
+    assert magnitudes is not None
+    names, values = magnitudes
+    assert names == ["shop", "x1", "colour"]
+    first = run.model.state_dict()["weights.0"].abs().sum(dim=(0, 2))
+    assert values[0] == pytest.approx(float(first[-arch.category_dims[0] :].sum()), rel=1e-5)
 
 
 def test_below_the_threshold_the_column_stays_one_hot(shops_csv: Path) -> None:
