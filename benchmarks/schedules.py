@@ -2,11 +2,12 @@
 
 For each table and seed, fitwell's defaults (``fitwell.train``, early stopping on validation
 loss, the average of 3 seeds) with each schedule: constant (today's default), cosine, onecycle,
-and a 5-epoch linear warm-up before a constant rate; and Adam's beta2 at 0.95 (RealMLP's) with a
+plateau (a 10x cut after half the early-stopping patience without improvement), and a 5-epoch
+linear warm-up before a constant rate; and Adam's beta2 at 0.95 (RealMLP's) with a
 constant rate. Reports the test score, the epoch of the best validation loss and seconds; a
 schedule becomes the default only if it wins. Prints a table and writes JSON.
 
-    python benchmarks/schedules.py [--seeds 3] [--datasets digits,mnist1d]
+    python benchmarks/schedules.py [--seeds 3] [--datasets digits,mnist1d] [--variants plateau]
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ VARIANTS: dict[str, dict] = {
     "constant": {},
     "cosine": {"lr_schedule": "cosine"},
     "onecycle": {"lr_schedule": "onecycle"},
+    "plateau": {"lr_schedule": "plateau"},
     "warmup 5": {"warmup_epochs": 5},
     "beta2 0.95": {"adam_beta2": 0.95},
 }
 
 
-def run(datasets: list[str], seeds: list[int]) -> dict:
+def run(datasets: list[str], seeds: list[int], variants: list[str]) -> dict:
     import fitwell
 
     rows = []
     for name in datasets:
         for seed in seeds:
-            for variant, settings in VARIANTS.items():
+            for variant in variants:
+                settings = VARIANTS[variant]
                 t0 = time.perf_counter()
                 result = fitwell.train(dataset=name, seed=seed, **settings)
                 rows.append(
@@ -53,7 +56,7 @@ def run(datasets: list[str], seeds: list[int]) -> dict:
     summary = []
     for name in datasets:
         base = [r["test"] for r in rows if r["dataset"] == name and r["variant"] == "constant"]
-        for variant in VARIANTS:
+        for variant in variants:
             rs = [r for r in rows if r["dataset"] == name and r["variant"] == variant]
             mean = statistics.mean(r["test"] for r in rs)
             summary.append(
@@ -75,9 +78,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated, from: " + ", ".join(VARIANTS) + " (constant is always run)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/schedules.json"))
     args = parser.parse_args()
-    doc = run(args.datasets.split(","), list(range(args.seeds)))
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    variants = ["constant", *(v for v in args.variants.split(",") if v != "constant")]
+    doc = run(args.datasets.split(","), list(range(args.seeds)), variants)
     print(
         f"{'dataset':10s} {'variant':11s} {'test':>14s} {'vs const':>9s} {'wins':>5s} "
         f"{'best ep':>8s} {'s':>6s}"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fitwell import runs
+from fitwell import category_embeddings, runs
 from fitwell.config import (
     PER_MEMBER_FIELDS,
     TrainConfig,
@@ -114,9 +114,11 @@ def input_groups(pre: Preprocessor) -> list[int]:
 
 def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ...]) -> Architecture:
     """The members' shape: ``cfg``'s layers and front on ``prepared``'s encoded inputs, with the
-    numeric columns' inputs embedded when ``cfg.numeric_embedding`` asks for it."""
+    numeric columns' inputs embedded when ``cfg.numeric_embedding`` asks for it and a learned
+    embedding per high-cardinality text column (its code input, from the preprocessing)."""
     cfg = resolve_front(cfg, prepared.task)
     embed = cfg.numeric_embedding != "none"
+    codes = prepared.preprocessor.embedded_inputs()
     return Architecture(
         n_inputs=prepared.n_features,
         hidden=hidden,
@@ -128,6 +130,9 @@ def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ..
         embedding_frequencies=cfg.embedding_frequencies,
         embedding_dim=cfg.embedding_dim,
         front_scale=cfg.front_scale is True,
+        categorical=tuple(i for i, _ in codes),
+        category_sizes=tuple(n for _, n in codes),
+        category_dims=tuple(category_embeddings.embedding_dim(n) for _, n in codes),
     )
 
 
@@ -152,13 +157,20 @@ PILOT_MEMBERS = 3
 
 def first_layer_groups(cfg: TrainConfig, prepared: PreparedData) -> list[int]:
     """Group id (original column) of each first-layer row: an embedding's rows belong to the
-    column they embed (:func:`fitwell.embeddings.first_layer_sources`)."""
+    column they embed (:func:`fitwell.embeddings.first_layer_sources`), so a text column with a
+    learned embedding is one group of its embedding's rows for the group lasso and the adaptive
+    weights, as a one-hot column is one group of its levels' rows."""
     pre = prepared.preprocessor
     cfg = resolve_front(cfg, prepared.task)
     groups = input_groups(pre)
-    if cfg.numeric_embedding == "none":
-        return groups
-    sources = first_layer_sources(len(groups), numeric_inputs(pre), cfg.embedding_dim)
+    codes = pre.embedded_inputs()
+    sources = first_layer_sources(
+        len(groups),
+        numeric_inputs(pre) if cfg.numeric_embedding != "none" else (),
+        cfg.embedding_dim,
+        categorical=[i for i, _ in codes],
+        category_dims=[category_embeddings.embedding_dim(n) for _, n in codes],
+    )
     return [groups[i] for i in sources]
 
 
@@ -294,6 +306,7 @@ def load_and_prepare(cfg: TrainConfig) -> PreparedData:
         seed=cfg.seed,
         scale=cfg.scale,
         scaling=cfg.scaling,
+        embed_above=cfg.embed_categories_above,
         release=True,
     )
 

@@ -58,6 +58,13 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         choices=("standard", "robust"),
         help="numeric scaling: standard (mean/std, default) or robust (median/IQR + smooth clip)",
     )
+    g.add_argument(
+        "--embed-categories-above",
+        type=int,
+        metavar="N",
+        help="text columns with more than N distinct values get a learned embedding instead of "
+        "one-hot inputs (default 30; 0: always one-hot)",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--hidden",

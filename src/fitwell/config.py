@@ -25,7 +25,7 @@ else:  # pragma: no cover
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu")
 INITS = ("auto", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "onecycle")
+LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 NUMERIC_EMBEDDINGS = ("auto", "none", "pbld")
 TASKS = ("auto", "classification", "regression")
 DEVICES = ("auto", "cpu", "cuda")
@@ -102,6 +102,11 @@ class TrainConfig:
     scaling : {"standard", "robust"}, default "standard"
         ``standard``: subtract the mean, divide by the std. ``robust``: subtract the median,
         divide by the IQR, then clip smoothly into (-3, 3) (RealMLP's preprocessing).
+    embed_categories_above : int, default 30
+        Text columns with more distinct training values than this get a learned embedding
+        (fastai's entity embeddings, ``min(600, round(1.6 * n ** 0.56))`` wide) instead of one
+        one-hot input per value; 0 or less: always one-hot. See
+        :mod:`fitwell.data.preprocessing` for missing, unknown and rare values.
     hidden : tuple of int or "auto", default "auto"
         Hidden layer widths. ``auto`` is two layers, 256 units wide from about 1000 training rows,
         narrower (down to 64) for smaller tables: see :func:`resolve_hidden`. The run's saved
@@ -140,10 +145,13 @@ class TrainConfig:
         before the first layer (RealMLP's scaling layer). Not penalised by ``l1`` / ``l2``.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default 3e-3
-    lr_schedule : {"constant", "cosine", "onecycle"}, default "constant"
+    lr_schedule : {"constant", "cosine", "onecycle", "plateau"}, default "constant"
         A factor on ``lr`` set at every epoch start, laid out over ``max_epochs``
         (:func:`fitwell.training.schedules.lr_factor`). Per member, so a population can compare
-        schedules.
+        schedules. ``plateau`` multiplies the member's rate by 0.1 (down to 1e-3 of ``lr``) each
+        time its validation loss has not improved for ``max(1, patience // 2)`` epochs (10 when
+        ``patience`` is 0), so the rate drops before early stopping fires
+        (:func:`fitwell.training.schedules.plateau_factor`).
     warmup_epochs : int, default 0
         Linear warm-up: the first ``warmup_epochs`` epochs run at ``(epoch + 1) / (warmup + 1)``
         of the scheduled rate.
@@ -226,6 +234,7 @@ class TrainConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     scale: bool = True
     scaling: str = "standard"
+    embed_categories_above: int = 30
     hidden: tuple[int, ...] | str = "auto"
     activation: str = "relu"
     dropout: float | tuple[float, ...] = 0.2
@@ -405,6 +414,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         "warmup_epochs",
         "embedding_frequencies",
         "embedding_dim",
+        "embed_categories_above",
     ):
         if raw.get(name) is not None:
             v = raw[name]

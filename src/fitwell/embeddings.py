@@ -24,11 +24,25 @@ PARAMETERS = ("embed_frequencies", "embed_phases", "embed_weights", "embed_biase
 _TWO_PI = 2.0 * math.pi
 
 
-def first_layer_sources(n_inputs: int, embedded: Sequence[int], dim: int) -> list[int]:
+def first_layer_sources(
+    n_inputs: int,
+    embedded: Sequence[int],
+    dim: int,
+    *,
+    categorical: Sequence[int] = (),
+    category_dims: Sequence[int] = (),
+) -> list[int]:
     """The encoded input each first-layer input reads when the inputs in ``embedded`` have
-    ``dim``-wide embeddings: ``0 .. n_inputs - 1`` (the raw inputs), then each embedded input
-    ``dim`` times, in the order of ``embedded``."""
-    return [*range(n_inputs), *(i for i in embedded for _ in range(dim))]
+    ``dim``-wide embeddings: ``0 .. n_inputs - 1`` (the raw inputs) except the integer codes
+    ``categorical``, then each embedded input ``dim`` times, in the order of ``embedded``, then
+    each code input ``category_dims[j]`` times (its learned embedding,
+    :mod:`fitwell.category_embeddings`)."""
+    codes = set(categorical)
+    return [
+        *(i for i in range(n_inputs) if i not in codes),
+        *(i for i in embedded for _ in range(dim)),
+        *(i for i, d in zip(categorical, category_dims, strict=True) for _ in range(d)),
+    ]
 
 
 def per_input(per_row: torch.Tensor, sources: Sequence[int], n_inputs: int) -> torch.Tensor:
@@ -62,9 +76,12 @@ def embed(
     phases: torch.Tensor,
     weights: torch.Tensor,
     biases: torch.Tensor,
+    *,
+    raw: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """First-layer inputs ``[K, B, F_in + C * D]``: the raw ``x`` (``[K, B, F_in]``, or shared
     rows ``[N, F_in]`` that every member reads), then the embeddings of its columns ``index``.
+    ``raw``: the inputs kept raw when not all of ``x`` (same leading axes; default ``x``).
 
     Computed for the rows given, so a caller that passes one batch never holds the embedded table.
     """
@@ -77,5 +94,6 @@ def embed(
     z = torch.cos(z * _TWO_PI) if torch.is_grad_enabled() else z.mul_(_TWO_PI).cos_()
     e = torch.matmul(z, weights) + biases.unsqueeze(2)  # [K, C, B, D]
     k, c, b, d = e.shape
-    raw = x if x.dim() == 3 else x.unsqueeze(0).expand(k, -1, -1)
+    raw = x if raw is None else raw
+    raw = raw if raw.dim() == 3 else raw.unsqueeze(0).expand(k, -1, -1)
     return torch.cat([raw, e.transpose(1, 2).reshape(k, b, c * d)], dim=2)

@@ -254,7 +254,7 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
         Drop probability of every hidden layer.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default TrainConfig.lr
-    lr_schedule : {"constant", "cosine", "onecycle"}, default "constant"
+    lr_schedule : {"constant", "cosine", "onecycle", "plateau"}, default "constant"
     warmup_epochs : int, default 0
     adam_beta2 : float, default 0.999
         As in :class:`fitwell.config.TrainConfig`.

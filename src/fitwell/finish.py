@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from fitwell import runs
+from fitwell.category_embeddings import embedding_dim
 from fitwell.config import TrainConfig, to_toml
 from fitwell.data import PreparedData, Preprocessor
 from fitwell.diagnosis.context import SIGNALS_FILE
@@ -45,15 +46,27 @@ def l1_zeroed_features(first_layer: torch.Tensor, pre: Preprocessor) -> tuple[li
 
     With a numeric embedding the first layer has more rows than encoded inputs: each numeric
     input's embedding rows follow the raw inputs (:func:`fitwell.embeddings.first_layer_sources`),
-    and an input is off only when its raw row and its embedding rows all are."""
+    and an input is off only when its raw row and its embedding rows all are. A text column with
+    a learned embedding has no raw row: it is off when its embedding's rows all are."""
     # Stacked members ``[K, in, out]``: a column is off only when every member switched it off.
     w = first_layer.detach().abs()
     rows = w.sum(dim=(0, 2)) if w.dim() == 3 else w.sum(dim=1)
     n_inputs = len(pre.encoded_names)
-    if len(rows) != n_inputs:
+    codes = pre.embedded_inputs()
+    if len(rows) != n_inputs or codes:
+        categorical = [i for i, _ in codes]
+        category_dims = [embedding_dim(n) for _, n in codes]
         embedded = numeric_inputs(pre)
-        dim = (len(rows) - n_inputs) // max(len(embedded), 1)
-        rows = per_input(rows, first_layer_sources(n_inputs, embedded, dim), n_inputs)
+        periodic = len(rows) - (n_inputs - len(codes)) - sum(category_dims)
+        dim = periodic // max(len(embedded), 1)
+        sources = first_layer_sources(
+            n_inputs,
+            embedded if periodic else (),
+            dim,
+            categorical=categorical,
+            category_dims=category_dims,
+        )
+        rows = per_input(rows, sources, n_inputs)
     norms = rows.cpu().numpy()
     encoded = [name for name, n in zip(pre.encoded_names, norms, strict=True) if n == 0.0]
     columns = [

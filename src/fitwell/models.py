@@ -5,9 +5,10 @@ K = 1 is an ordinary MLP. Members share the architecture (so their weights stack
 rates are applied through masks the training loop draws from each member's own generator.
 
 An optional front sits before the first layer: periodic embeddings of the numeric inputs (PBLD,
-from RealMLP) and a learnable scale per first-layer input. Both are computed per batch inside
-``forward``, so the embedded table never exists in memory, and both keep the member axis first
-(``[K, ...]``) so the members stay one batched model.
+from RealMLP), learned embeddings of high-cardinality text columns (entity embeddings, from
+fastai; :mod:`fitwell.category_embeddings`) and a learnable scale per first-layer input. All
+are computed per batch inside ``forward``, so the embedded table never exists in memory, and all
+keep the member axis first (``[K, ...]``) so the members stay one batched model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fitwell import embeddings
+from fitwell import category_embeddings, embeddings
 from fitwell.config import ACTIVATIONS, INITS, NUMERIC_EMBEDDINGS
 from fitwell.errors import InputError, did_you_mean
 
@@ -176,11 +177,16 @@ class Architecture:
     embedding_frequencies: int = 16
     embedding_dim: int = 3
     front_scale: bool = False
+    # Inputs holding a text column's integer code (indices into the encoded inputs), the codes of
+    # each column (its categories plus code 0) and the width of its learned embedding.
+    categorical: tuple[int, ...] = ()
+    category_sizes: tuple[int, ...] = ()
+    category_dims: tuple[int, ...] = ()
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["hidden"] = list(self.hidden)
-        data["embedded"] = list(self.embedded)
+        for name in ("hidden", "embedded", "categorical", "category_sizes", "category_dims"):
+            data[name] = list(data[name])
         return data
 
     @property
@@ -189,16 +195,34 @@ class Architecture:
         return len(self.embedded) if self.numeric_embedding == "pbld" else 0
 
     @property
+    def has_front(self) -> bool:
+        """Whether anything sits between the encoded inputs and the first layer."""
+        return bool(self.n_embedded or self.categorical or self.front_scale)
+
+    @property
     def first_layer_inputs(self) -> int:
-        """Inputs of the first linear layer: the encoded inputs, then the embeddings' outputs."""
-        return self.n_inputs + self.n_embedded * self.embedding_dim
+        """Inputs of the first linear layer: the encoded inputs other than the text columns'
+        codes, then the periodic embeddings' outputs, then the text columns' embeddings."""
+        return (
+            self.n_inputs
+            - len(self.categorical)
+            + self.n_embedded * self.embedding_dim
+            + sum(self.category_dims)
+        )
 
     @property
     def first_layer_sources(self) -> list[int]:
         """The encoded input each first-layer input reads: its own index for the raw inputs, the
-        embedded input for each of its ``embedding_dim`` embedding outputs."""
+        embedded input for each of its ``embedding_dim`` embedding outputs, the code input for
+        each of its text column's embedding outputs."""
         embedded = self.embedded if self.n_embedded else ()
-        return embeddings.first_layer_sources(self.n_inputs, embedded, self.embedding_dim)
+        return embeddings.first_layer_sources(
+            self.n_inputs,
+            embedded,
+            self.embedding_dim,
+            categorical=self.categorical,
+            category_dims=self.category_dims,
+        )
 
     @classmethod
     def from_json(cls, data: dict) -> Architecture:
@@ -215,6 +239,9 @@ class Architecture:
                 embedding_frequencies=int(data.get("embedding_frequencies", 16)),
                 embedding_dim=int(data.get("embedding_dim", 3)),
                 front_scale=bool(data.get("front_scale", False)),
+                categorical=tuple(int(i) for i in data.get("categorical", ())),
+                category_sizes=tuple(int(n) for n in data.get("category_sizes", ())),
+                category_dims=tuple(int(d) for d in data.get("category_dims", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"architecture description is malformed ({exc!r}).") from None
@@ -235,6 +262,13 @@ class Architecture:
             or arch.embedding_frequencies < 1
             or arch.embedding_dim < 1
             or any(not 0 <= i < arch.n_inputs for i in arch.embedded)
+            or any(not 0 <= i < arch.n_inputs for i in arch.categorical)
+            or len(set(arch.categorical)) != len(arch.categorical)
+            or set(arch.categorical) & set(arch.embedded)
+            or len(arch.category_sizes) != len(arch.categorical)
+            or len(arch.category_dims) != len(arch.categorical)
+            or any(n < 1 for n in arch.category_sizes)
+            or any(d < 1 for d in arch.category_dims)
         ):
             raise InputError(f"architecture has impossible sizes: {arch}.")
         return arch
@@ -262,6 +296,8 @@ def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...
         shapes |= embeddings.shapes(
             k, arch.n_embedded, arch.embedding_frequencies, arch.embedding_dim
         )
+    if arch.categorical:
+        shapes |= category_embeddings.shapes(k, arch.category_sizes, arch.category_dims)
     if arch.front_scale:
         shapes["front_scales"] = (k, 1, arch.first_layer_inputs)
     return shapes
@@ -270,7 +306,7 @@ def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...
 def front_width(arch: Architecture) -> int:
     """Widest per-row tensor of the front (the periodic features ``[C, frequencies]``, or the
     first layer's inputs), 0 without a front."""
-    if not arch.n_embedded and not arch.front_scale:
+    if not arch.has_front:
         return 0
     return max(arch.n_embedded * arch.embedding_frequencies, arch.first_layer_inputs)
 
@@ -413,6 +449,13 @@ class PopulationMLP(nn.Module):
             # Not saved: the architecture says which inputs are embedded.
             index = torch.as_tensor(arch.embedded, dtype=torch.long)
             self.register_buffer("embedded_index", index, persistent=False)
+        if arch.categorical:
+            self._front_names += category_embeddings.names(len(arch.categorical))
+            # Not saved either: which inputs hold codes, and which inputs stay raw.
+            codes = torch.as_tensor(arch.categorical, dtype=torch.long)
+            self.register_buffer("categorical_index", codes, persistent=False)
+            kept = [i for i in range(arch.n_inputs) if i not in set(arch.categorical)]
+            self.register_buffer("raw_index", torch.as_tensor(kept, dtype=torch.long), False)
         if arch.front_scale:
             self._front_names += ("front_scales",)
         for name in self._front_names:
@@ -426,16 +469,26 @@ class PopulationMLP(nn.Module):
 
     def _front(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """First-layer inputs ``[K, B, first_layer_inputs]`` from ``x`` (``[K, B, F]``, or
-        shared rows ``[N, F]``): the raw inputs, then each embedded input's PBLD embedding
-        (:func:`fitwell.embeddings.embed`), all times the front scale when there is one.
-        ``member`` computes that one member's ``[1, N, ...]`` from shared rows.
+        shared rows ``[N, F]``): the raw inputs but the text columns' codes, then each embedded
+        input's PBLD embedding (:func:`fitwell.embeddings.embed`), then each text column's
+        learned embedding (:func:`fitwell.category_embeddings.lookup`), all times the front
+        scale when there is one. ``member`` computes that one member's ``[1, N, ...]`` from
+        shared rows.
 
         Called per batch (and per evaluation chunk): the embedded table never exists whole."""
         part = slice(None) if member is None else slice(member, member + 1)
-        h = x
+        codes = bool(self.arch.categorical)
+        h = x.index_select(-1, self._parameter("raw_index")) if codes else x
         if self.arch.n_embedded:
             params = (self._parameter(name)[part] for name in embeddings.PARAMETERS)
-            h = embeddings.embed(x, self._parameter("embedded_index"), *params)
+            h = embeddings.embed(x, self._parameter("embedded_index"), *params, raw=h)
+        if codes:
+            names = category_embeddings.names(len(self.arch.categorical))
+            tables = [self._parameter(name)[part] for name in names]
+            vectors = category_embeddings.lookup(x, self._parameter("categorical_index"), tables)
+            if h.dim() == 2:  # shared rows and no periodic embedding: the same raw inputs for all
+                h = h.unsqueeze(0).expand(vectors.shape[0], -1, -1)
+            h = torch.cat([h, vectors], dim=2)
         if self.arch.front_scale:
             # [K, 1, F]: shared rows come out [K, N, F]
             h = h * self._parameter("front_scales")[part]
@@ -481,6 +534,12 @@ class PopulationMLP(nn.Module):
                 a = self.arch
                 drawn = embeddings.draw(gen, a.n_embedded, a.embedding_frequencies, a.embedding_dim)
                 for name, value in zip(embeddings.PARAMETERS, drawn, strict=True):
+                    param = getattr(self, name)
+                    param[k].copy_(value.to(param.device))
+            if self.arch.categorical:  # after the rest, so their draws do not change either
+                a = self.arch
+                tables = category_embeddings.draw(gen, a.category_sizes, a.category_dims)
+                for name, value in zip(category_embeddings.names(len(tables)), tables, strict=True):
                     param = getattr(self, name)
                     param[k].copy_(value.to(param.device))
             if self.arch.front_scale:

@@ -115,6 +115,13 @@ def load_run(run_dir: str | Path) -> Run:
         target = str(saved.meta["target"])
     except KeyError as exc:
         raise InputError(f"{folder / runs.MODEL_META}: missing field {exc}.") from None
+    codes = pre.embedded_inputs()
+    if [(i, n) for i, n in codes] != list(zip(arch.categorical, arch.category_sizes, strict=True)):
+        raise InputError(
+            f"{folder / runs.MODEL_META}: the preprocessing's embedded text columns {codes} do "
+            f"not match the architecture's ({list(arch.categorical)}, sizes "
+            f"{list(arch.category_sizes)}); the run files are inconsistent, retrain the run."
+        )
     model = model_from_state(arch, saved.state)
     for name, tensor in saved.state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

@@ -241,11 +241,14 @@ def prepare(
     scale: bool,
     release: bool = False,
     scaling: str = "standard",
+    embed_above: int = 0,
 ) -> PreparedData:
     """Infer the task, encode the target, split the rows and fit preprocessing on train rows.
 
     ``release``: the table's rows are handed over (``table.frame`` is left empty), so that their
     memory goes back column by column as the encoded splits fill; for callers that own the table.
+    ``embed_above``: text columns with more distinct training values become one integer-code
+    input for a learned embedding (:class:`Preprocessor`); 0 or less: all one-hot.
     """
     if table.target is None:
         raise InputError(f"{table.source}: no target column given; use `--target COLUMN`.")
@@ -270,7 +273,9 @@ def prepare(
         len(frame), split, seed=seed, stratify=stratify, source=table.source
     )
     duplicates = count_rows_seen(features.iloc[test_idx], features, seen_index=train_idx)
-    pre = Preprocessor.fit(features, scale=scale, rows=train_idx, scaling=scaling)
+    pre = Preprocessor.fit(
+        features, scale=scale, rows=train_idx, scaling=scaling, embed_above=embed_above
+    )
     if release:  # nothing else holds the rows now: each column goes once it is encoded
         table.frame = table.frame.iloc[:0]
         del frame

@@ -6,6 +6,17 @@ Numeric columns: median imputation, then standardization (unless ``scale=False``
 which keeps the middle of the distribution nearly linear and squashes outliers into (-3, 3).
 Categorical columns: most-frequent imputation, then one-hot encoding; a category unseen in
 training encodes as all zeros (and is counted, so predict can say so).
+
+Categorical columns with more than ``embed_above`` distinct training values ("embedded" columns)
+become one input holding an integer code for the model's learned embedding of that column
+(fastai's entity embeddings; :mod:`fitwell.category_embeddings`): every category seen in training
+(at least ``MIN_CATEGORY_COUNT`` times) gets a code 1, 2, ... in sorted order; code 0 stands for
+missing values and values never seen in training, as fastai's ``#na#`` does. Its vector is
+learned from the missing training rows, and stays near its initial ~0 (what a one-hot row of an
+unknown category reads as) when there are none. Rare categories are not pooled into code 0
+(``MIN_CATEGORY_COUNT`` is 1): on a 200-category table with about 5 training rows per category,
+pooling those seen fewer than 3 times lowered the test r2 from 0.98 / 0.90 to 0.81 / 0.85 (two
+seeds): their test rows lose what little their embedding had learned.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ class ColumnSpec:
     """How one input column becomes one or more model inputs."""
 
     name: str
-    kind: str  # "numeric" | "categorical"
+    kind: str  # "numeric" | "categorical" | "embedded" (one integer code, see the module doc)
     fill: Any
     mean: float = 0.0  # the centre subtracted: the mean, or the median when scaling is robust
     std: float = 1.0  # the spread divided by: the std, or the IQR when scaling is robust
@@ -33,11 +44,20 @@ class ColumnSpec:
 
     @property
     def encoded_names(self) -> list[str]:
-        if self.kind == "numeric":
+        if self.kind in ("numeric", "embedded"):
             return [self.name]
         return [f"{self.name}={c}" for c in self.categories]
 
+    @property
+    def n_codes(self) -> int:
+        """Codes of an embedded column: its kept categories plus code 0."""
+        return len(self.categories) + 1
 
+
+KINDS = ("numeric", "categorical", "embedded")
+# Categories seen fewer times than this in the training rows share code 0 with missing and unknown
+# values (embedded columns only; 1: none do, see the module docstring for why).
+MIN_CATEGORY_COUNT = 1
 SCALINGS = ("standard", "robust")
 SMOOTH_CLIP_BOUND = 3.0
 
@@ -86,9 +106,12 @@ class Preprocessor:
         scale: bool = True,
         rows: np.ndarray | None = None,
         scaling: str = "standard",
+        embed_above: int = 0,
     ) -> Preprocessor:
         """Learn imputation values, scaling and categories from ``frame``'s training rows
-        (``rows``: their positions; default all). One column is copied at a time."""
+        (``rows``: their positions; default all). One column is copied at a time. Text columns
+        with more than ``embed_above`` distinct values (when it is > 0) become embedded columns:
+        one integer code each, see the module docstring."""
         specs: list[ColumnSpec] = []
         for name in frame.columns:
             series = _rows_of(frame[name], rows)
@@ -106,6 +129,10 @@ class Preprocessor:
             else:
                 text = series.dropna().astype(str)
                 counts = text.value_counts()
+                if 0 < embed_above < len(counts):
+                    kept = sorted(counts.index[counts >= MIN_CATEGORY_COUNT].astype(str).tolist())
+                    specs.append(ColumnSpec(str(name), "embedded", None, categories=kept))
+                    continue
                 fill = str(counts.index[0]) if len(counts) else ""
                 categories = sorted({*text.unique().tolist(), fill})
                 specs.append(ColumnSpec(str(name), "categorical", fill, categories=categories))
@@ -118,6 +145,11 @@ class Preprocessor:
     @property
     def encoded_names(self) -> list[str]:
         return [n for c in self.columns for n in c.encoded_names]
+
+    def embedded_inputs(self) -> list[tuple[int, int]]:
+        """``(encoded input index, number of codes)`` of each embedded column, in column order."""
+        groups = self.encoded_groups()
+        return [(groups[c.name][0], c.n_codes) for c in self.columns if c.kind == "embedded"]
 
     def encoded_groups(self) -> dict[str, list[int]]:
         """Encoded-column indices belonging to each input column (for L1 feature reports)."""
@@ -236,6 +268,12 @@ class Preprocessor:
             with np.errstate(over="ignore"):  # overflow is reported by the caller
                 out[:, 0] = col
             return
+        if spec.kind == "embedded":
+            # Missing, unknown and rare values: code 0. Codes are exact in float32 below 2**24.
+            lookup = {c: i for i, c in enumerate(spec.categories, 1)}
+            codes = series.astype(str).map(lookup).where(series.notna())
+            out[:, 0] = codes.fillna(0).to_numpy(dtype=np.float32)
+            return
         text = series.astype(object).where(series.notna(), spec.fill).astype(str)
         lookup = {c: i for i, c in enumerate(spec.categories)}
         codes = text.map(lookup)
@@ -244,10 +282,11 @@ class Preprocessor:
         out[np.flatnonzero(known), codes[known].astype(int).to_numpy()] = 1.0
 
     def unknown_categories(self, frame: pd.DataFrame) -> dict[str, int]:
-        """Count values per categorical column that were never seen in training."""
+        """Count values per text column that the model has no category for: never seen in
+        training, or (embedded columns) seen too rarely to get a code of their own."""
         out: dict[str, int] = {}
         for spec in self.columns:
-            if spec.kind != "categorical" or spec.name not in frame.columns:
+            if spec.kind == "numeric" or spec.name not in frame.columns:
                 continue
             text = frame[spec.name].dropna().astype(str)
             n = int((~text.isin(spec.categories)).sum())
@@ -267,7 +306,7 @@ class Preprocessor:
         try:
             cols = [ColumnSpec(**c) for c in data["columns"]]
             for c in cols:
-                if c.kind not in ("numeric", "categorical"):
+                if c.kind not in KINDS:
                     raise ValueError(c.kind)
             scaling = str(data.get("scaling", "standard"))  # runs saved before robust scaling
             if scaling not in SCALINGS:

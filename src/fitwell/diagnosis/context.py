@@ -39,14 +39,37 @@ def baseline_val_score(task: str, y_train: np.ndarray, y_val: np.ndarray) -> flo
     return 1.0 - ss_res / max(ss_tot, 1e-12)
 
 
+def _one_hot_codes(block: np.ndarray, codes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``block`` (float64 rows) with each integer-code column ``(index, n_codes)`` replaced by its
+    one-hot encoding, after the other columns."""
+    if not codes:
+        return block
+    code_columns = {i for i, _ in codes}
+    parts = [block[:, [i for i in range(block.shape[1]) if i not in code_columns]]]
+    for i, n in codes:
+        one_hot = np.zeros((len(block), n))
+        one_hot[np.arange(len(block)), block[:, i].astype(np.int64)] = 1.0
+        parts.append(one_hot)
+    return np.hstack(parts)
+
+
 def linear_reference(
-    task: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+    task: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    codes: Sequence[tuple[int, int]] = (),
 ) -> tuple[float | None, float | None]:
     """Train and validation score of a closed-form ridge model (one-hot targets for classes).
 
     A network that scores below this on both splits cannot even match a linear fit: underfitting.
+    ``codes``: ``(column, n_codes)`` of inputs holding a text column's integer code (a learned
+    embedding's input); the reference reads them one-hot, as a number a code means nothing.
     """
     n, d = x_train.shape
+    d += sum(c for _, c in codes) - len(codes)
     if n == 0 or len(y_val) == 0 or d > LINEAR_MAX_FEATURES:
         return None, None
     classes = int(max(np.max(y_train), np.max(y_val))) + 1 if task == "classification" else 0
@@ -56,14 +79,21 @@ def linear_reference(
             return np.eye(classes)[np.asarray(ys, dtype=np.int64)]
         return np.asarray(ys, dtype=np.float64)[:, None]
 
+    def block_of(xs: np.ndarray, start: int) -> np.ndarray:
+        block = np.asarray(xs[start : start + LINEAR_BLOCK_ROWS], dtype=np.float64)
+        return _one_hot_codes(block, codes)
+
     # Sums over row blocks in float64: memory stays one block, not a float64 copy of the table.
-    mean = np.asarray(x_train.mean(axis=0, dtype=np.float64))
+    if codes:
+        mean = sum(block_of(x_train, s).sum(axis=0) for s in range(0, n, LINEAR_BLOCK_ROWS)) / n
+    else:
+        mean = np.asarray(x_train.mean(axis=0, dtype=np.float64))
     t_mean = np.zeros(max(classes, 1))
     gram = LINEAR_RIDGE * np.eye(d)
     cross = np.zeros((d, len(t_mean)))
     centered_sum = np.zeros(d)
     for start in range(0, n, LINEAR_BLOCK_ROWS):
-        xc = np.asarray(x_train[start : start + LINEAR_BLOCK_ROWS], dtype=np.float64) - mean
+        xc = block_of(x_train, start) - mean
         t = targets(y_train[start : start + LINEAR_BLOCK_ROWS])
         gram += xc.T @ xc
         cross += xc.T @ t
@@ -78,7 +108,7 @@ def linear_reference(
         ss_tot = 0.0
         for start in range(0, len(ys), LINEAR_BLOCK_ROWS):
             block = slice(start, start + LINEAR_BLOCK_ROWS)
-            pred = (np.asarray(xs[block], dtype=np.float64) - mean) @ coef + t_mean
+            pred = (block_of(xs, start) - mean) @ coef + t_mean
             if task == "classification":
                 hits += int((pred.argmax(axis=1) == np.asarray(ys[block])).sum())
             else:
@@ -202,7 +232,12 @@ def diagnose_fit(
     task = prepared.task
     score = "accuracy" if task == "classification" else "r2"
     lin_train, lin_val = linear_reference(
-        task, prepared.x_train, prepared.y_train, prepared.x_val, prepared.y_val
+        task,
+        prepared.x_train,
+        prepared.y_train,
+        prepared.x_val,
+        prepared.y_val,
+        codes=prepared.preprocessor.embedded_inputs(),
     )
     members = [
         {

@@ -58,13 +58,20 @@ def _first_layer_magnitudes(folder: Path) -> tuple[list[str], list[float]] | Non
     # Stacked members [K, in, out] (an ensemble) or one [in, out]: sum over members and units.
     per_feature = abs(first).sum(axis=(0, 2)) if first.ndim == 3 else abs(first).sum(axis=1)
     n_inputs = len(pre.encoded_names)
-    if len(per_feature) != n_inputs:
-        # A numeric embedding's rows follow the raw inputs, ``embedding_dim`` per embedded input
-        # (fitwell.embeddings.first_layer_sources): each counts for its input.
+    arch = meta.get("architecture") if isinstance(meta.get("architecture"), dict) else {}
+    if len(per_feature) != n_inputs or arch.get("categorical"):
+        # The first layer reads the raw inputs but text columns' codes, then ``embedding_dim``
+        # rows per numerically embedded input, then each text column's learned embedding
+        # (fitwell.embeddings.first_layer_sources): each row counts for its input.
         try:
-            arch = meta["architecture"]
             dim = int(arch["embedding_dim"])
-            sources = [*range(n_inputs), *(int(i) for i in arch["embedded"] for _ in range(dim))]
+            codes = [int(i) for i in arch.get("categorical", [])]
+            code_dims = [int(d) for d in arch.get("category_dims", [])]
+            sources = [
+                *(i for i in range(n_inputs) if i not in set(codes)),
+                *(int(i) for i in arch["embedded"] for _ in range(dim)),
+                *(i for i, d in zip(codes, code_dims, strict=True) for _ in range(d)),
+            ]
         except (KeyError, TypeError, ValueError):
             return None
         if len(sources) != len(per_feature):

@@ -36,7 +36,8 @@ REFERENCE_LR = 3e-3
 
 def reference_architecture(arch: Architecture) -> Architecture:
     """Wider (x4, at least 256, at most 512 unless the run is wider) and at least two layers
-    deep; ReLU, no batch norm."""
+    deep; ReLU, no batch norm. Text columns keep their learned embeddings: their inputs are
+    integer codes that mean nothing read as numbers."""
     widest = max(arch.hidden, default=0)
     width = max(
         REFERENCE_MIN_WIDTH, min(REFERENCE_WIDTH_FACTOR * widest, REFERENCE_MAX_WIDTH), widest
@@ -48,6 +49,9 @@ def reference_architecture(arch: Architecture) -> Architecture:
         n_outputs=arch.n_outputs,
         activation="relu",
         batch_norm=False,
+        categorical=arch.categorical,
+        category_sizes=arch.category_sizes,
+        category_dims=arch.category_dims,
     )
 
 

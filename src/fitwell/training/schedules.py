@@ -6,23 +6,43 @@ follow different schedules (the optimizer already keeps one rate per member). Ep
 keeps the per-step loop untouched; with early stopping a run rarely reaches ``max_epochs``, so
 ``cosine`` and ``onecycle`` are laid out over ``max_epochs`` as Keras' and PyTorch's schedules are
 over their decay steps, and a run stopped early has only decayed part of the way.
+
+``plateau`` reacts to the member's own validation losses instead of the epoch. It is still a pure
+function (:func:`plateau_factor`) of the losses so far, which early stopping already keeps and
+checkpoints, so a resumed run replays the same cuts without any state of its own.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from fitwell.config import LR_SCHEDULES
 from fitwell.training.callbacks import Callback
 
-__all__ = ["LR_SCHEDULES", "LearningRateSchedule", "is_scheduled", "lr_factor"]
+__all__ = [
+    "LR_SCHEDULES",
+    "LearningRateSchedule",
+    "is_scheduled",
+    "lr_factor",
+    "plateau_factor",
+    "plateau_patience",
+]
 
 # PyTorch's OneCycleLR defaults: 30% of the run rising from lr / 25, then a cosine down to
 # lr / 1e4 (its div_factor and final_div_factor).
 ONECYCLE_RISE = 0.3
 ONECYCLE_START = 1 / 25
 ONECYCLE_END = 1e-4
+# ReduceLROnPlateau's default cut (PyTorch and Keras both use factor 0.1). A cut of 0.5 barely
+# matters here: the wait is half the early-stopping patience, so a member that keeps stalling
+# gets one or two cuts before it stops, and each must be large enough to change its course.
+PLATEAU_FACTOR = 0.1
+# The floor of the cuts, as a fraction of the member's rate: three cuts of 0.1.
+PLATEAU_MIN_FACTOR = 1e-3
+# Epochs without improvement before a cut when early stopping is off (PyTorch's default).
+PLATEAU_DEFAULT_PATIENCE = 10
 
 
 def lr_factor(epoch: int, schedule: str, warmup_epochs: int, max_epochs: int) -> float:
@@ -36,6 +56,8 @@ def lr_factor(epoch: int, schedule: str, warmup_epochs: int, max_epochs: int) ->
     t = min(max(epoch, 0), total) / total
     if schedule == "constant":
         factor = 1.0
+    elif schedule == "plateau":
+        factor = 1.0  # the cuts come from the validation losses: see plateau_factor
     elif schedule == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * t))
     elif schedule == "onecycle":
@@ -51,18 +73,48 @@ def lr_factor(epoch: int, schedule: str, warmup_epochs: int, max_epochs: int) ->
     return factor
 
 
+def plateau_patience(patience: int) -> int:
+    """Epochs without improvement before a plateau cut: half the early-stopping ``patience``
+    (at least 1), so the rate drops with time left to use it before early stopping fires;
+    ``PLATEAU_DEFAULT_PATIENCE`` when early stopping is off (``patience`` 0)."""
+    return max(1, patience // 2) if patience > 0 else PLATEAU_DEFAULT_PATIENCE
+
+
+def plateau_factor(val_losses: Sequence[float], *, patience: int, min_delta: float = 0.0) -> float:
+    """Multiplier of a ``plateau`` member's rate after the epochs whose ``val_losses`` are given.
+
+    ReduceLROnPlateau's rule, replayed from the start: an epoch improves when its loss is below
+    ``best - min_delta`` (early stopping's test); after ``patience`` epochs in a row without
+    improvement the factor is multiplied by ``PLATEAU_FACTOR`` (not below ``PLATEAU_MIN_FACTOR``)
+    and the wait starts again. A non-finite loss counts as no improvement.
+    """
+    factor, best, wait = 1.0, math.inf, 0
+    for loss in val_losses:
+        if math.isfinite(loss) and loss < best - min_delta:
+            best, wait = loss, 0
+            continue
+        wait += 1
+        if wait >= patience:
+            factor, wait = max(factor * PLATEAU_FACTOR, PLATEAU_MIN_FACTOR), 0
+    return factor
+
+
 def is_scheduled(member: Any) -> bool:
     """Whether a member's rate changes over the run at all."""
     return member.lr_schedule != "constant" or member.warmup_epochs > 0
 
 
 class LearningRateSchedule(Callback):
-    """Sets every active member's rate to ``lr * lr_factor(...)`` at the start of each epoch."""
+    """Sets every active member's rate to ``lr * lr_factor(...)`` at the start of each epoch
+    (times :func:`plateau_factor` of its validation losses so far for ``plateau`` members)."""
 
     def on_epoch_begin(self, trainer: Any, **kwargs: Any) -> None:
+        wait = plateau_patience(trainer.loop.patience)
         for m in trainer.active:
             s = trainer.members[m]
-            trainer.lr_factors[m] = lr_factor(
-                trainer.epoch, s.lr_schedule, s.warmup_epochs, trainer.max_epochs
-            )
+            factor = lr_factor(trainer.epoch, s.lr_schedule, s.warmup_epochs, trainer.max_epochs)
+            if s.lr_schedule == "plateau":
+                losses = trainer.early_stopping.val_losses.get(m, [])
+                factor *= plateau_factor(losses, patience=wait, min_delta=trainer.loop.min_delta)
+            trainer.lr_factors[m] = factor
         trainer.optimizer.set_lrs(trainer.scheduled_lrs())
