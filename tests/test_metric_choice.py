@@ -236,7 +236,7 @@ def _ctx(**kw) -> RunContext:
     [(0.05, "accuracy", True), (0.05, "balanced_accuracy", False), (0.30, "accuracy", False)],
 )
 def test_imbalance_warning(share: float, metric: str, warned: bool) -> None:
-    ctx = _ctx(metric=metric, minority_share=share)
+    ctx = _ctx(metric=metric, minority_share=share, n_classes=2)
     codes = [f["code"] for f in diagnose([], [], ctx, layers=[], activation="relu")]
     assert ("imbalanced_accuracy" in codes) is warned
     if warned:
@@ -247,9 +247,16 @@ def test_imbalance_warning(share: float, metric: str, warned: bool) -> None:
         assert (
             "--class-weight"
             not in imbalance_findings(
-                _ctx(metric=metric, minority_share=share, class_weight="balanced")
+                _ctx(metric=metric, minority_share=share, n_classes=2, class_weight="balanced")
             )[0]["advice"]
         )
+
+
+def test_ten_balanced_classes_are_not_imbalanced() -> None:
+    """Ten equal classes hold just under 10% each (digits: 9.9%); accuracy suits them. The
+    smallest of ten must be under half its balanced share (5%) to count as rare."""
+    assert imbalance_findings(_ctx(metric="accuracy", minority_share=0.099, n_classes=10)) == []
+    assert imbalance_findings(_ctx(metric="accuracy", minority_share=0.04, n_classes=10))
 
 
 def test_imbalance_warning_end_to_end(tmp_path: Path) -> None:

@@ -453,7 +453,8 @@ def print_summary(m: dict[str, Any]) -> None:
     if m["task"] == "classification":
         others = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")]
         others += [("macro_f1", "macro-F1")]
-        line += f" (loss {test['loss']:.4f})"
+        if metric != "log_loss":  # the same number twice otherwise
+            line += f" (loss {test['loss']:.4f})"
         for key, label in others:
             # runs saved before balanced accuracy and macro-F1 were measured lack them
             if key != metric and test.get(key) is not None:

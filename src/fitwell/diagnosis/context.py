@@ -196,6 +196,7 @@ def build_context(doc: dict[str, Any]) -> RunContext:
         metric_baseline=doc.get("metric_baseline"),
         metric_standard_error=doc.get("metric_standard_error"),
         minority_share=doc.get("minority_share"),
+        n_classes=int(doc.get("n_classes", 0)),
         class_weight=str(doc.get("class_weight", "none")),
     )
 
@@ -306,6 +307,7 @@ def diagnose_fit(
     if task == "classification":
         counts = np.bincount(prepared.y_train, minlength=len(prepared.target_encoder.classes))
         context["minority_share"] = float(counts.min() / max(counts.sum(), 1))
+        context["n_classes"] = len(counts)
     if metric != "auto" and math.isfinite(best.val_metric):
         base, se = metric_baseline(
             metric,

@@ -37,7 +37,9 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
   trivial baseline.
 - ``LEAKAGE_FRACTION``: 5% or more of the test rows also appear in the training rows.
 - ``IMBALANCE_SHARE``: accuracy is the run's metric while the smallest class holds under 10% of
-  the training rows: a model that never predicts that class still scores over 90%.
+  the training rows: a model that never predicts that class still scores over 90%. Only when
+  that class also holds under half its balanced share ``1 / classes``
+  (``IMBALANCE_OF_BALANCED``): ten equal classes hold 10% each and accuracy suits them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ LOCAL_MINIMUM_ERROR_RATIO = 1.5
 NO_SIGNAL_SE = 2.0
 LEAKAGE_FRACTION = 0.05
 IMBALANCE_SHARE = 0.10
+IMBALANCE_OF_BALANCED = 0.5
 # Share of a classifier's training batches whose output rows are probabilities and whose loss
 # gradient sums to zero across each row (a loss that applies softmax to those outputs itself).
 PROBABILITY_ROWS_SHARE = 0.9
@@ -160,6 +163,7 @@ class RunContext:
     metric_standard_error: float | None = None
     # Classification: the smallest class's share of the training rows; the class weighting.
     minority_share: float | None = None
+    n_classes: int = 0
     class_weight: str = "none"
 
 
@@ -743,7 +747,7 @@ def imbalance_findings(ctx: RunContext) -> list[dict]:
     share = ctx.minority_share
     if ctx.task != "classification" or ctx.metric != "accuracy" or share is None:
         return []
-    if share >= IMBALANCE_SHARE:
+    if share >= IMBALANCE_SHARE or share >= IMBALANCE_OF_BALANCED / max(ctx.n_classes, 2):
         return []
     advice = "accuracy rewards ignoring the rare class: choose and judge the model with "
     advice += "--metric balanced_accuracy (or macro_f1)"
