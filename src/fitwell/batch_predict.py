@@ -119,7 +119,9 @@ def predict_file(run: Run, path: str | Path, out: Path | None) -> PredictSummary
             "model was trained on."
         )
     # The target and the weight column (``weight_column``) are expected extras, not noted.
-    known = {run.target, run.metrics.get("weight_column")}
+    # (metrics.json is read as whatever JSON it holds; predicting does not need it.)
+    metrics = run.metrics if isinstance(run.metrics, dict) else {}
+    known = {run.target, metrics.get("weight_column")}
     summary = PredictSummary(
         extra_columns=[c for c in columns if c not in expected and c not in known]
     )
