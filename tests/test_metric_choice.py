@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fitwell
+from fitwell.cli import main
 from fitwell.config import build_config
 from fitwell.diagnosis.findings import diagnose
 from fitwell.diagnosis.rules import RunContext, imbalance_findings, no_signal_findings
@@ -26,7 +27,6 @@ from fitwell.scoring import (
     resolve_metric,
 )
 from fitwell.training.loop import FitResult, MemberResult, MemberSettings
-from tests.conftest import run_cli
 
 
 def _linear_member(w: list[list[float]], b: list[float]) -> dict[str, torch.Tensor]:
@@ -180,30 +180,31 @@ def regression_csv(tmp_path: Path) -> Path:
     return path
 
 
-def test_lower_is_better_target_through_the_cli(regression_csv: Path, tmp_path: Path) -> None:
+def test_lower_is_better_target_through_the_cli(
+    regression_csv: Path, tmp_path: Path, capsys
+) -> None:
     common = [str(regression_csv), "--target", "y", "--metric", "rmse", "--max-epochs", "3"]
     common += ["--ensemble", "1", "--json"]
-    met = run_cli("train", *common, "--target-score", "1000", "--out", str(tmp_path / "a"))
-    assert met.returncode == 0, met.stderr
-    doc = json.loads(met.stdout)
+    assert main(["train", *common, "--target-score", "1000", "--out", str(tmp_path / "a")]) == 0
+    doc = json.loads(capsys.readouterr().out)
     assert doc["metric"] == "rmse" and doc["target_met"] is True
     assert doc["test_score"] == doc["test"]["rmse"]
-    missed = run_cli("train", *common, "--target-score", "0.001", "--out", str(tmp_path / "b"))
-    assert missed.returncode == 1 and json.loads(missed.stdout)["target_met"] is False
+    assert main(["train", *common, "--target-score", "0.001", "--out", str(tmp_path / "b")]) == 1
+    assert json.loads(capsys.readouterr().out)["target_met"] is False
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["chosen_by"] == "val_rmse" and metrics["metric_higher_is_better"] is False
     assert "at most" in (tmp_path / "a" / "report.html").read_text()
 
 
-def test_wrong_task_metric_exits_2_before_writing(regression_csv: Path, tmp_path: Path) -> None:
+def test_wrong_task_metric_exits_2_before_writing(
+    regression_csv: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "run"
-    res = run_cli(
-        "train", str(regression_csv), "--target", "y", "--metric", "roc_auc", "--out", str(out)
+    args = ["train", str(regression_csv), "--target", "y", "--metric", "roc_auc"]
+    assert main([*args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "error: `metric` 'roc_auc' does not apply to a regression task; use one of rmse, mae, r2.\n"
     )
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
-        "error: `metric` 'roc_auc' does not apply to a regression task; use one of rmse, mae, r2."
-    ]
     assert not out.exists()
 
 

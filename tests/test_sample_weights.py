@@ -13,6 +13,7 @@ import torch
 
 import fitwell
 from fitwell.api import class_weights, load_and_prepare
+from fitwell.cli import main
 from fitwell.config import build_config, load_toml
 from fitwell.data import load_table
 from fitwell.diagnosis.context import baseline_val_score
@@ -21,7 +22,6 @@ from fitwell.estimators import FitwellClassifier, FitwellRegressor
 from fitwell.metrics import SplitAccumulator, classification_report, training_objective
 from fitwell.models import Architecture, PopulationMLP
 from fitwell.training import LoopSettings, MemberSettings, Trainer
-from tests.conftest import run_cli
 
 
 # ------------------------------------------------------------------------ the weighted loss
@@ -209,22 +209,20 @@ def test_weights_travel_through_the_split(weighted_csv: Path) -> None:
         np.testing.assert_array_equal(x[:, k] + 1, w)
 
 
-def test_weighted_run_end_to_end(weighted_csv: Path, tmp_path: Path) -> None:
+def test_weighted_run_end_to_end(weighted_csv: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    res = run_cli(
-        "train", str(weighted_csv), "--target", "label", "--weight-column", "w",
-        "--max-epochs", "3", "--ensemble", "1", "--out", str(out), "--json",
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
+    args = [str(weighted_csv), "--target", "label", "--weight-column", "w", "--max-epochs", "3"]
+    assert main(["train", *args, "--ensemble", "1", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["weight_column"] == "w"
-    with_column = run_cli("predict", str(out), str(weighted_csv))
-    assert with_column.returncode == 0 and "extra column" not in with_column.stderr
+    assert main(["predict", str(out), str(weighted_csv)]) == 0
+    with_column = capsys.readouterr()
+    assert "extra column" not in with_column.err
     bare = tmp_path / "bare.csv"
     pd.read_csv(weighted_csv).drop(columns=["w", "label"]).to_csv(bare, index=False)
-    without = run_cli("predict", str(out), str(bare))
-    assert without.returncode == 0, without.stderr
-    assert without.stdout == with_column.stdout
+    assert main(["predict", str(out), str(bare)]) == 0
+    assert capsys.readouterr().out == with_column.out
 
 
 def _table(tmp_path: Path, weights: list[object]) -> Path:
@@ -268,15 +266,16 @@ def test_bad_weights_are_refused(tmp_path: Path, weights: list[object], message:
     assert str(err.value) == message.format(p=path)
 
 
-def test_missing_weight_column_is_refused_through_the_cli(tmp_path: Path) -> None:
+def test_missing_weight_column_is_refused_through_the_cli(tmp_path: Path, capsys) -> None:
     path = _table(tmp_path, [1, 1, 1, 1])
-    res = run_cli("train", str(path), "--target", "y", "--weight-column", "ww")
-    assert res.returncode == 2
-    assert res.stderr.strip() == f"error: {path}: weight column 'ww' not found. Did you mean `w`?"
-    res = run_cli("train", str(path), "--target", "y", "--weight-column", "y")
-    assert res.stderr.strip() == (
+    assert main(["train", str(path), "--target", "y", "--weight-column", "ww"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {path}: weight column 'ww' not found. Did you mean `w`?\n"
+    )
+    assert main(["train", str(path), "--target", "y", "--weight-column", "y"]) == 2
+    assert capsys.readouterr().err == (
         f"error: {path}: weight column 'y' is the target column; choose another column for "
-        "--weight-column."
+        "--weight-column.\n"
     )
 
 
@@ -296,7 +295,7 @@ def test_class_weight_table_from_toml(tmp_path: Path) -> None:
     assert class_weights(build_config({"class_weight": {"1": 2.0}}), numeric) == (1.0, 2.0)  # type: ignore[arg-type]
 
 
-def test_class_weight_table_errors(weighted_csv: Path, tmp_path: Path) -> None:
+def test_class_weight_table_errors(weighted_csv: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(
         FitwellError, match="`class_weight` factors must be finite numbers >= 0; got -1"
     ):
@@ -304,13 +303,11 @@ def test_class_weight_table_errors(weighted_csv: Path, tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text("class_weight = {yes = 5.0, noo = 1.0}\n")
     out = tmp_path / "run"
-    res = run_cli(
-        "train", str(weighted_csv), "--target", "label", "--config", str(toml), "--out", str(out)
-    )
-    assert res.returncode == 2
-    assert res.stderr.strip() == (
+    args = ["train", str(weighted_csv), "--target", "label", "--config", str(toml)]
+    assert main([*args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
         "error: `class_weight` names class 'noo', which the target does not have; classes are "
-        "'no', 'yes' (did you mean `no`?)."
+        "'no', 'yes' (did you mean `no`?).\n"
     )
     assert not out.exists()
 
