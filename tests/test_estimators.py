@@ -16,7 +16,12 @@ from fitwell.estimators import FitwellClassifier, FitwellRegressor
 # Small and quick: the checks fit dozens of times on ~100-300 rows.
 FAST = {"hidden": (16,), "max_epochs": 15, "lr": 0.01, "batch_size": 32, "patience": 5}
 
-EXPECTED_FAILURES: dict[str, str] = {}
+EXPECTED_FAILURES: dict[str, str] = {
+    # Weight 2 is not the same fit as a repeated row for a stochastic mini-batch fit with a
+    # held-out validation split (the batches and the split differ); scikit-learn expects the
+    # same for its own SGD estimators. tests/test_sample_weights.py checks the weighting itself.
+    "check_sample_weight_equivalence_on_dense_data": "mini-batch SGD with a held-out split",
+}
 
 
 def _expected_failed(estimator: object) -> dict[str, str]:

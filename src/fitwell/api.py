@@ -39,6 +39,7 @@ from fitwell.errors import FitwellError, InputError
 from fitwell.finish import finish_run, l1_zeroed_features, numeric_inputs
 from fitwell.models import Architecture
 from fitwell.predictor import Run, load_run, model_from_state
+from fitwell.scoring import member_metric_values, rank_members, resolve_metric
 from fitwell.threads import configure_threads, limit_blas_threads
 from fitwell.training import (
     Callback,
@@ -236,13 +237,35 @@ def with_adaptive_weights(
 
 def class_weights(cfg: TrainConfig, prepared: PreparedData) -> tuple[float, ...] | None:
     """``balanced``: ``n / (C * n_c)`` per class from the training rows (scikit-learn's rule),
-    so every class carries the same total weight and the mean weight per row is 1."""
-    if cfg.class_weight != "balanced" or prepared.task != "classification":
+    so every class carries the same total weight and the mean weight per row is 1. A table
+    ``{label: factor}``: those factors by class label (unlisted classes weigh 1)."""
+    if prepared.task != "classification" or cfg.class_weight == "none":
         return None
-    classes = len(prepared.target_encoder.classes)
+    labels = prepared.target_encoder.classes
+    if isinstance(cfg.class_weight, dict):
+        return class_weight_table(cfg.class_weight, labels)
+    classes = len(labels)
     counts = np.bincount(prepared.y_train, minlength=classes).astype(float)
     n = float(counts.sum())
     return tuple(n / (classes * c) if c > 0 else 0.0 for c in counts)
+
+
+def class_weight_table(table: dict[str, float], labels: Sequence[Any]) -> tuple[float, ...]:
+    """Factors in class order from a ``{label: factor}`` table; labels match as text (TOML keys
+    are strings), and a label the data does not have is an error naming the classes."""
+    names = [str(c) for c in labels]
+    unknown = [k for k in table if k not in names]
+    if unknown:
+        from fitwell.errors import did_you_mean
+
+        hint = did_you_mean(unknown[0], names).strip().replace("Did", "did")
+        raise InputError(
+            f"`class_weight` names class {unknown[0]!r}, which the target does not have; "
+            f"classes are {', '.join(repr(n) for n in names)}"
+            + (f" ({hint})" if hint else "")
+            + "."
+        )
+    return tuple(float(table.get(n, 1.0)) for n in names)
 
 
 def _loop_settings(cfg: TrainConfig, weights: tuple[float, ...] | None = None) -> LoopSettings:
@@ -298,7 +321,9 @@ class PopulationFit:
 def load_and_prepare(cfg: TrainConfig) -> PreparedData:
     """The one data path: load the table, split it (seeded by ``cfg.seed``) and fit
     preprocessing on the training rows. The test split comes back sealed."""
-    table = load_table(cfg.data, dataset=cfg.dataset, target=cfg.target)
+    table = load_table(
+        cfg.data, dataset=cfg.dataset, target=cfg.target, weight_column=cfg.weight_column
+    )
     return prepare(
         table,
         task=cfg.task,
@@ -379,14 +404,31 @@ def fit_prepared(
         # The group step reads first-layer rows: an embedding's rows belong to their column.
         input_groups=first_layer_groups(cfg, prepared),
         group_weights=group_weights(cfg, prepared.preprocessor),
+        w_train=prepared.w_train,
+        w_val=prepared.w_val,
     )
     if session is not None:
         session.attach(trainer, every=cfg.checkpoint_every, warn=warn)
     fit = trainer.fit()
+    if cfg.metric != "auto":  # the kept member and the ensemble follow the chosen metric
+        metric = resolve_metric(cfg.metric, prepared.task)
+        values = member_metric_values(
+            fit,
+            arch,
+            metric,
+            prepared.x_val,
+            prepared.y_val,
+            weights=prepared.w_val,
+            scale=prepared.target_encoder.std if prepared.task == "regression" else 1.0,
+            device=device,
+        )
+        rank_members(fit, metric, values)
     signals = diagnose_fit(
         fit,
         prepared,
         probe,
+        metric=cfg.metric,
+        class_weight=cfg.class_weight if isinstance(cfg.class_weight, str) else "table",
         lr=cfg.lr,
         restored_best=bool(cfg.restore_best and cfg.patience > 0),
         events=getattr(trainer, "events", []),
@@ -524,6 +566,9 @@ def train_population(
             prepared = load_and_prepare(cfg)
         elif prepared.test.is_open:
             raise InputError("the prepared data's test split was already read; prepare again.")
+        # Settings that depend on the data are checked before anything is written or trained.
+        resolve_metric(cfg.metric, prepared.task)
+        class_weights(cfg, prepared)
         if len(cfgs) == 1 and cfg.target is None:
             cfgs = [cfg.replace(target=prepared.target)]
         if isinstance(cfgs[0].hidden, str):  # "auto": fixed now, so the run state records it

@@ -118,8 +118,12 @@ def predict_file(run: Run, path: str | Path, out: Path | None) -> PredictSummary
             f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} that the "
             "model was trained on."
         )
+    # The target and the weight column (``weight_column``) are expected extras, not noted.
+    # (metrics.json is read as whatever JSON it holds; predicting does not need it.)
+    metrics = run.metrics if isinstance(run.metrics, dict) else {}
+    known = {run.target, metrics.get("weight_column")}
     summary = PredictSummary(
-        extra_columns=[c for c in columns if c not in expected and c != run.target]
+        extra_columns=[c for c in columns if c not in expected and c not in known]
     )
     target_dir = out.parent if out is not None else Path(tempfile.gettempdir())
     name = out.name if out is not None else "predictions.csv"

@@ -23,6 +23,7 @@ from fitwell.config import (
     DEVICES,
     INITS,
     LR_SCHEDULES,
+    METRICS,
     NUMERIC_EMBEDDINGS,
     OPTIMIZERS,
     TASKS,
@@ -115,6 +116,17 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         choices=("none", "balanced"),
         help="balanced: weigh each row's loss by n / (classes * n_class) (default none)",
     )
+    g.add_argument(
+        "--metric",
+        help=" | ".join(METRICS) + ": chooses the kept member and the ensemble on validation, "
+        "sets what --target-score means and leads the summary (default auto: accuracy or r2, "
+        "members chosen by validation loss); log_loss, rmse and mae are lower-is-better",
+    )
+    g.add_argument(
+        "--weight-column",
+        help="column of per-row sample weights (numbers >= 0; not a feature): weighs the "
+        "training loss, the validation and test scores and the baseline",
+    )
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--max-epochs", type=int)
@@ -156,7 +168,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         help="average the predictions of this many best members (default 3; 1 = single model)",
     )
-    g.add_argument("--target-score", type=float, help="exit 1 if the test score is below it")
+    g.add_argument(
+        "--target-score",
+        type=float,
+        help="exit 1 if the test --metric misses it (below it; above it for log_loss, rmse, mae)",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help=" | ".join(DEVICES))
     g.add_argument("--threads", type=int, help="CPU threads for torch (default 1)")
@@ -410,6 +426,11 @@ def _write_failure(exc: OSError, out: Path, *, created: bool) -> Exception:
     return InputError(f"{where}: {reason}; {tail}")
 
 
+def _metric(m: dict[str, Any]) -> str:
+    """The run's headline metric (runs saved before ``metric`` existed: their score)."""
+    return str(m.get("metric") or m["score_name"])
+
+
 def summary_json(m: dict[str, Any]) -> dict[str, Any]:
     """The stable ``--json`` contract of ``fitwell train``."""
     from fitwell.runs import json_safe
@@ -418,6 +439,8 @@ def summary_json(m: dict[str, Any]) -> dict[str, Any]:
         {
             "run_dir": m.get("run_dir"),
             "task": m["task"],
+            "metric": _metric(m),
+            "test_score": m.get("test_score"),
             "test": m["test"],
             "best_epoch": m["best_epoch"],
             "epochs_run": m["epochs_run"],
@@ -444,30 +467,41 @@ def print_summary(m: dict[str, Any]) -> None:
     )
     score = m["score_name"]
     test = m["test"]
+    metric = _metric(m)
+    headline = m.get("test_score")
+    shown = "undefined" if headline is None or headline != headline else f"{headline:.4f}"
+    line = f"test {metric} [bold]{shown}[/]"
     if m["task"] == "classification":
-        line = f"test accuracy [bold]{test['accuracy']:.4f}[/] (loss {test['loss']:.4f})"
-        if test.get("balanced_accuracy") is not None:  # runs saved before these were measured
-            line += (
-                f" · balanced accuracy {test['balanced_accuracy']:.4f}"
-                f" · macro-F1 {test['macro_f1']:.4f}"
-            )
+        others = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")]
+        others += [("macro_f1", "macro-F1")]
+        if metric != "log_loss":  # the same number twice otherwise
+            line += f" (loss {test['loss']:.4f})"
+        for key, label in others:
+            # runs saved before balanced accuracy and macro-F1 were measured lack them
+            if key != metric and test.get(key) is not None:
+                line += f" · {label} {test[key]:.4f}"
     else:
-        line = (
-            f"test r2 [bold]{test['r2']:.4f}[/] · rmse {test['rmse']:.4g} · mae {test['mae']:.4g}"
-        )
+        for key in ("r2", "rmse", "mae"):
+            if key != metric:
+                line += f" · {key} {test[key]:.4g}"
     if m["target_score"] is not None:
         ok = "[green]met[/]" if m["target_met"] else "[red]missed[/]"
-        line += f" · target {m['target_score']:g} {ok}"
+        bound = "at least" if m.get("metric_higher_is_better", True) else "at most"
+        line += f" · target {bound} {m['target_score']:g} {ok}"
     console.print(line)
     console.print(
         f"train {score} {m['train'][score]:.4f} · val {score} {m['val'][score]:.4f} at epoch "
         f"{m['best_epoch']} of {m['epochs_run']} · {m['stop_reason']}"
         + (" · best weights restored" if m["restored_best_weights"] else "")
     )
-    scores = [s for s in m["restarts"]["val_scores"] if s is not None]
+    # With a chosen metric the members were ranked by it: show it where the score was.
+    by_metric = f"val_{metric}" in m["restarts"]
+    ranked = m["restarts"][f"val_{metric}"] if by_metric else m["restarts"]["val_scores"]
+    scores = [s for s in ranked if s is not None and s == s]
     if len(m["restarts"]["val_scores"]) > 1 and scores:
         console.print(
-            f"restarts: {len(m['restarts']['val_scores'])} members, val {score} "
+            f"restarts: {len(m['restarts']['val_scores'])} members, "
+            f"val {metric if by_metric else score} "
             f"{min(scores):.4f}–{max(scores):.4f}, "
             + ("best" if len(m.get("ensemble", {}).get("members", [])) > 1 else "kept")
             + f" member {m['restarts']['best']}"
@@ -475,9 +509,10 @@ def print_summary(m: dict[str, Any]) -> None:
     members = m.get("ensemble", {}).get("members", [])
     if len(members) > 1:
         val = m["ensemble"]["val"]
+        shown_score = metric if metric in val else score
         console.print(
             f"ensemble: predictions averaged over members {', '.join(map(str, members))} · "
-            f"val {score} {val[score]:.4f} (loss {val['loss']:.4f})"
+            f"val {shown_score} {val[shown_score]:.4f} (loss {val['loss']:.4f})"
         )
     if m["l1_zeroed_features"]:
         names = ", ".join(m["l1_zeroed_features"][:20])

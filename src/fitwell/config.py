@@ -29,6 +29,17 @@ LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 NUMERIC_EMBEDDINGS = ("auto", "none", "pbld")
 TASKS = ("auto", "classification", "regression")
 DEVICES = ("auto", "cpu", "cuda")
+METRICS = (
+    "auto",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "roc_auc",
+    "log_loss",
+    "rmse",
+    "mae",
+    "r2",
+)
 BUILTIN_DATASETS = ("digits", "breast_cancer", "wine", "iris", "diabetes", "penguins", "mnist1d")
 
 # ``hidden = "auto"``: two layers whose width follows the training rows (see resolve_hidden).
@@ -161,11 +172,24 @@ class TrainConfig:
         Classification: train against targets with ``1 - eps`` on the class and ``eps`` spread
         over all classes (RealMLP uses 0.1). Validation and test losses stay plain
         cross-entropy, so early stopping and the doctor read the same loss as without it.
-    class_weight : {"none", "balanced"}, default "none"
+    class_weight : {"none", "balanced"} or dict of str to float, default "none"
         ``balanced``: each training row's loss is multiplied by ``n / (C * n_class)``
         (scikit-learn's rule), so a rare class weighs as much as a common one in training.
-        Validation loss and scores stay unweighted; balanced accuracy and macro-F1 are
-        reported beside accuracy.
+        A table ``{yes = 5.0, no = 1.0}`` gives each class's factor by label (finite, >= 0;
+        unlisted classes weigh 1). Validation loss and scores stay unweighted by class;
+        balanced accuracy and macro-F1 are reported beside accuracy.
+    metric : str, default "auto"
+        The score that chooses the kept member and the ensemble on validation rows, that
+        ``target_score`` is compared with, and that leads the summary: ``accuracy``,
+        ``balanced_accuracy``, ``macro_f1``, ``roc_auc``, ``log_loss`` (classification) or
+        ``rmse``, ``mae``, ``r2`` (regression). ``log_loss``, ``rmse`` and ``mae`` are lower is
+        better. ``auto``: accuracy or R^2 is reported and members are chosen by validation loss
+        (the behaviour without a metric). Early stopping always watches validation loss.
+    weight_column : str or None, default None
+        A numeric column of the table holding each row's weight (finite, >= 0, not all zero);
+        not a feature. Training minimizes the weighted mean loss ``sum w_i l_i / sum w_i`` per
+        batch; validation and test losses and scores are weighted alike (scikit-learn's
+        ``sample_weight``), as is the trivial baseline. ``predict`` does not need the column.
     momentum : float, default 0.9
         SGD only.
     batch_size : int, default 64
@@ -217,7 +241,8 @@ class TrainConfig:
         ``--set ensemble=1``: digits 0.971 -> 0.977, MNIST-1D 0.681 -> 0.717), for three times
         the arithmetic, batched into one population.
     target_score : float or None
-        After the test evaluation, the CLI exits with code 1 if the test score is below it.
+        After the test evaluation, the CLI exits with code 1 if the test ``metric`` is below it
+        (or above it, for a lower-is-better metric).
     seed : int, default 0
     device : {"auto", "cpu", "cuda"}, default "auto"
     threads : int or None
@@ -252,7 +277,9 @@ class TrainConfig:
     warmup_epochs: int = 0
     adam_beta2: float = 0.999
     label_smoothing: float = 0.0
-    class_weight: str = "none"
+    class_weight: str | dict[str, float] = "none"
+    metric: str = "auto"
+    weight_column: str | None = None
     momentum: float = 0.9
     batch_size: int = 64
     max_epochs: int = 200
@@ -429,6 +456,12 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
                 problems.append(f"`{name}` must be an integer; got {v!r}{hint}")
     if raw.get("l1_inputs_weights") is not None:
         raw["l1_inputs_weights"] = _group_weights(raw["l1_inputs_weights"], problems)
+    if isinstance(raw.get("class_weight"), dict):
+        raw["class_weight"] = _class_weight_table(raw["class_weight"], problems)
+    if raw.get("weight_column") is not None and (
+        not isinstance(raw["weight_column"], str) or not raw["weight_column"].strip()
+    ):
+        problems.append(f"`weight_column` must be a column name; got {raw['weight_column']!r}")
     bad_fields = {name for name in raw if any(f"`{name}`" in p for p in problems)}
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k not in bad_fields})
     _check(cfg, problems)
@@ -464,6 +497,27 @@ def _group_weights(value: Any, problems: list[str]) -> dict[str, float] | None:
     return out
 
 
+def _class_weight_table(value: dict[Any, Any], problems: list[str]) -> dict[str, float] | None:
+    """``class_weight`` as a table: class label -> finite factor >= 0 (labels checked against
+    the data's classes once they are known, :func:`fitwell.api.class_weights`)."""
+    out: dict[str, float] = {}
+    for name, w in value.items():
+        try:
+            factor = _to_float(w)
+        except (TypeError, ValueError):
+            factor = math.nan
+        if not (math.isfinite(factor) and factor >= 0):
+            problems.append(
+                f"`class_weight` factors must be finite numbers >= 0; got {w!r} for class {name!r}"
+            )
+            return None
+        out[str(name)] = factor
+    if not out:
+        problems.append('`class_weight` table is empty; use "none" for no class weights')
+        return None
+    return out
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]) -> None:
     if value not in choices:
         hint = did_you_mean(value, choices).strip().replace("Did", "did")
@@ -479,7 +533,9 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES, problems)
     _choice("scaling", cfg.scaling, ("standard", "robust"), problems)
-    _choice("class_weight", cfg.class_weight, ("none", "balanced"), problems)
+    if not isinstance(cfg.class_weight, dict):
+        _choice("class_weight", str(cfg.class_weight), ("none", "balanced"), problems)
+    _choice("metric", str(cfg.metric), METRICS, problems)
     _choice("numeric_embedding", cfg.numeric_embedding, NUMERIC_EMBEDDINGS, problems)
     for name in ("embedding_frequencies", "embedding_dim"):
         v = getattr(cfg, name)

@@ -60,6 +60,8 @@ class _FitwellEstimator(BaseEstimator):
         front_scale: bool | None = _DEFAULTS.front_scale,
         random_state: int = 0,
         device: str = "cpu",
+        metric: str = "auto",
+        class_weight: str | dict[Any, float] | None = None,
     ) -> None:
         self.hidden = hidden
         self.activation = activation
@@ -83,6 +85,8 @@ class _FitwellEstimator(BaseEstimator):
         self.front_scale = front_scale
         self.random_state = random_state
         self.device = device
+        self.metric = metric
+        self.class_weight = class_weight
 
     # ------------------------------------------------------------------------------ internals
     def _check_params(self) -> TrainConfig:
@@ -111,8 +115,12 @@ class _FitwellEstimator(BaseEstimator):
                 "device": self.device,
                 "numeric_embedding": self.numeric_embedding,
                 "front_scale": self.front_scale,
+                "metric": self.metric,
             }
         )
+        from fitwell.scoring import resolve_metric
+
+        resolve_metric(self.metric, self._task)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(
                 f"`validation_fraction` must be in [0, 1); got {self.validation_fraction}. "
@@ -120,24 +128,67 @@ class _FitwellEstimator(BaseEstimator):
             )
         return cfg
 
-    def _split(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Hold out ``validation_fraction`` of the rows for early stopping and model choice."""
+    def _split(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[Any, ...]:
+        """Hold out ``validation_fraction`` of the rows for early stopping and model choice
+        (``w``, the sample weights, split alike)."""
         n = len(x)
         n_val = int(round(n * self.validation_fraction))
         if self.validation_fraction == 0 or n_val < 1 or n - n_val < 1:
-            return x, y, x, y
+            return x, y, x, y, w, w
         stratify = None
         if self._task == "classification":
             _, counts = np.unique(y, return_counts=True)
             if counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts):
                 stratify = y
-        x_tr, x_val, y_tr, y_val = train_test_split(
-            x, y, test_size=n_val, random_state=self.random_state, stratify=stratify
+        rows = np.arange(n)
+        tr, val = train_test_split(
+            rows, test_size=n_val, random_state=self.random_state, stratify=stratify
         )
-        return x_tr, y_tr, x_val, y_val
+        w_tr, w_val = (None, None) if w is None else (w[tr], w[val])
+        return x[tr], y[tr], x[val], y[val], w_tr, w_val
 
-    def _fit_arrays(self, x: np.ndarray, y: np.ndarray, n_outputs: int) -> None:
+    def _class_factors(self, n_outputs: int, y: np.ndarray) -> tuple[float, ...] | None:
+        """``class_weight`` as one factor per class (``classes_`` order): scikit-learn's rule."""
+        if self._task != "classification" or self.class_weight is None:
+            return None
+        from sklearn.utils.class_weight import compute_class_weight
+
+        classes = np.arange(n_outputs)
+        if isinstance(self.class_weight, dict):
+            unknown = [k for k in self.class_weight if k not in set(self.classes_.tolist())]
+            if unknown:
+                raise ValueError(
+                    f"`class_weight` names class {unknown[0]!r}, which y does not have; "
+                    f"classes are {self.classes_.tolist()}."
+                )
+            by_index = {
+                int(np.flatnonzero(self.classes_ == k)[0]): float(v)
+                for k, v in self.class_weight.items()
+            }
+            return tuple(by_index.get(int(i), 1.0) for i in classes)
+        if self.class_weight != "balanced":
+            raise ValueError(
+                f"`class_weight` must be 'balanced', a dict or None; got {self.class_weight!r}."
+            )
+        return tuple(float(v) for v in compute_class_weight("balanced", classes=classes, y=y))
+
+    def _fit_arrays(
+        self, x: np.ndarray, y: np.ndarray, n_outputs: int, sample_weight: Any = None
+    ) -> None:
         cfg = self._check_params()
+        w = None
+        if sample_weight is not None:
+            from sklearn.utils.validation import _check_sample_weight
+
+            w = _check_sample_weight(sample_weight, x, dtype=np.float64, ensure_non_negative=True)
+        factors = self._class_factors(n_outputs, y)
+        if factors is not None:
+            # As HistGradientBoostingClassifier does: class factors multiply the sample weights,
+            # so early stopping and member choice weigh the classes the way training does.
+            per_row = np.asarray(factors, dtype=np.float64)[np.asarray(y, dtype=np.int64)]
+            w = per_row if w is None else w * per_row
+        if w is not None and not (w > 0).any():
+            raise ValueError("`sample_weight` is zero for every row; some must be > 0.")
         x = np.asarray(x, dtype=np.float64)
         if self.scale:
             self.mean_ = x.mean(axis=0)
@@ -147,7 +198,7 @@ class _FitwellEstimator(BaseEstimator):
             self.mean_ = np.zeros(x.shape[1])
             self.scale_ = np.ones(x.shape[1])
         x = (x - self.mean_) / self.scale_
-        x_tr, y_tr, x_val, y_val = self._split(x, y)
+        x_tr, y_tr, x_val, y_val, w_tr, w_val = self._split(x, y, w)
         from fitwell.config import resolve_front, resolve_hidden
 
         hidden = tuple(int(h) for h in resolve_hidden(self.hidden, len(x_tr)))
@@ -197,8 +248,24 @@ class _FitwellEstimator(BaseEstimator):
             device=device,
             # l1_inputs: an embedding's first-layer rows belong to their feature's group
             input_groups=arch.first_layer_sources,
+            w_train=w_tr,
+            w_val=w_val,
         )
         fit = trainer.fit()
+        if self.metric != "auto":
+            from fitwell.scoring import member_metric_values, rank_members
+
+            values = member_metric_values(
+                fit,
+                arch,
+                self.metric,
+                x_val,
+                y_val,
+                weights=w_val,
+                scale=getattr(self, "y_scale_", 1.0),
+                device=device,
+            )
+            rank_members(fit, self.metric, values)
         best = fit.best_member
         if not best.finite:
             raise TrainingFailed(
@@ -289,6 +356,16 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
     random_state : int, default 0
         Seeds initialisation, data order, dropout and the validation split.
     device : {"cpu", "cuda", "auto"}, default "cpu"
+    metric : str, default "auto"
+        Chooses the kept member and the ensemble on the validation rows: ``accuracy``,
+        ``balanced_accuracy``, ``macro_f1``, ``roc_auc``, ``log_loss`` (or, for the regressor,
+        ``rmse``, ``mae``, ``r2``); ``auto`` chooses by validation loss.
+    class_weight : "balanced", dict or None, default None
+        Each row's class factor multiplies its sample weight (as in scikit-learn's
+        ``HistGradientBoostingClassifier``), so training, early stopping and member choice all
+        weigh the classes alike: ``balanced`` is ``n / (C * n_class)`` on the ``fit`` rows; a
+        dict maps labels (as in ``y``) to factors, unlisted classes weighing 1. Ignored by the
+        regressor.
 
     Attributes
     ----------
@@ -307,7 +384,9 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
 
     _task = "classification"
 
-    def fit(self, X: Any, y: Any) -> FitwellClassifier:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> FitwellClassifier:
+        """Fit on ``X``, ``y``; ``sample_weight`` (>= 0 per row) weighs the training loss
+        (weighted mean), the validation loss and the metric that chooses members."""
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
@@ -315,7 +394,7 @@ class FitwellClassifier(ClassifierMixin, _FitwellEstimator):
             raise ValueError(
                 f"FitwellClassifier needs at least 2 classes; got 1 class ({self.classes_[0]!r})."
             )
-        self._fit_arrays(X, encoded.astype(np.int64), len(self.classes_))
+        self._fit_arrays(X, encoded.astype(np.int64), len(self.classes_), sample_weight)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -349,7 +428,8 @@ class FitwellRegressor(RegressorMixin, _FitwellEstimator):
 
     _task = "regression"
 
-    def fit(self, X: Any, y: Any) -> FitwellRegressor:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> FitwellRegressor:
+        """Fit on ``X``, ``y``; ``sample_weight`` as in :meth:`FitwellClassifier.fit`."""
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         if len(y) < 2:
             raise ValueError(f"FitwellRegressor needs at least 2 samples; got {len(y)} sample.")
@@ -357,7 +437,9 @@ class FitwellRegressor(RegressorMixin, _FitwellEstimator):
         self.y_mean_ = float(y.mean())
         std = float(y.std())
         self.y_scale_ = std if std > 0 and math.isfinite(std) else 1.0
-        self._fit_arrays(X, ((y - self.y_mean_) / self.y_scale_).astype(np.float32), 1)
+        self._fit_arrays(
+            X, ((y - self.y_mean_) / self.y_scale_).astype(np.float32), 1, sample_weight
+        )
         return self
 
     def predict(self, X: Any) -> np.ndarray:

@@ -24,11 +24,12 @@ from fitwell.config import TrainConfig, to_toml
 from fitwell.data import PreparedData, Preprocessor
 from fitwell.diagnosis.context import SIGNALS_FILE
 from fitwell.embeddings import first_layer_sources, per_input
-from fitwell.ensemble import ensemble_members, split_metrics
+from fitwell.ensemble import ensemble_members, model_outputs, split_metrics
 from fitwell.errors import TrainingFailed
 from fitwell.metrics import classification_report, regression_report, score_name
 from fitwell.models import PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.predictor import Run, model_from_state
+from fitwell.scoring import higher_is_better, meets_target, metric_value, resolve_metric
 from fitwell.training import FitResult
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def _test_metrics(
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
     """Open the sealed test split (once) and score the chosen model on it."""
     x_test, y_test = prepared.test.open()
+    w_test = prepared.w_test
     model.eval()
     with torch.no_grad():
         outputs = model.predict_chunks(torch.as_tensor(x_test, device=device))
@@ -89,13 +91,17 @@ def _test_metrics(
     enc = prepared.target_encoder
     if prepared.task == "classification":
         y = torch.as_tensor(y_test)
-        loss = float(torch.nn.functional.cross_entropy(out, y))
+        if w_test is None:
+            loss = float(torch.nn.functional.cross_entropy(out, y))
+        else:
+            per_row = torch.nn.functional.cross_entropy(out, y, reduction="none").double()
+            loss = float(np.average(per_row.numpy(), weights=w_test))
         pred = out.argmax(dim=1).numpy()
         labels = list(range(len(enc.classes)))
         from sklearn.metrics import confusion_matrix
 
         proba = torch.softmax(out.double(), dim=1).numpy()
-        scores, extra = classification_report(np.asarray(y_test), proba, len(labels))
+        scores, extra = classification_report(np.asarray(y_test), proba, len(labels), w_test)
         cm = confusion_matrix(y_test, pred, labels=labels).tolist()
         return {**scores, "loss": loss}, {
             "confusion_matrix": cm,
@@ -105,8 +111,8 @@ def _test_metrics(
     pred_std = out[:, 0].numpy()
     y_true = enc.decode(np.asarray(y_test, dtype=float))
     y_pred = enc.decode(pred_std)
-    metrics: dict[str, float | None] = {**regression_report(y_true, y_pred)}
-    metrics["loss"] = float(np.mean((pred_std - y_test) ** 2))
+    metrics: dict[str, float | None] = {**regression_report(y_true, y_pred, w_test)}
+    metrics["loss"] = float(np.average((pred_std - y_test) ** 2, weights=w_test))
     idx = np.linspace(0, len(y_true) - 1, num=min(len(y_true), 500)).astype(int)
     return metrics, {"y_true": y_true[idx].tolist(), "y_pred": y_pred[idx].tolist()}
 
@@ -160,7 +166,19 @@ def finish_run(
     state = stack_member_states([m.state for m in chosen])
     model = model_from_state(arch, {k: v.to(device) for k, v in state.items()})
     model.to(device)
-    ensemble_val = split_metrics(model, prepared.x_val, prepared.y_val, prepared.task, device)
+    ensemble_val = split_metrics(
+        model, prepared.x_val, prepared.y_val, prepared.task, device, weights=prepared.w_val
+    )
+    metric = resolve_metric(cfg.metric, prepared.task)
+    if cfg.metric != "auto":
+        ensemble_val[metric] = metric_value(
+            metric,
+            prepared.y_val,
+            model_outputs(model, prepared.x_val, prepared.task, device),
+            n_classes=len(prepared.target_encoder.classes),
+            weights=prepared.w_val,
+            scale=prepared.target_encoder.std if prepared.task == "regression" else 1.0,
+        )
     # Every choice is made: read the sealed test split, once.
     test, test_detail = _test_metrics(model, prepared, device)
     zeroed_cols, zeroed_encoded = l1_zeroed_features(model.weights[0], prepared.preprocessor)
@@ -270,13 +288,20 @@ def _metrics(
 ) -> dict[str, Any]:
     best = fit.best_member
     score = score_name(prepared.task)
-    value = test["accuracy"] if prepared.task == "classification" else test["r2"]
-    primary = float("nan") if value is None else float(value)  # both are always measured
+    metric = resolve_metric(cfg.metric, prepared.task)
+    value = test.get(metric)
+    primary = float("nan") if value is None else float(value)  # None: ROC-AUC undefined
     val_scores = [m.val_score for m in fit.members]
     finite_scores = [s for s in val_scores if math.isfinite(s)]
+    chosen = cfg.metric != "auto"
     return {
         "task": prepared.task,
         "score_name": score,
+        "metric": metric,
+        "metric_higher_is_better": higher_is_better(metric),
+        # What chose the kept member and the ensemble on validation rows.
+        "chosen_by": f"val_{metric}" if chosen else "val_loss",
+        "weight_column": cfg.weight_column,
         "test": test,
         "test_score": primary,
         "test_detail": test_detail,
@@ -290,6 +315,7 @@ def _metrics(
             "val_scores": val_scores,
             "val_losses": [m.val_loss for m in fit.members],
             "seeds": [m.settings.seed for m in fit.members],
+            **({f"val_{metric}": [m.val_metric for m in fit.members]} if chosen else {}),
             "best": best.member,
             "spread": (max(finite_scores) - min(finite_scores)) if finite_scores else None,
         },
@@ -310,6 +336,7 @@ def _metrics(
                 "stop_reason": m.stop_reason,
                 "val_loss": m.val_loss,
                 f"val_{score}": m.val_score,
+                **({f"val_{metric}": m.val_metric} if chosen else {}),
             }
             for m in fit.members
         ]
@@ -318,7 +345,9 @@ def _metrics(
         "l1_zeroed_features": zeroed_cols,
         "l1_zeroed_encoded_features": zeroed_encoded,
         "target_score": cfg.target_score,
-        "target_met": None if cfg.target_score is None else bool(primary >= cfg.target_score),
+        "target_met": None
+        if cfg.target_score is None
+        else meets_target(primary, cfg.target_score, metric),
         "findings": [],
         "data": prepared.summary(),
         "environment": _environment(device, threads),

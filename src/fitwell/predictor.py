@@ -131,5 +131,11 @@ def load_run(run_dir: str | Path) -> Run:
     metrics_path = folder / runs.METRICS_FILE
     metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
     history_path = folder / runs.HISTORY_FILE
-    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+    history = pd.DataFrame()
+    if history_path.exists():
+        try:
+            history = pd.read_csv(history_path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{history_path}: not a readable history CSV ({first}).") from None
     return Run(folder, metrics, history, model, pre, enc, target)

@@ -887,10 +887,7 @@ def auto(
             extra_metrics={"auto": record},
             before_finish=write_files,
         )
-        say(
-            f"[5/5] test split read once: {run.metrics['score_name']} "
-            f"{run.metrics['test_score']:.4f}"
-        )
+        say(f"[5/5] test split read once: {run.metrics['metric']} {run.metrics['test_score']:.4f}")
         run.metrics["auto"] = record
         run.extra["trials"] = trial_rows
         return run

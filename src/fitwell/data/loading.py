@@ -35,6 +35,8 @@ class Table:
     frame: pd.DataFrame
     target: str | None
     source: str
+    # Per-row sample weights (``weight_column``), taken out of the frame: never a feature.
+    weights: np.ndarray | None = None
 
     @property
     def feature_columns(self) -> list[str]:
@@ -47,8 +49,13 @@ def load_table(
     dataset: str | None = None,
     target: str | None = None,
     require_target: bool = True,
+    weight_column: str | None = None,
 ) -> Table:
-    """Load and validate a table from a file or a built-in dataset name."""
+    """Load and validate a table from a file or a built-in dataset name.
+
+    ``weight_column`` is taken out of the frame into ``Table.weights`` (see
+    :func:`read_weights`), so it is never a feature.
+    """
     if dataset is not None:
         from fitwell.data.datasets import load_builtin
 
@@ -63,9 +70,57 @@ def load_table(
         raise InputError("no data given: pass a data file or `--dataset NAME`.")
     if require_target and target is None:
         raise InputError(f"{source}: no target column given; use `--target COLUMN`.")
-    table = Table(frame=frame, target=target, source=source)
+    weights = None
+    if weight_column is not None:
+        if weight_column == target:
+            raise InputError(
+                f"{source}: weight column {weight_column!r} is the target column; "
+                "choose another column for --weight-column."
+            )
+        weights = read_weights(frame, weight_column, source)
+        frame = frame.drop(columns=[weight_column])
+    table = Table(frame=frame, target=target, source=source, weights=weights)
     validate_table(table, require_target=require_target)
     return table
+
+
+def read_weights(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """The sample weights in ``column``: numbers, finite, >= 0 and not all zero.
+
+    Errors name the file, the column, the first bad data row and its value.
+    """
+    cols = [str(c) for c in frame.columns]
+    if column not in cols:
+        hint = did_you_mean(column, cols)
+        raise InputError(f"{source}: weight column {column!r} not found.{hint}")
+    series = frame[frame.columns[cols.index(column)]]
+    what = f"{source}: weight column {column!r}"
+    if pd.api.types.is_bool_dtype(series):
+        raise InputError(f"{what} holds true/false values; weights must be numbers >= 0.")
+    missing = series.isna().to_numpy()
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise InputError(f"{what} is missing a value in data row {row}; weights must be numbers.")
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=np.float64)
+    else:
+        parsed = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{what} holds {series.iloc[row]!r} in data row {row}; weights must be numbers."
+            )
+        values = parsed.to_numpy(dtype=np.float64)
+    wrong = ~np.isfinite(values) | (values < 0)
+    if wrong.any():
+        row = int(np.flatnonzero(wrong)[0])
+        raise InputError(
+            f"{what} holds {values[row]:g} in data row {row}; weights must be finite and >= 0."
+        )
+    if not (values > 0).any():
+        raise InputError(f"{what} is zero in every row; at least one row must weigh more than 0.")
+    return values
 
 
 def read_file(path: str | Path) -> tuple[pd.DataFrame, str | None]:

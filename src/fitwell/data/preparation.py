@@ -115,6 +115,11 @@ class PreparedData:
     target: str
     source: str
     train_test_duplicates: int = 0
+    # Sample weights of each split (``weight_column``), or None: every row weighs 1. The test
+    # split's weights are not sealed: without its rows and labels they tell nothing.
+    w_train: np.ndarray | None = None
+    w_val: np.ndarray | None = None
+    w_test: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -287,6 +292,14 @@ def prepare(
     del features
     trim_heap()  # pandas' per-column temporaries leave free pages behind; hand them back
     y_test = y_all[test_idx]
+    weights = table.weights
+    if weights is not None:
+        for name, idx in (("training", train_idx), ("validation", val_idx)):
+            if not (weights[idx] > 0).any():
+                raise InputError(
+                    f"{table.source}: every {name} row weighs 0 in the weight column; give more "
+                    "rows a weight above 0 or change the split."
+                )
 
     def load_test() -> tuple[np.ndarray, np.ndarray]:
         return x_test, y_test
@@ -303,4 +316,7 @@ def prepare(
         target=table.target,
         source=table.source,
         train_test_duplicates=duplicates,
+        w_train=None if weights is None else weights[train_idx],
+        w_val=None if weights is None else weights[val_idx],
+        w_test=None if weights is None else weights[test_idx],
     )

@@ -26,16 +26,25 @@ LINEAR_MAX_FEATURES = 2048
 LINEAR_BLOCK_ROWS = 65_536
 
 
-def baseline_val_score(task: str, y_train: np.ndarray, y_val: np.ndarray) -> float:
-    """Validation score of the trivial predictor: majority training class, or training mean."""
+def baseline_val_score(
+    task: str,
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    w_train: np.ndarray | None = None,
+    w_val: np.ndarray | None = None,
+) -> float:
+    """Validation score of the trivial predictor: majority training class, or training mean
+    (by weight, and scored with the weights, when the rows have sample weights)."""
     if len(y_val) == 0:
         return math.nan
     if task == "classification":
-        majority = int(np.bincount(np.asarray(y_train, dtype=np.int64)).argmax())
-        return float(np.mean(np.asarray(y_val) == majority))
+        majority = int(np.bincount(np.asarray(y_train, dtype=np.int64), weights=w_train).argmax())
+        return float(np.average(np.asarray(y_val) == majority, weights=w_val))
     y_val = np.asarray(y_val, dtype=float)
-    ss_tot = float(((y_val - y_val.mean()) ** 2).sum())
-    ss_res = float(((y_val - float(np.mean(y_train))) ** 2).sum())
+    w = np.ones(len(y_val)) if w_val is None else np.asarray(w_val, dtype=float)
+    mean_val = float(np.average(y_val, weights=w))
+    ss_tot = float((w * (y_val - mean_val) ** 2).sum())
+    ss_res = float((w * (y_val - float(np.average(y_train, weights=w_train))) ** 2).sum())
     return 1.0 - ss_res / max(ss_tot, 1e-12)
 
 
@@ -51,6 +60,50 @@ def _one_hot_codes(block: np.ndarray, codes: Sequence[tuple[int, int]]) -> np.nd
         one_hot[np.arange(len(block)), block[:, i].astype(np.int64)] = 1.0
         parts.append(one_hot)
     return np.hstack(parts)
+
+
+def metric_baseline(
+    metric: str,
+    task: str,
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    n_classes: int,
+    w_train: np.ndarray | None = None,
+    w_val: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, float]:
+    """``(value, standard error)`` of the trivial model's validation ``metric``.
+
+    The trivial model predicts the training rows' class frequencies (so its class is the
+    majority's) or their mean. Standard errors use the validation rows' effective count
+    ``n = (sum w)^2 / sum w^2``: a binomial ``sqrt(p (1 - p) / n)`` at the baseline's value for
+    scores in [0, 1], ``sqrt(2 / n)`` for R^2 (as for the default score), and for the losses
+    the spread of the baseline's per-row loss over ``sqrt(n)`` (for RMSE through its square).
+    """
+    from fitwell.scoring import baseline_outputs, metric_value
+
+    y_val = np.asarray(y_val)
+    w = np.ones(len(y_val)) if w_val is None else np.asarray(w_val, dtype=np.float64)
+    n = max(float(w.sum()) ** 2 / max(float((w * w).sum()), 1e-300), 1.0)
+    outputs = baseline_outputs(task, y_train, len(y_val), n_classes=n_classes, weights=w_train)
+    value = metric_value(metric, y_val, outputs, n_classes=n_classes, weights=w_val, scale=scale)
+    if metric == "r2":
+        return value, math.sqrt(2.0 / n)
+    if metric in ("rmse", "mae", "log_loss"):
+        if metric == "log_loss":
+            per_row = -outputs[np.arange(len(y_val)), np.asarray(y_val, dtype=np.int64)]
+        else:
+            per_row = np.abs(outputs - np.asarray(y_val, dtype=np.float64)) * scale
+            per_row = per_row**2 if metric == "rmse" else per_row
+        mean = float(np.average(per_row, weights=w))
+        sd = math.sqrt(float(np.average((per_row - mean) ** 2, weights=w)))
+        se = sd / math.sqrt(n)
+        if metric == "rmse":  # delta method: d sqrt(m) = dm / (2 sqrt(m))
+            se = se / (2.0 * max(math.sqrt(mean), 1e-12))
+        return value, se
+    p = min(max(value, 1.0 / n), 1.0 - 1.0 / n) if math.isfinite(value) else 0.5
+    return value, math.sqrt(p * (1.0 - p) / n)
 
 
 def linear_reference(
@@ -168,6 +221,13 @@ def build_context(doc: dict[str, Any]) -> RunContext:
         divergence={int(k): dict(v) for k, v in doc.get("divergence", {}).items()},
         all_members=[int(m) for m in doc.get("all_members", [])],
         events=list(doc.get("events", [])),
+        metric=str(doc.get("metric") or ("accuracy" if doc["task"] == "classification" else "r2")),
+        metric_val_score=doc.get("metric_val_score"),
+        metric_baseline=doc.get("metric_baseline"),
+        metric_standard_error=doc.get("metric_standard_error"),
+        minority_share=doc.get("minority_share"),
+        n_classes=int(doc.get("n_classes", 0)),
+        class_weight=str(doc.get("class_weight", "none")),
     )
 
 
@@ -221,6 +281,8 @@ def diagnose_fit(
     lr: float,
     restored_best: bool,
     events: Sequence[dict[str, Any]] = (),
+    metric: str = "auto",
+    class_weight: str = "none",
 ) -> dict[str, Any]:
     """The ``signals.json`` document of a finished fit, with its context and findings.
 
@@ -262,7 +324,9 @@ def diagnose_fit(
         "l2": best.settings.l2,
         "dropout": list(best.settings.dropout),
         "n_val": int(len(prepared.y_val)),
-        "baseline_val_score": baseline_val_score(task, prepared.y_train, prepared.y_val),
+        "baseline_val_score": baseline_val_score(
+            task, prepared.y_train, prepared.y_val, prepared.w_train, prepared.w_val
+        ),
         "linear_train_score": lin_train,
         "linear_val_score": lin_val,
         "restart_groups": restart_groups(members, score),
@@ -272,7 +336,27 @@ def diagnose_fit(
         "divergence": {str(m): d for m, d in probe.divergence.items()},
         "all_members": [m.member for m in fit.members],
         "events": [dict(e) for e in events],
+        "metric": score if metric == "auto" else metric,
+        "class_weight": class_weight,
     }
+    if task == "classification":
+        counts = np.bincount(prepared.y_train, minlength=len(prepared.target_encoder.classes))
+        context["minority_share"] = float(counts.min() / max(counts.sum(), 1))
+        context["n_classes"] = len(counts)
+    if metric != "auto" and math.isfinite(best.val_metric):
+        base, se = metric_baseline(
+            metric,
+            task,
+            prepared.y_train,
+            prepared.y_val,
+            n_classes=len(prepared.target_encoder.classes),
+            w_train=prepared.w_train,
+            w_val=prepared.w_val,
+            scale=prepared.target_encoder.std if task == "regression" else 1.0,
+        )
+        context["metric_val_score"] = float(best.val_metric)
+        context["metric_baseline"] = base if math.isfinite(base) else None
+        context["metric_standard_error"] = se
     doc = probe.signals()
     doc["context"] = context
     doc["findings"] = findings_from_signals(doc, fit.history)

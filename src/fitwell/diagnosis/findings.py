@@ -16,6 +16,7 @@ from fitwell.diagnosis.rules import (
     RunContext,
     _curve,
     divergence_findings,
+    imbalance_findings,
     leakage_findings,
     local_minimum_findings,
     no_signal_findings,
@@ -53,6 +54,7 @@ def diagnose(
         epoch = ctx.model_epoch if ctx.model_epoch in val else (max(val) if val else None)
         out += no_signal_findings(val.get(epoch) if epoch is not None else None, ctx)
     out += leakage_findings(ctx)
+    out += imbalance_findings(ctx)
     rank = {"error": 0, "warning": 1, "info": 2}
     return sorted(out, key=lambda f: (rank[f["severity"]], CODES.index(f["code"])))
 

@@ -36,6 +36,10 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
 - ``NO_SIGNAL_SE``: the chosen model's validation score is within 2 standard errors of the
   trivial baseline.
 - ``LEAKAGE_FRACTION``: 5% or more of the test rows also appear in the training rows.
+- ``IMBALANCE_SHARE``: accuracy is the run's metric while the smallest class holds under 10% of
+  the training rows: a model that never predicts that class still scores over 90%. Only when
+  that class also holds under half its balanced share ``1 / classes``
+  (``IMBALANCE_OF_BALANCED``): ten equal classes hold 10% each and accuracy suits them.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ LOCAL_MINIMUM_RECOVERY = 0.5
 LOCAL_MINIMUM_ERROR_RATIO = 1.5
 NO_SIGNAL_SE = 2.0
 LEAKAGE_FRACTION = 0.05
+IMBALANCE_SHARE = 0.10
+IMBALANCE_OF_BALANCED = 0.5
 # Share of a classifier's training batches whose output rows are probabilities and whose loss
 # gradient sums to zero across each row (a loss that applies softmax to those outputs itself).
 PROBABILITY_ROWS_SHARE = 0.9
@@ -100,6 +106,7 @@ CODES = (
     "unscaled_inputs",
     "unshuffled_batches",
     "unscaled_target",
+    "imbalanced_accuracy",
 )
 # Faults of the optimization itself: when one is found, a poor score is its consequence, so
 # "underfitting" / "no_signal" would point at the wrong cause.
@@ -147,6 +154,17 @@ class RunContext:
     divergence: dict[int, dict[str, Any]] = field(default_factory=dict)
     all_members: list[int] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # The run's headline metric (``accuracy`` / ``r2`` unless ``metric`` chose another). When
+    # one was chosen, ``no_signal`` compares the kept member's value of it with the trivial
+    # baseline's, within ``metric_standard_error`` (on the metric's own scale).
+    metric: str = ""
+    metric_val_score: float | None = None
+    metric_baseline: float | None = None
+    metric_standard_error: float | None = None
+    # Classification: the smallest class's share of the training rows; the class weighting.
+    minority_share: float | None = None
+    n_classes: int = 0
+    class_weight: str = "none"
 
 
 def finding(
@@ -672,6 +690,8 @@ def _standard_error(ctx: RunContext, score: float | None = None, *, n: int | Non
 
 def no_signal_findings(best_val_score: float | None, ctx: RunContext) -> list[dict]:
     """The chosen model does not beat the trivial baseline by more than noise."""
+    if ctx.metric_val_score is not None:
+        return metric_no_signal_findings(ctx)
     base = ctx.baseline_val_score
     if base is None or best_val_score is None or not math.isfinite(best_val_score):
         return []
@@ -690,6 +710,57 @@ def no_signal_findings(best_val_score: float | None, ctx: RunContext) -> list[di
             baseline_val_score=base,
             standard_error=se,
             threshold_se=NO_SIGNAL_SE,
+        )
+    ]
+
+
+def metric_no_signal_findings(ctx: RunContext) -> list[dict]:
+    """``no_signal`` on the chosen metric: the kept member is not better than the trivial
+    baseline by ``NO_SIGNAL_SE`` standard errors (lower is better for log loss, RMSE, MAE)."""
+    value, base, se = ctx.metric_val_score, ctx.metric_baseline, ctx.metric_standard_error
+    if value is None or base is None or se is None or not math.isfinite(value):
+        return []
+    lower = ctx.metric in ("log_loss", "rmse", "mae")
+    gain = (base - value) if lower else (value - base)
+    if gain > NO_SIGNAL_SE * se:
+        return []
+    what = "class-frequency" if ctx.task == "classification" else "mean"
+    return [
+        finding(
+            "no_signal",
+            "warning",
+            f"no model beats the {what} baseline on {ctx.metric}: the features may not predict "
+            "the target; check the target column and the features before tuning",
+            member=ctx.member,
+            metric=ctx.metric,
+            val_score=value,
+            baseline_val_score=base,
+            standard_error=se,
+            threshold_se=NO_SIGNAL_SE,
+        )
+    ]
+
+
+def imbalance_findings(ctx: RunContext) -> list[dict]:
+    """Accuracy on a table whose smallest class is rare: predicting the common classes only
+    already scores high, so accuracy hides a model that ignores the rare class."""
+    share = ctx.minority_share
+    if ctx.task != "classification" or ctx.metric != "accuracy" or share is None:
+        return []
+    if share >= IMBALANCE_SHARE or share >= IMBALANCE_OF_BALANCED / max(ctx.n_classes, 2):
+        return []
+    advice = "accuracy rewards ignoring the rare class: choose and judge the model with "
+    advice += "--metric balanced_accuracy (or macro_f1)"
+    if ctx.class_weight == "none":
+        advice += ", and train with --class-weight balanced"
+    return [
+        finding(
+            "imbalanced_accuracy",
+            "warning",
+            advice,
+            minority_share=share,
+            threshold=IMBALANCE_SHARE,
+            metric=ctx.metric,
         )
     ]
 

@@ -179,6 +179,8 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         "run_name": name or folder.resolve().name,
         "m": metrics,
         "score": score,
+        # The headline metric (runs saved before ``metric`` existed: their score).
+        "metric": str(metrics.get("metric") or score),
         "best_member": best_member,
         "fmt": _fmt,
         "evidence_text": _evidence_text,

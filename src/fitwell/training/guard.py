@@ -192,8 +192,8 @@ class NonFiniteGuard(Callback):
             self._handle(trainer, trainer.position(m), what="evaluation loss", loss=loss, step=None)
         if bad:
             # Report the rolled-back state, so the history never shows a model that is gone.
-            train = trainer.evaluate(trainer.x_train, trainer.y_train)
-            val = trainer.evaluate(trainer.x_val, trainer.y_val)
+            train = trainer.evaluate(trainer.x_train, trainer.y_train, weights=trainer.w_train)
+            val = trainer.evaluate(trainer.x_val, trainer.y_val, weights=trainer.w_val)
             for m in bad:
                 pos = trainer.position(m)
                 logs[m]["train_loss"], logs[m][f"train_{trainer.score}"] = (
