@@ -100,6 +100,9 @@ def _member_settings(cfg: TrainConfig, seed: int) -> MemberSettings:
         l1_inputs=cfg.l1_inputs,
         lr_schedule=cfg.lr_schedule,
         warmup_epochs=cfg.warmup_epochs,
+        weight_decay=cfg.weight_decay,
+        dropout_schedule=cfg.dropout_schedule,
+        wd_schedule=cfg.wd_schedule,
     )
 
 
@@ -128,6 +131,8 @@ def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ..
         embedding_frequencies=cfg.embedding_frequencies,
         embedding_dim=cfg.embedding_dim,
         front_scale=cfg.front_scale is True,
+        learnable_activation=cfg.learnable_activation,
+        parametrization=cfg.parametrization,
     )
 
 
