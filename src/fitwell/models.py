@@ -524,7 +524,8 @@ class PopulationMLP(nn.Module):
         ``h + a * (act(h) - h)`` as ``torch.lerp`` (exactly ``act(h)`` where ``a = 1``)."""
         if not self.arch.learnable_activation:
             return act(h)
-        return torch.lerp(h, self.act(h), self._alphas[layer])
+        alpha = self._alphas[layer] if self._alphas else self.act_alphas[layer]
+        return torch.lerp(h, self.act(h), alpha)
 
     def penalized_weights(self) -> list[torch.Tensor]:
         """The weight matrices L1/L2 act on (not biases, batch-norm or front parameters). The
