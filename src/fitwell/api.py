@@ -101,6 +101,9 @@ def _member_settings(cfg: TrainConfig, seed: int) -> MemberSettings:
         l1_inputs=cfg.l1_inputs,
         lr_schedule=cfg.lr_schedule,
         warmup_epochs=cfg.warmup_epochs,
+        weight_decay=cfg.weight_decay,
+        dropout_schedule=cfg.dropout_schedule,
+        wd_schedule=cfg.wd_schedule,
     )
 
 
@@ -134,6 +137,8 @@ def architecture(cfg: TrainConfig, prepared: PreparedData, hidden: tuple[int, ..
         categorical=tuple(i for i, _ in codes),
         category_sizes=tuple(n for _, n in codes),
         category_dims=tuple(category_embeddings.embedding_dim(n) for _, n in codes),
+        learnable_activation=cfg.learnable_activation,
+        parametrization=cfg.parametrization,
     )
 
 

@@ -26,6 +26,8 @@ from fitwell.config import (
     METRICS,
     NUMERIC_EMBEDDINGS,
     OPTIMIZERS,
+    PARAMETRIZATIONS,
+    REGULARIZATION_SCHEDULES,
     TASKS,
 )
 
@@ -74,6 +76,22 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--activation", help=" | ".join(ACTIVATIONS))
     g.add_argument("--dropout", help="drop probability, one or one per hidden layer (default 0.2)")
+    g.add_argument(
+        "--dropout-schedule",
+        help=" | ".join(REGULARIZATION_SCHEDULES) + " (flat_cos: full rate for half of "
+        "max-epochs, then a cosine to 0; RealMLP's)",
+    )
+    g.add_argument(
+        "--learnable-activation",
+        action="store_const",
+        const=True,
+        help="RealMLP's parametric activation: x + a*(act(x) - x), a learned per unit from 1",
+    )
+    g.add_argument(
+        "--parametrization",
+        help=" | ".join(PARAMETRIZATIONS) + " (ntk: layers compute x@w/sqrt(fan_in); "
+        "wants a larger --lr, RealMLP uses 0.04)",
+    )
     g.add_argument("--init", help=" | ".join(INITS))
     g.add_argument("--init-scale", type=float, help="multiplies the initial weight std")
     g.add_argument("--bias-init", type=float, help="initial value of hidden biases")
@@ -108,6 +126,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-schedule", help=" | ".join(LR_SCHEDULES) + " (default constant)")
     g.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up epochs")
     g.add_argument("--adam-beta2", type=float, help="Adam's second-moment decay (default 0.999)")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="decoupled weight decay: W *= 1 - lr*wd after each step (default 0; RealMLP 0.02)",
+    )
+    g.add_argument(
+        "--wd-schedule", help=" | ".join(REGULARIZATION_SCHEDULES) + " schedule of --weight-decay"
+    )
     g.add_argument(
         "--label-smoothing", type=float, help="classification target smoothing eps (default 0)"
     )

@@ -22,10 +22,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu", "mish")
 INITS = ("auto", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
+LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau", "coslog4")
+# Schedules of dropout and weight decay (RealMLP: "flat_cos", flat then cosine to 0).
+REGULARIZATION_SCHEDULES = ("constant", "flat_cos")
+PARAMETRIZATIONS = ("standard", "ntk")
 NUMERIC_EMBEDDINGS = ("auto", "none", "pbld")
 TASKS = ("auto", "classification", "regression")
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,6 +86,9 @@ PER_MEMBER_FIELDS = (
     "dropout",
     "lr_schedule",
     "warmup_epochs",
+    "weight_decay",
+    "dropout_schedule",
+    "wd_schedule",
 )
 
 
@@ -123,8 +129,24 @@ class TrainConfig:
         narrower (down to 64) for smaller tables: see :func:`resolve_hidden`. The run's saved
         ``config.toml`` records the widths it used.
     activation : str, default "relu"
+        ``mish`` (``x * tanh(softplus(x))``) is RealMLP's activation for regression.
+    learnable_activation : bool, default False
+        RealMLP's parametric activation: each hidden unit computes ``x + a * (act(x) - x)``
+        with its own learned ``a``, starting at 1 (the plain activation), so training can make a
+        unit more linear. Not penalised by ``l1`` / ``l2`` / ``weight_decay``.
+    parametrization : {"standard", "ntk"}, default "standard"
+        ``ntk`` (RealMLP's): each layer computes ``(x @ w) / sqrt(fan_in) + b``; the stored
+        ``w`` is drawn at ``sqrt(fan_in)`` times the ``init`` rule's std, so the initial function
+        is the standard one (N(0, 1) for SELU with ``init="auto"``) and only training changes:
+        Adam moves ``w`` by about ``lr`` per step, the layer's effective weights by
+        ``lr / sqrt(fan_in)``, so ``ntk`` wants a larger ``lr`` (RealMLP: 0.04 to 0.2). Biases
+        and learnable-activation shapes, which ``ntk`` does not rescale, train at 0.1 x ``lr``
+        (RealMLP's ``bias_lr_factor`` and ``act_lr_factor``).
     dropout : float or tuple of float, default 0.2
         Drop probability, one for all hidden layers or one per hidden layer.
+    dropout_schedule : {"constant", "flat_cos"}, default "constant"
+        ``flat_cos`` (RealMLP's): the full rate for the first half of ``max_epochs``, then a
+        cosine down to 0 (:func:`fitwell.training.schedules.regularization_factor`). Per member.
     init : {"auto", "xavier", "kaiming", "normal"}, default "auto"
         ``auto``: Kaiming for ReLU-like activations, Xavier for tanh/sigmoid, LeCun for SELU.
     init_scale : float, default 1.0
@@ -156,16 +178,25 @@ class TrainConfig:
         before the first layer (RealMLP's scaling layer). Not penalised by ``l1`` / ``l2``.
     optimizer : {"adam", "adamw", "sgd"}, default "adam"
     lr : float, default 3e-3
-    lr_schedule : {"constant", "cosine", "onecycle", "plateau"}, default "constant"
+    lr_schedule : {"constant", "cosine", "onecycle", "plateau", "coslog4"}, default "constant"
         A factor on ``lr`` set at every epoch start, laid out over ``max_epochs``
         (:func:`fitwell.training.schedules.lr_factor`). Per member, so a population can compare
         schedules. ``plateau`` multiplies the member's rate by 0.1 (down to 1e-3 of ``lr``) each
         time its validation loss has not improved for ``max(1, patience // 2)`` epochs (10 when
         ``patience`` is 0), so the rate drops before early stopping fires
         (:func:`fitwell.training.schedules.plateau_factor`).
+        ``coslog4`` is RealMLP's: four cosine cycles on a log time axis,
+        ``0.5 * (1 - cos(2 pi log2(1 + 15 t)))``, read at each epoch's midpoint.
     warmup_epochs : int, default 0
         Linear warm-up: the first ``warmup_epochs`` epochs run at ``(epoch + 1) / (warmup + 1)``
         of the scheduled rate.
+    weight_decay : float, default 0.0
+        Decoupled weight decay (RealMLP's ``wd``, 0.02 there): after every step each weight
+        matrix is multiplied by ``1 - lr_now * weight_decay_now``, with the member's scheduled
+        rate (as AdamW and pytabkit do). Biases and front / activation parameters are not
+        decayed. Per member; on top of AdamW's own fixed decay when ``optimizer="adamw"``.
+    wd_schedule : {"constant", "flat_cos"}, default "constant"
+        Schedule of ``weight_decay``, as ``dropout_schedule``. Per member.
     adam_beta2 : float, default 0.999
         Adam's / AdamW's second-moment decay (RealMLP uses 0.95).
     label_smoothing : float, default 0.0
@@ -262,6 +293,9 @@ class TrainConfig:
     embed_categories_above: int = 30
     hidden: tuple[int, ...] | str = "auto"
     activation: str = "relu"
+    learnable_activation: bool = False
+    parametrization: str = "standard"
+    dropout_schedule: str = "constant"
     dropout: float | tuple[float, ...] = 0.2
     init: str = "auto"
     init_scale: float = 1.0
@@ -276,6 +310,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_epochs: int = 0
     adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    wd_schedule: str = "constant"
     label_smoothing: float = 0.0
     class_weight: str | dict[str, float] = "none"
     metric: str = "auto"
@@ -411,6 +447,7 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         "lr",
         "momentum",
         "adam_beta2",
+        "weight_decay",
         "label_smoothing",
         "init_scale",
         "bias_init",
@@ -537,6 +574,13 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         _choice("class_weight", str(cfg.class_weight), ("none", "balanced"), problems)
     _choice("metric", str(cfg.metric), METRICS, problems)
     _choice("numeric_embedding", cfg.numeric_embedding, NUMERIC_EMBEDDINGS, problems)
+    _choice("parametrization", cfg.parametrization, PARAMETRIZATIONS, problems)
+    _choice("dropout_schedule", cfg.dropout_schedule, REGULARIZATION_SCHEDULES, problems)
+    _choice("wd_schedule", cfg.wd_schedule, REGULARIZATION_SCHEDULES, problems)
+    if not isinstance(cfg.learnable_activation, bool):
+        problems.append(
+            f"`learnable_activation` must be true or false; got {cfg.learnable_activation!r}"
+        )
     for name in ("embedding_frequencies", "embedding_dim"):
         v = getattr(cfg, name)
         if not 1 <= v <= 1024:
@@ -580,7 +624,7 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
             problems.append(f"`{name}` must be a positive number; got {v}")
-    for name in ("l1", "l1_inputs", "l2", "min_delta"):
+    for name in ("l1", "l1_inputs", "l2", "min_delta", "weight_decay"):
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v >= 0):
             problems.append(f"`{name}` must be >= 0; got {v}. Use 0 to disable it")

@@ -13,6 +13,7 @@ keep the member axis first (``[K, ...]``) so the members stay one batched model.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fitwell import category_embeddings, embeddings
-from fitwell.config import ACTIVATIONS, INITS, NUMERIC_EMBEDDINGS
+from fitwell.config import ACTIVATIONS, INITS, NUMERIC_EMBEDDINGS, PARAMETRIZATIONS
 from fitwell.errors import InputError, did_you_mean
 
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -33,6 +34,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": F.elu,
     "selu": F.selu,
     "gelu": F.gelu,
+    "mish": F.mish,
 }
 
 # The same functions overwriting their input: used where no gradient is recorded (evaluation),
@@ -45,6 +47,7 @@ _ACTIVATIONS_IN_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": F.elu_,
     "selu": torch.selu_,
     "gelu": F.gelu,
+    "mish": functools.partial(F.mish, inplace=True),
 }
 
 # Gain for Kaiming / Xavier initialisation, as torch.nn.init.calculate_gain defines it.
@@ -53,6 +56,7 @@ _GAIN_NAME = {
     "leaky_relu": "leaky_relu",
     "elu": "relu",
     "gelu": "relu",
+    "mish": "relu",
     "selu": "linear",
     "tanh": "tanh",
     "sigmoid": "sigmoid",
@@ -80,6 +84,11 @@ _MEMBER_LOOP_MACS = 1 << 20
 # vs 0.56 ms, weight gradient 3.3 ms vs 0.49 ms; 32 -> 10: 142 vs 39 us). One member keeps the
 # plain form (no gain there).
 _NARROW_OUTPUTS = 16
+
+# Learning-rate factor of the parameters the NTK parametrization does not rescale (biases,
+# learnable-activation shapes): RealMLP's bias_lr_factor and act_lr_factor, which keep their
+# steps at the usual size under the large rates NTK is run with.
+NTK_UNSCALED_LR_FACTOR = 0.1
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
 
@@ -182,6 +191,10 @@ class Architecture:
     categorical: tuple[int, ...] = ()
     category_sizes: tuple[int, ...] = ()
     category_dims: tuple[int, ...] = ()
+    # RealMLP's parametric activation: a learned per-unit mix of act(x) and x (1: act(x)).
+    learnable_activation: bool = False
+    # "ntk": each layer computes (x @ w) / sqrt(fan_in) + b (see PopulationMLP.weight_scales).
+    parametrization: str = "standard"
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -242,6 +255,8 @@ class Architecture:
                 categorical=tuple(int(i) for i in data.get("categorical", ())),
                 category_sizes=tuple(int(n) for n in data.get("category_sizes", ())),
                 category_dims=tuple(int(d) for d in data.get("category_dims", ())),
+                learnable_activation=bool(data.get("learnable_activation", False)),
+                parametrization=str(data.get("parametrization", "standard")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"architecture description is malformed ({exc!r}).") from None
@@ -254,6 +269,11 @@ class Architecture:
             raise InputError(
                 f"unknown numeric embedding {arch.numeric_embedding!r} in the architecture."
                 f"{did_you_mean(arch.numeric_embedding, NUMERIC_EMBEDDINGS)}"
+            )
+        if arch.parametrization not in PARAMETRIZATIONS:
+            raise InputError(
+                f"unknown parametrization {arch.parametrization!r} in the architecture."
+                f"{did_you_mean(arch.parametrization, PARAMETRIZATIONS)}"
             )
         if (
             arch.n_inputs < 0
@@ -292,6 +312,9 @@ def state_shapes(arch: Architecture, n_members: int) -> dict[str, tuple[int, ...
                 shapes[name] = (k * h,)
             shapes[f"bn_mean_{layer}"] = (k * h,)
             shapes[f"bn_var_{layer}"] = (k * h,)
+    if arch.learnable_activation:
+        for layer, h in enumerate(arch.hidden):
+            shapes[f"act_alphas.{layer}"] = (k, 1, h)
     if arch.n_embedded:
         shapes |= embeddings.shapes(
             k, arch.n_embedded, arch.embedding_frequencies, arch.embedding_dim
@@ -433,6 +456,7 @@ class PopulationMLP(nn.Module):
             nn.Parameter(torch.zeros(n_members, 1, o)) for _, o in arch.layer_sizes
         )
         self._pairs: tuple[tuple[nn.Parameter, nn.Parameter], ...] | None = None
+        self._alphas: tuple[nn.Parameter, ...] = ()
         self.bn_weights = nn.ParameterList()
         self.bn_biases = nn.ParameterList()
         if arch.batch_norm:
@@ -442,6 +466,18 @@ class PopulationMLP(nn.Module):
                 layer = len(self.bn_weights) - 1
                 self.register_buffer(f"bn_mean_{layer}", torch.zeros(n_members * h))
                 self.register_buffer(f"bn_var_{layer}", torch.ones(n_members * h))
+        # One shape parameter per member and hidden unit; an empty list registers nothing, so
+        # runs without it keep their parameter order (and their optimizer state's).
+        self.act_alphas = nn.ParameterList(
+            nn.Parameter(torch.ones(n_members, 1, h))
+            for h in (arch.hidden if arch.learnable_activation else ())
+        )
+        # NTK: the factor 1 / sqrt(fan_in) each layer's product is multiplied by (None: 1).
+        self.weight_scales: tuple[float, ...] | None = (
+            tuple(1.0 / math.sqrt(max(i, 1)) for i, _ in arch.layer_sizes)
+            if arch.parametrization == "ntk"
+            else None
+        )
         self._front_names: tuple[str, ...] = ()
         shapes = state_shapes(arch, n_members)
         if arch.n_embedded:
@@ -505,7 +541,44 @@ class PopulationMLP(nn.Module):
         # ParameterList indexing costs ~6 us per access: a plain tuple keeps it out of the
         # per-step path. Rebuilt whenever keep_members swaps the parameter objects.
         self._pairs = tuple(zip(self.weights, self.biases, strict=True))
+        self._alphas = tuple(self.act_alphas)
         return self._pairs
+
+    def _layer_pairs(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Each layer's (effective weights, bias): the stored weights, times ``weight_scales``
+        under NTK (one elementwise product of the weights per layer, tiny next to the batch's
+        matrix products; autograd carries the factor to the stored weights' gradients)."""
+        pairs = self._pairs if self._pairs is not None else self._cache_pairs()
+        if self.weight_scales is None:
+            return pairs
+        return tuple((w * c, b) for (w, b), c in zip(pairs, self.weight_scales, strict=True))
+
+    def weight_multipliers(self) -> list[float]:
+        """Per layer, what the stored weights are multiplied by in the forward pass (1 without
+        NTK): the doctor's probes read effective weights and gradients through it."""
+        return (
+            list(self.weight_scales)
+            if self.weight_scales is not None
+            else [1.0] * len(self.weights)
+        )
+
+    def lr_factors(self) -> list[float]:
+        """A learning-rate factor per tensor of ``parameters()``, in that order: 1, except
+        under NTK, where biases and activation shapes get ``NTK_UNSCALED_LR_FACTOR``."""
+        if self.weight_scales is None:
+            return [1.0 for _ in self.parameters()]
+        slow = {id(p) for p in [*self.biases, *self.act_alphas]}
+        return [NTK_UNSCALED_LR_FACTOR if id(p) in slow else 1.0 for p in self.parameters()]
+
+    def _activate(
+        self, layer: int, h: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """The activation of hidden layer ``layer``; with a learnable shape
+        ``h + a * (act(h) - h)`` as ``torch.lerp`` (exactly ``act(h)`` where ``a = 1``)."""
+        if not self.arch.learnable_activation:
+            return act(h)
+        alpha = self._alphas[layer] if self._alphas else self.act_alphas[layer]
+        return torch.lerp(h, self.act(h), alpha)
 
     def penalized_weights(self) -> list[torch.Tensor]:
         """The weight matrices L1/L2 act on (not biases, batch-norm or front parameters). The
@@ -527,6 +600,8 @@ class PopulationMLP(nn.Module):
                 act = self.arch.activation if layer < last else "sigmoid"  # output: Xavier, gain 1
                 method = init if layer < last or init == "normal" else "xavier"
                 std = init_std(act, method, init_scale, fan_in, fan_out)
+                if self.weight_scales is not None:  # the same effective weights as standard
+                    std /= self.weight_scales[layer]
                 w = torch.randn(fan_in, fan_out, generator=gen) * std
                 self.weights[layer][k].copy_(w.to(self.weights[layer].device))
                 self.biases[layer][k].fill_(bias_init if layer < last else 0.0)
@@ -544,6 +619,8 @@ class PopulationMLP(nn.Module):
                     param[k].copy_(value.to(param.device))
             if self.arch.front_scale:
                 self._parameter("front_scales")[k].fill_(1.0)
+            for alpha in self.act_alphas:
+                alpha[k].fill_(1.0)
 
     def forward(
         self,
@@ -559,7 +636,7 @@ class PopulationMLP(nn.Module):
 
         Hooks see each hidden layer's pre-activations ``[K, B, H]`` and must not keep them:
         without gradients the activation is applied in place."""
-        pairs = self._pairs if self._pairs is not None else self._cache_pairs()
+        pairs = self._layer_pairs()
         if self._front_names:
             x = self._front(x)
         h = self._hidden(x, pairs, dropout_masks, on_preactivation)
@@ -589,7 +666,7 @@ class PopulationMLP(nn.Module):
     def _hidden(
         self,
         x: torch.Tensor,
-        pairs: tuple[tuple[nn.Parameter, nn.Parameter], ...],
+        pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...],
         dropout_masks: Sequence[torch.Tensor | None] | None,
         on_preactivation: PreactivationHook | None,
     ) -> torch.Tensor:
@@ -602,7 +679,7 @@ class PopulationMLP(nn.Module):
                 h = self._batch_norm(layer, h)
             if on_preactivation is not None:
                 on_preactivation(layer, h)
-            h = act(h)
+            h = self._activate(layer, h, act)
             mask = dropout_masks[layer] if dropout_masks is not None else None
             if mask is not None:
                 h = h * mask
@@ -672,7 +749,7 @@ class PopulationMLP(nn.Module):
 
     def _member_forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Eval-mode outputs ``[N, n_outputs]`` of member ``k`` alone."""
-        pairs = self._pairs if self._pairs is not None else self._cache_pairs()
+        pairs = self._layer_pairs()
         last = len(pairs) - 1
         h = self._front(x, k)[0] if self._front_names else x
         for layer, (w, b) in enumerate(pairs):
@@ -690,7 +767,10 @@ class PopulationMLP(nn.Module):
                     self.bn_biases[layer][part],
                     training=False,
                 )
-            h = self.act_in_place(h)
+            if self.arch.learnable_activation:
+                h = torch.lerp(h, self.act(h), self._alphas[layer][k])
+            else:
+                h = self.act_in_place(h)
         return h
 
     @torch.no_grad()
@@ -726,6 +806,10 @@ class PopulationMLP(nn.Module):
                     plist[layer] = new
                 for name in (f"bn_mean_{layer}", f"bn_var_{layer}"):
                     setattr(self, name, getattr(self, name)[flat_idx].clone())
+        for i, p in enumerate(self.act_alphas):
+            new = nn.Parameter(p.detach()[members].clone())
+            mapping[p] = (new, members)
+            self.act_alphas[i] = new
         for name in self._front_names:
             p = getattr(self, name)
             new = nn.Parameter(p.detach()[members].clone())

@@ -186,6 +186,9 @@ def restart_groups(members: Sequence[dict[str, Any]], score: str) -> list[list[t
             tuple(m["dropout"]),
             m.get("lr_schedule", "constant"),
             m.get("warmup_epochs", 0),
+            m.get("weight_decay", 0.0),
+            m.get("dropout_schedule", "constant"),
+            m.get("wd_schedule", "constant"),
         )
         value = m.get(f"val_{score}")
         groups.setdefault(key, []).append(
@@ -310,6 +313,9 @@ def diagnose_fit(
             "dropout": list(m.settings.dropout),
             "lr_schedule": m.settings.lr_schedule,
             "warmup_epochs": m.settings.warmup_epochs,
+            "weight_decay": m.settings.weight_decay,
+            "dropout_schedule": m.settings.dropout_schedule,
+            "wd_schedule": m.settings.wd_schedule,
             f"val_{score}": m.val_score if math.isfinite(m.val_score) else None,
         }
         for m in fit.members

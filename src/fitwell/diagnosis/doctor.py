@@ -47,7 +47,17 @@ EXPLODING_WEIGHT_RATIO = 1e3
 # Output rows within this of summing to 1 (float32 softmax sums are within ~1e-6 of it), and
 # gradient rows whose sum is this small against their absolute sum, count as exact.
 ROW_SUM_TOLERANCE = 1e-4
-_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SELU, nn.CELU, nn.SiLU)
+_RELU_LIKE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SELU,
+    nn.CELU,
+    nn.SiLU,
+    nn.Mish,
+)
 _SATURATING = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
 
 

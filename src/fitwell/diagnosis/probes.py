@@ -6,7 +6,10 @@ the rules compare layers and epochs, not single steps), each layer's weight norm
 ratio ``||W_end - W_begin|| / ||W_begin||`` over the epoch, the fraction of dead units
 (ReLU-like: pre-activation > 0 on fewer than 1% of the training rows, read on a 512-row sample
 of them each epoch) or saturated pre-activations (tanh/sigmoid: derivative below 1% of its
-maximum), and non-finite training losses. Gradient norms accumulate on the device; the only
+maximum), and non-finite training losses. Under the NTK parametrization the norms are those of
+the effective weights ``w / sqrt(fan_in)`` and their gradients (``sqrt(fan_in)`` times the stored
+weights' gradients), so the rules' thresholds read the same network either way; update ratios do
+not depend on the factor. Gradient norms accumulate on the device; the only
 host read per step is one comparison of the step's losses with their limit (divergence is caught
 the step it happens); the activation statistics ride on the loop's epoch-end evaluation pass.
 """
@@ -38,7 +41,7 @@ ACTIVATION_SAMPLE_ROWS = PREACTIVATION_HOOK_ROWS
 # 256x256 MLP's gradients costs ~60 us after a backward pass, ~5% of a 64-row training step.
 GRADIENT_NORM_SAMPLES = 5
 # Activations whose units can "die": zero output and zero gradient for negative inputs.
-RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "selu")
+RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "selu", "mish")
 # A training loss this many times the member's first-step loss counts as diverged: no stable
 # optimizer reaches it, and it leaves float32 headroom before the weights themselves overflow.
 EXPLODING_LOSS_FACTOR = 1e4
@@ -230,6 +233,14 @@ class SignalProbe(Callback):
             n_layers = len(self.layers)
             grad = self._mean_gradient_norms(k, n_layers)
             weight_norm, ratio = self._weight_norms_and_update_ratios(trainer, k)
+            # NTK: stored weights are the effective ones / c, their gradients c times the
+            # effective weights' (c = 1 / sqrt(fan_in)); report the effective network's.
+            scales = trainer.model.weight_multipliers()
+            if any(c != 1.0 for c in scales):
+                grad = [[g / c for g, c in zip(row, scales, strict=True)] for row in grad]
+                weight_norm = [
+                    [w * c for w, c in zip(row, scales, strict=True)] for row in weight_norm
+                ]
             dead = self._dead_fractions()
             saturated = self._saturated_fractions()
             if k == 1 and self._loss_values:

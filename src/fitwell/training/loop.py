@@ -22,7 +22,12 @@ from fitwell.training.callbacks import Callback, EarlyStopping
 from fitwell.training.guard import NonFiniteGuard
 from fitwell.training.memory import keep_freed_memory_in_heap
 from fitwell.training.optim import PopulationOptimizer
-from fitwell.training.schedules import LearningRateSchedule, is_scheduled
+from fitwell.training.schedules import (
+    LearningRateSchedule,
+    RegularizationSchedule,
+    is_scheduled,
+    regularization_scheduled,
+)
 
 # Pre-activation hooks on the epoch-end training pass see this many rows (the split is shuffled,
 # so they are a random sample); the rest of the pass runs without them, member by member on CPU.
@@ -41,6 +46,9 @@ class MemberSettings:
     l1_inputs: float = 0.0
     lr_schedule: str = "constant"
     warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    dropout_schedule: str = "constant"
+    wd_schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -165,8 +173,13 @@ class Trainer:
         self.nonfinite_guard = NonFiniteGuard()
         # Members' learning-rate multipliers this epoch (1 without a schedule).
         self.lr_factors: dict[int, float] = {}
+        # Members' dropout and weight-decay multipliers this epoch (1 without a schedule).
+        self.dropout_factors: dict[int, float] = {}
+        self.wd_factors: dict[int, float] = {}
         scheduled = any(is_scheduled(m) for m in self.members)
         schedule: list[Callback] = [LearningRateSchedule()] if scheduled else []
+        if any(regularization_scheduled(m) for m in self.members):
+            schedule.append(RegularizationSchedule())
         self.callbacks: list[Callback] = [
             *schedule,
             self.nonfinite_guard,
@@ -217,6 +230,8 @@ class Trainer:
             input_groups=self.input_groups,
             adam_beta2=loop.adam_beta2,
             group_weights=self.group_weights,
+            lr_factors=self.model.lr_factors(),
+            weight_decays=self.scheduled_weight_decays(),
         )
 
     # ----------------------------------------------------------------- population bookkeeping
@@ -235,6 +250,14 @@ class Trainer:
         """Active members' learning rates this epoch: base rate times its schedule's factor."""
         return torch.tensor(
             [self.members[m].lr * self.lr_factors.get(m, 1.0) for m in self.active],
+            dtype=torch.float32,
+            device=self.device,
+        )
+
+    def scheduled_weight_decays(self) -> torch.Tensor:
+        """Active members' decoupled weight decay this epoch (base times schedule factor)."""
+        return torch.tensor(
+            [self.members[m].weight_decay * self.wd_factors.get(m, 1.0) for m in self.active],
             dtype=torch.float32,
             device=self.device,
         )
@@ -317,14 +340,18 @@ class Trainer:
     def _dropout_layout(
         self,
     ) -> tuple[list[int], torch.Tensor, torch.Tensor, list[bool]] | None:
-        """Rates ``[K, 1, sum(hidden)]`` of the active members, cached until members change."""
-        key = tuple(self.active)
+        """Rates ``[K, 1, sum(hidden)]`` of the active members (times their dropout schedule's
+        factor this epoch), cached until members or factors change. Which members draw masks
+        follows the unscheduled rates, so a member's generator draws alike in every epoch."""
+        factors = tuple(self.dropout_factors.get(m, 1.0) for m in self.active)
+        key = (tuple(self.active), factors)
         cached = getattr(self, "_dropout_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        rates = [self.members[m].dropout or (0.0,) * len(self.arch.hidden) for m in self.active]
+        base = [self.members[m].dropout or (0.0,) * len(self.arch.hidden) for m in self.active]
+        rates = [tuple(p * f for p in r) for r, f in zip(base, factors, strict=True)]
         layout: tuple[list[int], torch.Tensor, torch.Tensor, list[bool]] | None = None
-        if any(p > 0 for r in rates for p in r):
+        if any(p > 0 for r in base for p in r):
             per_unit = torch.tensor(
                 [
                     [p for p, w in zip(r, self.arch.hidden, strict=True) for _ in range(w)]
@@ -333,8 +360,8 @@ class Trainer:
                 dtype=torch.float32,
                 device=self.device,
             ).unsqueeze(1)
-            drawers = [pos for pos, r in enumerate(rates) if any(p > 0 for p in r)]
-            used = [any(r[layer] > 0 for r in rates) for layer in range(len(self.arch.hidden))]
+            drawers = [pos for pos, r in enumerate(base) if any(p > 0 for p in r)]
+            used = [any(r[layer] > 0 for r in base) for layer in range(len(self.arch.hidden))]
             layout = (drawers, per_unit, 1.0 / (1.0 - per_unit), used)
         self._dropout_cache = (key, layout)
         return layout

@@ -6,6 +6,10 @@ stacked tensors. Every update of Adam, AdamW and SGD(momentum) is linear in the 
 when members' rates differ we step with ``lr=1`` and scale each member's update by its own rate
 (``p = old + lr_k * (p_after - old)``). When all rates are equal the optimizer steps with that rate
 directly, and the K = 1 path is exactly PyTorch's fused step.
+
+Two RealMLP ingredients sit here too: a fixed learning-rate factor per parameter tensor (the NTK
+parametrization trains biases at 0.1 x lr) and decoupled weight decay per member
+(``W <- W * (1 - lr_k * wd_k)`` after each step, on the weight matrices).
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class PopulationOptimizer:
         input_groups: Sequence[int] | None = None,
         adam_beta2: float = 0.999,
         group_weights: Sequence[float] | torch.Tensor | None = None,
+        lr_factors: Sequence[float] | None = None,
+        weight_decays: torch.Tensor | None = None,
     ) -> None:
         self.kind = kind
         self.momentum = momentum
@@ -89,6 +95,11 @@ class PopulationOptimizer:
         )
         self.params = list(params)
         self.penalized = list(penalized)
+        # One fixed factor per tensor of ``params`` (same order), multiplying every member's rate.
+        self.lr_factors = [1.0] * len(self.params) if lr_factors is None else list(lr_factors)
+        if len(self.lr_factors) != len(self.params):
+            raise ValueError(f"need {len(self.params)} lr factors, got {len(self.lr_factors)}")
+        self.wds = torch.zeros_like(lrs) if weight_decays is None else weight_decays
         self._refresh()
         self.optimizer = self._make(self.params, self.penalized)
 
@@ -100,7 +111,12 @@ class PopulationOptimizer:
         self._any_l2 = any(v > 0 for v in self.l2s.tolist())
         self._any_group = any(v > 0 for v in self.l1_inputs.tolist())
         k = self.n_members
-        self._lr_views = [_member_view(self.lrs, p, k) for p in self.params]
+        self._any_wd = any(v > 0 for v in self.wds.tolist())
+        self._lr_views = [
+            _member_view(self.lrs, p, k) * f if f != 1.0 else _member_view(self.lrs, p, k)
+            for p, f in zip(self.params, self.lr_factors, strict=True)
+        ]
+        self._decay_views = [1.0 - _member_view(self.lrs * self.wds, w, k) for w in self.penalized]
         self._l1_views = [_member_view(self.lrs * self.l1s, w, k) for w in self.penalized]
         self._l2_views = [_member_view(2.0 * self.l2s, w, k) for w in self.penalized]
         # Where the pre-step values are kept when members' rates differ (reused every step).
@@ -119,20 +135,37 @@ class PopulationOptimizer:
     ) -> torch.optim.Optimizer:
         lr = float(self.lrs[0]) if self.uniform_lr else 1.0
         fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        groups = self._groups(params, penalized, lr)
         if self.kind == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum, fused=fused)
+            return torch.optim.SGD(groups, lr=lr, momentum=self.momentum, fused=fused)
         if self.kind == "adamw":
-            ids = {id(p) for p in penalized}
-            groups = [
-                {"params": [p for p in params if id(p) in ids], "weight_decay": ADAMW_WEIGHT_DECAY},
-                {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
-            ]
             return torch.optim.AdamW(
                 groups, lr=lr, betas=(0.9, self.adam_beta2), eps=ADAM_EPS, fused=fused
             )
         return torch.optim.Adam(
-            params, lr=lr, betas=(0.9, self.adam_beta2), eps=ADAM_EPS, fused=fused
+            groups, lr=lr, betas=(0.9, self.adam_beta2), eps=ADAM_EPS, fused=fused
         )
+
+    def _groups(self, params: list[torch.Tensor], penalized: list[torch.Tensor], lr: float) -> list:
+        """Parameter groups: AdamW's decayed weights apart from the rest, and one group per
+        lr factor (its ``lr`` times the factor when members share a rate; with differing
+        rates the factor is in the per-member views instead). Without factors and AdamW: one."""
+        ids = {id(p) for p in penalized}
+        keyed: dict[tuple[bool, float], list[torch.Tensor]] = {}
+        for p, f in zip(params, self.lr_factors, strict=True):
+            keyed.setdefault((self.kind == "adamw" and id(p) in ids, f), []).append(p)
+        if self.kind == "adamw":  # the decayed group first, as before, even when empty
+            keyed = {(True, 1.0): keyed.pop((True, 1.0), [])} | keyed
+        uniform = self.uniform_lr
+        return [
+            {
+                "params": group,
+                "weight_decay": ADAMW_WEIGHT_DECAY if decayed else 0.0,
+                "lr": lr * factor if uniform else lr,
+                "lr_factor": factor,
+            }
+            for (decayed, factor), group in keyed.items()
+        ]
 
     def set_lrs(self, lrs: torch.Tensor) -> None:
         """Change members' learning rates in place (e.g. a guard halving one member's rate)."""
@@ -140,7 +173,12 @@ class PopulationOptimizer:
         self._refresh()
         lr = float(lrs[0]) if self.uniform_lr else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0) if self.uniform_lr else lr
+
+    def set_weight_decays(self, wds: torch.Tensor) -> None:
+        """Change members' decoupled weight decay (a schedule's value this epoch)."""
+        self.wds = wds
+        self._refresh()
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -175,6 +213,8 @@ class PopulationOptimizer:
             torch._foreach_sub_(self.params, self._before)
             torch._foreach_mul_(self.params, self._lr_views)
             torch._foreach_add_(self.params, self._before)
+        if self._any_wd:  # decoupled: after the step, scaled by each member's rate (as AdamW)
+            torch._foreach_mul_(self.penalized, self._decay_views)
         if self._any_l1:
             self._l1_proximal_step()
         if self._any_group:
@@ -277,6 +317,7 @@ class PopulationOptimizer:
         self.l1s = self.l1s[members]
         self.l2s = self.l2s[members]
         self.l1_inputs = self.l1_inputs[members]
+        self.wds = self.wds[members]
         new_of = {id(old): new for old, (new, _) in mapping.items()}
         self.params = [new_of[id(p)] for p in self.params]
         self.penalized = [new_of[id(p)] for p in self.penalized]

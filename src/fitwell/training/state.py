@@ -88,6 +88,8 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
         input_groups=trainer.input_groups,
         adam_beta2=trainer.loop.adam_beta2,
         group_weights=trainer.group_weights,
+        lr_factors=model.lr_factors(),
+        weight_decays=trainer.scheduled_weight_decays(),
     )
     opt = state["optimizer"]
     trainer.optimizer.load_state_dict(
@@ -136,4 +138,7 @@ def _member(data: dict[str, Any]) -> MemberSettings:
         l1_inputs=float(data.get("l1_inputs", 0.0)),
         lr_schedule=str(data.get("lr_schedule", "constant")),
         warmup_epochs=int(data.get("warmup_epochs", 0)),
+        weight_decay=float(data.get("weight_decay", 0.0)),
+        dropout_schedule=str(data.get("dropout_schedule", "constant")),
+        wd_schedule=str(data.get("wd_schedule", "constant")),
     )
