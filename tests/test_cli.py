@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+from fitwell import runs
 from tests.conftest import run_cli
 
 FAST = ["--hidden", "16", "--max-epochs", "8", "--patience", "3", "--lr", "0.01", "--quiet"]
@@ -89,6 +90,11 @@ def test_predict_new_rows(mixed_csv: Path, tmp_path: Path):
     assert len(pred) == 20
     assert set(pred["prediction"]) <= {"yes", "no"}
     np.testing.assert_allclose(pred[["proba_no", "proba_yes"]].sum(axis=1), 1.0, rtol=1e-5)
+    # Written through a private temporary file, yet given the mode of any new file (umask 022
+    # in the test runner): others can read the run and the predictions.
+    mode = 0o666 & ~runs.umask()
+    assert pred_path.stat().st_mode & 0o777 == mode
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()} == {mode}
 
     missing = new.drop(columns="x2")
     missing.to_csv(path, index=False)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fitwell import runs
 from fitwell.data.arrow_csv import NotArrowReadable, csv_column_names, iter_csv_frames
 from fitwell.data.loading import MAX_CELL_CHARS, Table, read_file, validate_table
 from fitwell.errors import InputError
@@ -129,6 +130,7 @@ def predict_file(run: Run, path: str | Path, out: Path | None) -> PredictSummary
     name = out.name if out is not None else "predictions.csv"
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target_dir)
     try:
+        runs.give_new_file_mode(fd)
         with os.fdopen(fd, "w", newline="") as fh:
             try:
                 _predict_chunks(run, path, chunks, fh, summary)

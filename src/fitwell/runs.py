@@ -49,12 +49,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux), else the common 022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def give_new_file_mode(fd: int) -> None:
+    """A temporary file from ``mkstemp`` (0600) gets the mode any new file would (0644 under
+    the usual umask) before it is renamed into place: run files and predictions are for
+    sharing, not private to the writer."""
+    os.fchmod(fd, 0o666 & ~umask())
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a file so that readers see either the old content or the complete new one."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        give_new_file_mode(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
