@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -55,6 +56,7 @@ def only_run(client: MlflowClient, experiment: str, *, deleted: bool = False) ->
     assert exp is not None, experiment
     view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
     found = client.search_runs([exp.experiment_id], run_view_type=view)
+    found = [r for r in found if "mlflow.parentRunId" not in r.data.tags]  # auto's trials
     assert len(found) == 1, found
     return found[0]
 
@@ -70,7 +72,7 @@ def test_train_run_reads_back_equal_to_the_run_directory(
     out = tmp_path / "first"
     rc, stdout, err = cli(
         capsys, "train", "--dataset", "iris", *TINY, "--restarts", "2", "--ensemble", "2",
-        "--out", out, "--mlflow", store, "--json",
+        "--seed", "2", "--out", out, "--mlflow", store, "--json",
     )  # fmt: skip
     assert rc == 0, err
     summary = json.loads(stdout)
@@ -89,18 +91,14 @@ def test_train_run_reads_back_equal_to_the_run_directory(
     metrics = json.loads((out / "metrics.json").read_text())
     history = read_history(out / "history.csv")
     chosen = metrics["restarts"]["best"]
-    members = sorted({row["member"] for row in history})
-    assert len(members) == 2
+    assert len({row["member"] for row in history}) == 2
     for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
-        logged = sorted(
-            (p.step, p.value) for p in client.get_metric_history(run_id, key)
-        )  # one point per epoch, step = epoch, the chosen member's curve
+        logged = sorted((p.step, p.value) for p in client.get_metric_history(run_id, key))
+        # one point per epoch, step = epoch: the chosen member's curve, not the other's
         assert logged == [(r["epoch"], r[key]) for r in history if r["member"] == chosen]
-        for m in members:
-            logged = sorted(
-                (p.step, p.value) for p in client.get_metric_history(run_id, f"member_{m}/{key}")
-            )
-            assert logged == [(r["epoch"], r[key]) for r in history if r["member"] == m]
+        other = [(r["epoch"], r[key]) for r in history if r["member"] != chosen]
+        assert key == "lr" or logged != other
+    assert not any(k.startswith("member") for k in got.data.metrics)  # in history.csv only
 
     final = got.data.metrics
     assert final["final_val_loss"] == metrics["val"]["loss"]
@@ -154,8 +152,6 @@ def test_folder_store_and_named_experiment(
     assert [p.value for p in client.get_metric_history(got.info.run_id, "val_loss")] == [
         r["val_loss"] for r in history
     ]
-    # A single member: its curves only under the plain names.
-    assert not any(k.startswith("member_") for k in got.data.metrics)
 
 
 def test_python_api_without_a_run_directory(store: str) -> None:
@@ -191,6 +187,21 @@ def test_auto_logs_its_trials(
     assert {"trials.csv", "repairs.json", "metrics.json", "model.safetensors"} <= listed
     config = tomllib.loads((out / "config.toml").read_text())
     assert got.data.params == {k: param_text(v) for k, v in config.items()}
+
+    # Each search trial is a child run with its settings and validation result.
+    trials = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+    assert len(trials) == 2
+    children = client.search_runs(
+        [got.info.experiment_id], f"tags.mlflow.parentRunId = '{got.info.run_id}'"
+    )
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == sorted(f"trial {t['number']}" for t in trials)
+    for t in trials:
+        child = by_name[f"trial {t['number']}"]
+        assert child.data.tags["fitwell.trial_state"] == t["state"]
+        assert child.data.metrics["val_loss"] == float(t["val_loss"])
+        assert float(child.data.params["lr"]) == float(t["lr"])
+        assert child.data.params["width"] == t["width"]
 
 
 def _refused(result: tuple[int, str, str], *words: str) -> str:

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from fitwell.errors import FitwellError, InputError, TrainingFailed
 
@@ -35,6 +35,7 @@ CHECK_TIMEOUT_S = 10
 MAX_PARAM_CHARS = 6000
 # History columns that are bookkeeping, not curves.
 _NOT_CURVES = ("epoch", "member", "nonfinite_retries")
+_TRIAL_METRICS = ("val_loss", "val_score", "best_epoch", "epochs_run", "seconds")
 _SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -171,11 +172,10 @@ class MlflowRun:
     Use :meth:`start`, then exactly one of :meth:`finish` (a finished run) or :meth:`fail`.
     """
 
-    def __init__(
-        self, client: Any, run_id: str, uri: str, experiment: str, env: Mapping[str, str]
-    ) -> None:
+    def __init__(self, client: Any, run: Any, uri: str, experiment: str, env: Mapping[str, str]):
         self.client = client
-        self.run_id = run_id
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
         self.uri = uri
         self.experiment = experiment
         self.env = dict(env)
@@ -234,7 +234,7 @@ class MlflowRun:
                 f"MLflow tracking store {uri!r} cannot be used: {_reason(exc)}. Nothing was "
                 "trained; fix the URI or start the server, or leave out --mlflow."
             ) from None
-        return cls(client, created.info.run_id, resolved, experiment, env)
+        return cls(client, created, resolved, experiment, env)
 
     def finish(self, run: Run) -> None:
         """Log the finished run: parameters, curves, final metrics, findings and its files.
@@ -325,12 +325,41 @@ class MlflowRun:
             tags["fitwell.auto.winner"] = str(record.get("winner"))[:5000]
         self._batch(metrics=curve_metrics(run) + final_metrics(m), params=params, tags=tags)
         self._log_text(json.dumps(_json_safe(findings), indent=2), "findings.json")
+        trials = run.extra.get("trials") or []
         if run.run_dir is not None:
             self.client.log_artifacts(self.run_id, str(run.run_dir))
-        elif run.extra.get("trials"):
+        elif trials:
             import pandas as pd
 
-            self._log_text(pd.DataFrame(run.extra["trials"]).to_csv(index=False), "trials.csv")
+            self._log_text(pd.DataFrame(trials).to_csv(index=False), "trials.csv")
+        for row in trials:
+            self._log_trial(row)
+
+    def _log_trial(self, row: Mapping[str, Any]) -> None:
+        """One ``fitwell auto`` search trial as a child run (MLflow nests it under the run and
+        can compare trials in its parallel-coordinates chart): its settings as parameters, its
+        validation loss and score, epochs and seconds as metrics."""
+        from mlflow.entities import Metric, Param
+
+        state = str(row.get("state"))
+        child = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial {row.get('number')}",
+            tags={"mlflow.parentRunId": self.run_id, "fitwell.trial_state": state},
+        )
+        now = int(time.time() * 1000)
+        values = {k: row.get(k) for k in _TRIAL_METRICS}
+        self.client.log_batch(
+            child.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)],
+            params=[
+                Param(k, _param(v))
+                for k, v in row.items()
+                if k not in _TRIAL_METRICS and k not in ("state", "population") and v is not None
+            ],
+        )
+        status = {"complete": "FINISHED", "pruned": "FINISHED", "fail": "FAILED"}
+        self.client.set_terminated(child.info.run_id, status=status.get(state, "KILLED"))
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -340,6 +369,11 @@ def _artifact_root(uri: str) -> str | None:
         return None  # a folder store keeps them inside; a server decides for itself
     db = Path(uri[len("sqlite:///") :].split("?", 1)[0]).resolve()
     return (db.parent / "mlartifacts").as_uri()
+
+
+def _finite(value: Any) -> TypeGuard[float]:
+    """A number MLflow should record: not None, not a bool, not NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _json_safe(value: Any) -> Any:
@@ -363,28 +397,27 @@ def _finding_tags(findings: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def curve_metrics(run: Run) -> list[Any]:
-    """Per-epoch curves with ``step`` = epoch: the chosen member's under their own names
-    (``train_loss``, ``val_accuracy``, ``lr``, ...), the same keys in every run so MLflow's
-    charts overlay runs; with more than one member, each member's also as ``member_{m}/...``."""
+    """The chosen member's per-epoch curves (``train_loss``, ``val_accuracy``, ``lr``, ...) with
+    ``step`` = epoch, under the same keys in every run, so MLflow's charts overlay runs.
+
+    Why not every member's: MLflow's run page shows each ``prefix/`` group of metrics as its own
+    section *above* the run's own, so the default 3-member ensemble would open every run on 15
+    member charts. The chosen member is the one ``final_*`` and metrics.json's ``train`` and
+    ``val`` describe; every member's curves are in the ``history.csv`` artifact.
+    """
     from mlflow.entities import Metric
 
     history = run.history
     if history.empty:
         return []
     keys = [c for c in history.columns if c not in _NOT_CURVES]
-    chosen = int(run.metrics["restarts"]["best"])
-    several = history["member"].nunique() > 1
+    rows = history[history["member"] == int(run.metrics["restarts"]["best"])]
     now = int(time.time() * 1000)
-    out = []
-    for row in history.to_dict("records"):
-        member, epoch = int(row["member"]), int(row["epoch"])
-        for key in keys:
-            value = float(row[key])
-            if member == chosen:
-                out.append(Metric(key, value, now, epoch))
-            if several:
-                out.append(Metric(f"member_{member}/{key}", value, now, epoch))
-    return out
+    return [
+        Metric(key, float(row[key]), now, int(row["epoch"]))
+        for row in rows.to_dict("records")
+        for key in keys
+    ]
 
 
 def final_metrics(metrics: Mapping[str, Any]) -> list[Any]:
@@ -409,11 +442,17 @@ def final_metrics(metrics: Mapping[str, Any]) -> list[Any]:
         values[f"test_{name}"] = value
     for name in ("best_epoch", "epochs_run", "train_seconds"):
         values[name] = metrics.get(name)
-    return [
-        Metric(k, float(v), now, 0)
-        for k, v in values.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ]
+    return [Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)]
+
+
+def _user() -> dict[str, str]:
+    """MLflow's ``User`` column (its fluent API fills it the same way; the client does not)."""
+    import getpass
+
+    try:
+        return {"mlflow.user": getpass.getuser()}
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return {}
 
 
 def tracked(
@@ -443,7 +482,10 @@ def tracked(
             "fitwell.command": command,
             "fitwell.version": __version__,
             "fitwell.data": str(source),
-        },
+            "mlflow.source.name": f"fitwell {command}",
+            "mlflow.source.type": "LOCAL",
+        }
+        | _user(),
     )
     try:
         run = body()
