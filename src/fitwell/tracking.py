@@ -263,7 +263,9 @@ class MlflowRun:
                 findings = getattr(error, "findings", None)
                 if isinstance(error, TrainingFailed):
                     tags |= _finding_tags(findings or [])
-                    self._log_text(json.dumps(findings or [], indent=2), "findings.json")
+                    self._log_text(
+                        json.dumps(_json_safe(findings or []), indent=2), "findings.json"
+                    )
                 params = {k: _param(v) for k, v in (config or {}).items() if v is not None}
                 self._batch(params=params, tags=tags)
         except Exception as exc:
