@@ -204,6 +204,42 @@ def test_auto_logs_its_trials(
         assert child.data.params["width"] == t["width"]
 
 
+class _Interrupt(fitwell.Callback):
+    def on_epoch_end(self, trainer: Any, **kwargs: Any) -> None:
+        if trainer.epoch == 2:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_is_killed_and_its_resume_logged(
+    tmp_path: Path, store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    settings: dict[str, Any] = {"dataset": "iris", "hidden": (8,), "max_epochs": 4}
+    with pytest.raises(KeyboardInterrupt):
+        fitwell.train(
+            out=out, callbacks=[_Interrupt()], mlflow_uri=store, mlflow_experiment="resumed",
+            **settings,
+        )  # fmt: skip
+    client = MlflowClient(tracking_uri=store)
+    assert only_run(client, "resumed").info.status == "KILLED"
+    rc, _, err = cli(
+        capsys, "resume", out, "--quiet", "--mlflow", store, "--mlflow-experiment", "resumed"
+    )
+    assert rc == 0, err
+    exp = client.get_experiment_by_name("resumed")
+    assert exp is not None
+    finished = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    assert len(finished) == 1
+    assert finished[0].data.tags["fitwell.command"] == "resume"
+    history = read_history(out / "history.csv")
+    chosen = json.loads((out / "metrics.json").read_text())["restarts"]["best"]
+    logged = client.get_metric_history(finished[0].info.run_id, "val_loss")
+    assert sorted((p.step, p.value) for p in logged) == [
+        (r["epoch"], r["val_loss"]) for r in history if r["member"] == chosen
+    ]
+    assert len(logged) == 4  # the whole run, not only the epochs after the resume
+
+
 def _refused(result: tuple[int, str, str], *words: str) -> str:
     rc, _, err = result
     assert rc == 2, err

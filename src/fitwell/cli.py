@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run_dir", help="the run directory of the interrupted `fitwell train`")
     _add_training_flags(p)  # given flags must match the run's; the data file may have moved
+    _add_tracking_flags(p)
     p.set_defaults(func=cmd_resume)
     p = sub.add_parser("predict", help="predict with a trained run")
     p.add_argument("run_dir")
@@ -710,6 +711,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         for k, v in vars(args).items()
         if k not in _NOT_SETTINGS | {"run_dir", "data"} and v is not None
     }
+    _check_not_empty(args, "mlflow", "mlflow_experiment")
     show = not (args.quiet or args.json)
 
     def warn(msg: str) -> None:
@@ -717,7 +719,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         run = resume(
-            args.run_dir, data=args.data, progress=None if show else False, warn=warn, **settings
+            args.run_dir,
+            data=args.data,
+            progress=None if show else False,
+            warn=warn,
+            mlflow_uri=args.mlflow,
+            mlflow_experiment=args.mlflow_experiment,
+            **settings,
         )
     except OSError as exc:
         raise _write_failure(exc, Path(args.run_dir), created=False) from None
