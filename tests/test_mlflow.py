@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,29 @@ def test_an_unusable_store_is_refused_before_training(
     )
     _refused(result, *words)
     assert not out.exists()
+
+
+def test_a_database_fitwell_cannot_read_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    result = cli(
+        capsys, "train", "--dataset", "iris", *TINY, "--out", tmp_path / "a", "--mlflow", junk
+    )
+    err = _refused(result, "file is not a database")
+    assert "[SQL:" not in err and "sqlalche.me" not in err
+    # A database whose schema this MLflow does not know (one written by a newer MLflow).
+    newer = tmp_path / "newer.db"
+    monkeypatch.chdir(tmp_path)  # MLflow caches a store by its URI: this one differs from fitwell's
+    MlflowClient(tracking_uri="sqlite:///newer.db").search_experiments()
+    with sqlite3.connect(newer) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00dfeed0000'")
+    result = cli(
+        capsys, "train", "--dataset", "iris", *TINY, "--out", tmp_path / "b", "--mlflow", newer
+    )
+    _refused(result, "f00dfeed0000", f"this is MLflow {mlflow.__version__}")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_experiment_flag_needs_the_store(

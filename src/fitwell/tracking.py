@@ -154,7 +154,21 @@ def _reason(exc: BaseException) -> str:
     errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if errno and "Max retries exceeded" in text:
         return f"cannot connect ({errno.group(1).strip()})"
-    return text if len(text) <= 300 else text[:297] + "..."
+    # SQLAlchemy appends the failing statement and a link; neither helps the user.
+    text = re.sub(r"\s*\[SQL: .*?\]|\s*\(Background on this error at: [^)]*\)", "", text)
+    if "database schema" in text:  # MLflow's advice ('mlflow db upgrade') is wrong for a newer db
+        text = text.split(". ", 1)[0] + (
+            f" (this is MLflow {_mlflow_version()}: a database written by a newer MLflow needs "
+            "that version; an older one, `mlflow db upgrade URI`)"
+        )
+    text = text if len(text) <= 400 else text[:399] + "…"
+    return text.rstrip(".") or type(exc).__name__
+
+
+def _mlflow_version() -> str:
+    import mlflow
+
+    return str(mlflow.__version__)
 
 
 def _param(value: Any) -> str:
