@@ -498,6 +498,7 @@ def print_summary(m: dict[str, Any]) -> None:
         t = m["mlflow"]
         console.print(
             f"mlflow: run {t['run_id']} in experiment {t['experiment']!r} at {t['tracking_uri']}"
+            + (f" · {t['url']}" if t.get("url") else "")
         )
 
 

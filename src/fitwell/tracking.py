@@ -15,10 +15,11 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -118,13 +119,14 @@ def _import_client() -> Any:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """MLflow's INFO lines (creating tables, alembic migrations) and its dependencies'
-    deprecation warnings (SQLAlchemy 2.1 on MLflow's queries) are not the user's business."""
+    deprecation warnings (SQLAlchemy 2.1 on MLflow's queries) are not the user's business, and
+    anything MLflow prints goes to stderr: stdout is ``--json``'s."""
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), redirect_stdout(sys.stderr):
             for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
                 warnings.simplefilter("ignore", category)
             yield
@@ -154,6 +156,8 @@ def _reason(exc: BaseException) -> str:
     errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if errno and "Max retries exceeded" in text:
         return f"cannot connect ({errno.group(1).strip()})"
+    if "Max retries exceeded" in text and "timed out" in text:
+        return "the server did not answer in time (timed out)"
     # SQLAlchemy appends the failing statement and a link; neither helps the user.
     text = re.sub(r"\s*\[SQL: .*?\]|\s*\(Background on this error at: [^)]*\)", "", text)
     if "database schema" in text:  # MLflow's advice ('mlflow db upgrade') is wrong for a newer db
@@ -217,7 +221,8 @@ class MlflowRun:
             raise InputError("--mlflow-experiment is empty; give a name or leave it out.")
         client_class = _import_client()
         resolved = tracking_uri(uri)
-        env = {}
+        # fitwell's summary gives the run's address; MLflow would print its own on stdout.
+        env = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
         if resolved.startswith("file:"):
             # MLflow 3 keeps the folder store only on request; asking for a folder is one.
             env["MLFLOW_ALLOW_FILE_STORE"] = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -518,4 +523,7 @@ def tracked(
         "experiment": tracker.experiment,
         "run_id": tracker.run_id,
     }
+    if tracker.uri.startswith(("http://", "https://")):
+        page = f"{tracker.uri.rstrip('/')}/#/experiments/{tracker.experiment_id}"
+        run.metrics["mlflow"]["url"] = f"{page}/runs/{tracker.run_id}"
     return run
