@@ -32,7 +32,9 @@ TINY = ["--hidden", "8", "--max-epochs", "4", "--batch-size", "32", "--quiet"]
 
 
 @pytest.fixture(autouse=True)
-def _no_file_store_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # MLflow's defaults (./mlruns, ./mlartifacts) must never land in the checkout.
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
 
 
