@@ -363,3 +363,14 @@ def test_auto_starts_from_the_embedding_recipe_unless_told_otherwise(tmp_path: P
     start = tmp_path / "start.toml"
     start.write_text('numeric_embedding = "none"\n')
     assert "numeric_embedding" not in _auto_recipe(start, {})
+
+
+def test_fitwell_auto_is_callable_before_and_after_its_modules_are_imported(monkeypatch):
+    import fitwell
+    import fitwell.auto.pipeline  # noqa: F401  (sets fitwell.auto to the package)
+
+    calls = []
+    monkeypatch.setattr(fitwell.auto, "auto", lambda *a, **k: calls.append((a, k)) or "run")
+    assert fitwell.auto("data.csv", target="label", time_budget="10m") == "run"
+    assert calls == [(("data.csv",), {"target": "label", "time_budget": "10m"})]
+    assert "auto" in fitwell.__all__

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "fitwell.api",
     "train_population": "fitwell.api",
+    "auto": "fitwell",  # the fitwell.auto package, callable as fitwell.auto(...)
     "load_run": "fitwell.api",
     "Run": "fitwell.api",
     "TrainConfig": "fitwell.config",
@@ -46,6 +47,7 @@ __all__ = [
     "TrainConfig",
     "TrainingFailed",
     "build_config",
+    "auto",
     "export_onnx",
     "load_run",
     "train",
@@ -59,4 +61,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'fitwell' has no attribute {name!r}")
     import importlib
 
+    if name == "auto":  # importing the package sets fitwell.auto to it (it is callable)
+        return importlib.import_module("fitwell.auto")
     return getattr(importlib.import_module(module), name)

@@ -472,6 +472,8 @@ def train(
     callbacks: Sequence[Callback] = (),
     progress: bool | None = False,
     overwrite: bool = False,
+    mlflow_uri: str | None = None,
+    mlflow_experiment: str | None = None,
     **settings: Any,
 ) -> Run:
     """Train a model on a table and write a run directory.
@@ -491,12 +493,31 @@ def train(
         Extra callbacks for the training loop.
     progress : bool or None, default False
         Show a progress bar; ``None`` shows it when stderr is a terminal.
+    mlflow_uri : str, optional
+        Also log the run to this MLflow tracking store (``sqlite:///mlflow.db``, a folder, an
+        ``http://`` server; needs ``fitwell[mlflow]``): see :mod:`fitwell.tracking`. The store is
+        checked before training starts.
+    mlflow_experiment : str, optional
+        MLflow experiment name; default: the dataset's name or the data file's stem.
     """
+    from fitwell.tracking import tracked
+
     cfg = make_config(config, data=str(data) if data is not None else None, **settings)
-    if overwrite and out is not None:
-        with runs.replacing_run(out):
-            return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
-    return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
+
+    def body() -> Run:
+        if overwrite and out is not None:
+            with runs.replacing_run(out):
+                return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
+        return train_population([cfg], out=out, callbacks=callbacks, progress=progress)
+
+    return tracked(
+        body,
+        mlflow_uri,
+        experiment=mlflow_experiment,
+        settings=cfg.to_dict(),
+        command="train",
+        run_name=Path(out).name if out is not None else None,
+    )
 
 
 def train_population(

@@ -214,6 +214,21 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tracking_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking")
+    g.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log the run to this MLflow tracking store: sqlite:///mlflow.db, a folder, "
+        "http://HOST:PORT (needs fitwell[mlflow]); checked before training",
+    )
+    g.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="MLflow experiment (default: the dataset's name or the data file's stem)",
+    )
+
+
 _NOT_SETTINGS = {
     "command",
     "config",
@@ -222,6 +237,8 @@ _NOT_SETTINGS = {
     "quiet",
     "func",
     "tensorboard",
+    "mlflow",
+    "mlflow_experiment",
     "overwrite",
     "lambdas",
     "tolerance",
@@ -243,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the fitwell run already in --out once the new run finishes "
         "(a folder with other files is refused)",
     )
+    _add_tracking_flags(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
         "auto",
@@ -292,10 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the fitwell run already in --out once the new run finishes",
     )
+    _add_tracking_flags(p)
     p.set_defaults(func=cmd_auto)
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run_dir", help="the run directory of the interrupted `fitwell train`")
     _add_training_flags(p)  # given flags must match the run's; the data file may have moved
+    _add_tracking_flags(p)
     p.set_defaults(func=cmd_resume)
     p = sub.add_parser("predict", help="predict with a trained run")
     p.add_argument("run_dir")
@@ -358,7 +378,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fitwell.errors import InputError, TrainingFailed
 
     settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
-    _check_not_empty(args, "out", "tensorboard")
+    _check_not_empty(args, "out", "tensorboard", "mlflow", "mlflow_experiment")
     cfg = make_config(args.config, **settings)
     out = Path(args.out) if args.out is not None else _default_out(cfg.to_dict())
     if args.tensorboard is not None and _is_within(Path(args.tensorboard), out):
@@ -374,13 +394,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fitwell.training.tensorboard import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(args.tensorboard))
-    from contextlib import nullcontext
-
-    from fitwell.runs import replacing_run
-
     try:
-        with replacing_run(out) if args.overwrite else nullcontext():
-            run = train(config=cfg, out=out, progress=None if show else False, callbacks=callbacks)
+        # MLflow is told last, outside --overwrite's replacement: a store failing then never
+        # costs the finished run directory.
+        run = train(
+            config=cfg,
+            out=out,
+            progress=None if show else False,
+            callbacks=callbacks,
+            overwrite=args.overwrite,
+            mlflow_uri=args.mlflow,
+            mlflow_experiment=args.mlflow_experiment,
+        )
     except OSError as exc:
         raise _write_failure(exc, out, created=not existed) from None
     except TrainingFailed as exc:  # divergence: the findings travel with the error
@@ -478,6 +503,7 @@ def summary_json(m: dict[str, Any]) -> dict[str, Any]:
             "target_score": m["target_score"],
             "target_met": m["target_met"],
         }
+        | ({"mlflow": m["mlflow"]} if m.get("mlflow") else {})
     )
 
 
@@ -550,6 +576,12 @@ def print_summary(m: dict[str, Any]) -> None:
     print_findings(m.get("findings", []))
     if m.get("run_dir"):
         console.print(f"run directory: {m['run_dir']}")
+    if m.get("mlflow"):
+        t = m["mlflow"]
+        console.print(
+            f"mlflow: run {t['run_id']} in experiment {t['experiment']!r} at {t['tracking_uri']}"
+            + (f" · {t['url']}" if t.get("url") else "")
+        )
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -639,10 +671,29 @@ def cmd_auto(args: argparse.Namespace) -> int:
         raise InputError(
             "--resume continues the search in --out; --overwrite replaces it: not both."
         )
-    # stdout carries the result only: what libraries print during the run (Ray's notes on
-    # workers it restarted, for one) goes to stderr, so `--json` stays one JSON document.
-    with replacing_run(out) if args.overwrite else nullcontext(), redirect_stdout(sys.stderr):
-        run = _auto_run(args, out, log, settings)
+    _check_not_empty(args, "mlflow", "mlflow_experiment")
+
+    def body() -> Any:
+        # stdout carries the result only: what libraries print during the run (Ray's notes on
+        # workers it restarted, for one) goes to stderr, so `--json` stays one JSON document.
+        with replacing_run(out) if args.overwrite else nullcontext(), redirect_stdout(sys.stderr):
+            return _auto_run(args, out, log, settings)
+
+    if args.mlflow is None and args.mlflow_experiment is None:
+        return _auto_report(args, body())
+    from fitwell.api import make_config
+    from fitwell.tracking import tracked
+
+    # Logged to MLflow outside --overwrite's replacement, so a store failing at the end never
+    # costs the finished run directory.
+    run = tracked(
+        body,
+        args.mlflow,
+        experiment=args.mlflow_experiment,
+        settings=make_config(args.config, **settings).to_dict(),
+        command="auto",
+        run_name=out.name,
+    )
     return _auto_report(args, run)
 
 
@@ -741,6 +792,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         for k, v in vars(args).items()
         if k not in _NOT_SETTINGS | {"run_dir", "data"} and v is not None
     }
+    _check_not_empty(args, "mlflow", "mlflow_experiment")
     show = not (args.quiet or args.json)
 
     def warn(msg: str) -> None:
@@ -748,7 +800,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     try:
         run = resume(
-            args.run_dir, data=args.data, progress=None if show else False, warn=warn, **settings
+            args.run_dir,
+            data=args.data,
+            progress=None if show else False,
+            warn=warn,
+            mlflow_uri=args.mlflow,
+            mlflow_experiment=args.mlflow_experiment,
+            **settings,
         )
     except OSError as exc:
         raise _write_failure(exc, Path(args.run_dir), created=False) from None

@@ -247,7 +247,7 @@ def finish_run(
         prepared.preprocessor,
         prepared.target_encoder,
         prepared.target,
-        extra={"fit": fit, "prepared": prepared, "signals": signals},
+        extra={"fit": fit, "prepared": prepared, "signals": signals, "config": cfg},
     )
 
 

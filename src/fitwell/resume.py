@@ -30,6 +30,8 @@ def resume(
     callbacks: Sequence[Callback] = (),
     progress: bool | None = False,
     warn: Callable[[str], None] | None = None,
+    mlflow_uri: str | None = None,
+    mlflow_experiment: str | None = None,
     **settings: Any,
 ) -> Run:
     """Continue an interrupted run in place.
@@ -46,6 +48,9 @@ def resume(
         Progress bar as in :func:`fitwell.api.train`.
     warn : callable, optional
         Receives one-line warnings (a corrupt checkpoint skipped); default: Python warnings.
+    mlflow_uri, mlflow_experiment : str, optional
+        Log the finished run to an MLflow tracking store, as :func:`fitwell.train` does (a new
+        MLflow run: the interrupted one, if it was tracked, stays KILLED).
     **settings
         Settings to check against the run's: any that differ make the resume fail (exit 2).
     """
@@ -80,6 +85,15 @@ def resume(
                     f"{stored.get(key)!r}, now {given!r}. Resume with the original settings or "
                     "start a new run."
                 )
-    return train_population(
-        cfgs, out=folder, callbacks=callbacks, progress=progress, resume=True, warn=warn
+    from fitwell.tracking import tracked
+
+    return tracked(
+        lambda: train_population(
+            cfgs, out=folder, callbacks=callbacks, progress=progress, resume=True, warn=warn
+        ),
+        mlflow_uri,
+        experiment=mlflow_experiment,
+        settings=cfgs[0].to_dict(),
+        command="resume",
+        run_name=folder.name,
     )

@@ -714,6 +714,8 @@ def auto(
     executor: Executor | str | None = None,
     address: str | None = None,
     parallel: int = 1,
+    mlflow_uri: str | None = None,
+    mlflow_experiment: str | None = None,
     **settings: Any,
 ) -> Any:
     """Diagnose, repair and search a network for a table within a time budget; test once.
@@ -756,6 +758,9 @@ def auto(
     parallel : int, default 1
         Search populations asked together and trained side by side (a wave). The trials the
         search chooses depend on the seed, ``trials`` and ``parallel``, not on the executor.
+    mlflow_uri, mlflow_experiment : str, optional
+        Also log the run to an MLflow tracking store, as :func:`fitwell.train` does, with
+        ``trials.csv`` and ``repairs.json`` among its files.
 
     Returns
     -------
@@ -779,6 +784,40 @@ def auto(
     cfg = make_config(
         config, data=str(data) if data is not None else None, **_auto_recipe(config, settings)
     )
+    if mlflow_uri is not None or mlflow_experiment is not None:
+        from functools import partial
+
+        from fitwell.tracking import tracked
+
+        body = partial(
+            auto,
+            data,
+            config=config,
+            time_budget=time_budget,
+            trials=trials,
+            repair=repair,
+            search=search,
+            storage=storage,
+            study_name=study_name,
+            resume=resume,
+            out=out,
+            progress=progress,
+            log=log,
+            population_size=population_size,
+            prune=prune,
+            executor=executor,
+            address=address,
+            parallel=parallel,
+            **settings,
+        )
+        return tracked(
+            body,
+            mlflow_uri,
+            experiment=mlflow_experiment,
+            settings=cfg.to_dict(),
+            command="auto",
+            run_name=Path(out).name if out is not None else None,
+        )
     folder = Path(out) if out is not None else None
     if folder is not None:
         _prepare_folder(folder, resume=resume, settings=cfg.to_dict())
