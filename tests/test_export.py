@@ -254,6 +254,8 @@ def test_embedded_text_column_predicts_what_predict_writes(
     model = tmp_path / "model.onnx"
     rc, _, err = _cli(capsys, "export", tmp_path / "run", "--out", model)
     assert rc == 0, err
+    meta = {p.key: p.value for p in onnx.load(model).metadata_props}
+    assert [c["kind"] for c in json.loads(meta["inputs"])][1] == "embedded"
     rows = tmp_path / "rows.csv"
     _shop_rows().to_csv(rows, index=False)
     predictions = tmp_path / "predictions.csv"
