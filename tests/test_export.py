@@ -188,6 +188,120 @@ def test_graph_predicts_what_predict_writes(
         assert np.abs(got["prediction"] - values).max() <= TOLERANCE
 
 
+# high-cardinality text columns: a code looked up in each member's learned table ----------------
+SHOPS = [f"shop{i:02d}" for i in range(45)]  # above embed_categories_above (30): embedded
+
+
+def _shop_table(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """An embedded column between numeric ones, a one-hot column after it, missing values."""
+    rng = np.random.default_rng(seed)
+    effect = dict(zip(SHOPS, np.random.default_rng(99).normal(size=len(SHOPS)), strict=True))
+    shop = rng.choice(SHOPS, size=n)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    colour = rng.choice(["red", "green", "blue"], size=n)
+    signal = np.array([effect[s] for s in shop]) + x1 + (colour == "red")
+    frame = pd.DataFrame(
+        {
+            "x1": x1,
+            "shop": shop,
+            "colour": colour,
+            "x2": x2,
+            "label": np.where(signal > 0.3, "yes", "no"),
+            "price": 3.0 * signal + 20.0 + 0.1 * rng.normal(size=n),
+        }
+    )
+    frame.loc[rng.choice(n, 15, replace=False), "shop"] = np.nan
+    frame.loc[rng.choice(n, 15, replace=False), "x2"] = np.nan
+    return frame
+
+
+def _shop_rows() -> pd.DataFrame:
+    """Every shop, then a missing, an unseen, an empty and a CSV-marker shop."""
+    rows = _shop_table(n=len(SHOPS) + 4, seed=1).drop(columns=["label", "price"])
+    rows["shop"] = [*SHOPS, None, "shop-new", "", "NA"]
+    rows.loc[0, "x2"] = np.nan
+    return rows
+
+
+SHOP_RUNS: dict[str, dict[str, Any]] = {
+    "classification": {"target": "label", **TINY, "ensemble": 3, "restarts": 3},
+    "regression": {
+        "target": "price",
+        **TINY,
+        "numeric_embedding": "pbld",  # periodic embeddings of x1, x2 before the shop's vectors
+        "activation": "gelu",
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(SHOP_RUNS))
+def test_embedded_text_column_predicts_what_predict_writes(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = SHOP_RUNS[name]
+    data = tmp_path / "train.csv"
+    _shop_table().drop(columns=["price" if name == "classification" else "label"]).to_csv(
+        data, index=False
+    )
+    run = fitwell.train(data, out=tmp_path / "run", seed=3, **settings)
+    assert [s.kind for s in run.preprocessor.columns] == [
+        "numeric",
+        "embedded",
+        "categorical",
+        "numeric",
+    ]
+    assert run.model.arch.categorical == (1,) and run.model.n_members == settings["ensemble"]
+    model = tmp_path / "model.onnx"
+    rc, _, err = _cli(capsys, "export", tmp_path / "run", "--out", model)
+    assert rc == 0, err
+    meta = {p.key: p.value for p in onnx.load(model).metadata_props}
+    assert [c["kind"] for c in json.loads(meta["inputs"])][1] == "embedded"
+    rows = tmp_path / "rows.csv"
+    _shop_rows().to_csv(rows, index=False)
+    predictions = tmp_path / "predictions.csv"
+    assert _cli(capsys, "predict", tmp_path / "run", rows, "--out", predictions)[0] == 0
+    expected = pd.read_csv(predictions)
+    parsed = pd.read_csv(rows)  # "", "NA" and the missing shop all read as missing
+    raw = pd.read_csv(rows, keep_default_na=False, na_values={"x1": [""], "x2": [""]})
+    assert raw["shop"].tolist()[-4:] == ["", "shop-new", "", "NA"]
+    got = _onnx_outputs(model, parsed, tmp_path / "run")
+    from_text = _onnx_outputs(model, raw, tmp_path / "run")
+    for key, value in got.items():
+        np.testing.assert_array_equal(from_text[key], value)
+    key = "probabilities" if name == "classification" else "prediction"
+    if name == "classification":
+        want = expected[[c for c in expected.columns if c.startswith("proba_")]].to_numpy()
+        assert got["prediction"].tolist() == expected["prediction"].astype(str).tolist()
+    else:
+        want = expected["prediction"].to_numpy()
+    assert got[key].shape == want.shape
+    assert np.abs(got[key] - want).max() <= TOLERANCE
+    # each shop reads its own row of the tables; missing and unseen values all read code 0
+    first = _shop_rows().iloc[[0] * (len(SHOPS) + 4)].reset_index(drop=True)
+    first["shop"] = [*SHOPS, None, "shop-new", "", "NA"]
+    same = _onnx_outputs(model, first, tmp_path / "run")[key]
+    assert np.ptp(same[: len(SHOPS)], axis=0).max() > 1e-3
+    for row in same[-3:]:
+        np.testing.assert_array_equal(row, same[-4])
+
+
+def test_embedded_column_alone_and_refusals(tmp_path: Path) -> None:
+    """A run whose only input is an embedded column (no raw inputs left for the first layer);
+    an embedded category spelled like a missing value is refused, not exported wrong."""
+    data = tmp_path / "shops.csv"
+    _shop_table().loc[:, ["shop", "label"]].to_csv(data, index=False)
+    run = fitwell.train(data, target="label", out=tmp_path / "run", **TINY)
+    assert run.model.arch.categorical == (0,) and run.model.arch.n_inputs == 1
+    model = export_onnx(run, tmp_path / "m.onnx")
+    rows = _shop_rows()[["shop"]]
+    got = _onnx_outputs(model, rows, tmp_path / "run")["probabilities"]
+    np.testing.assert_allclose(got, run.predict_proba(rows), atol=TOLERANCE, rtol=0)
+    run.preprocessor.columns[0].categories.insert(0, "")
+    with pytest.raises(InputError, match="'shop' has the empty string as a category"):
+        export_onnx(run, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_ensemble_graph_averages_every_member(runs: dict[str, Path], tmp_path: Path) -> None:
     """Three members in one graph, their class probabilities averaged (not one member's)."""
     run = load_run(runs["ensemble_pbld"])

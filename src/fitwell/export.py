@@ -49,6 +49,9 @@ _KNOWN_ARCHITECTURE = {
     "embedding_frequencies",
     "embedding_dim",
     "front_scale",
+    "categorical",
+    "category_sizes",
+    "category_dims",
 }
 _KNOWN_COLUMN = {"name", "kind", "fill", "mean", "std", "categories"}
 _KNOWN_PREPROCESSOR = {"columns", "scale", "scaling"}
@@ -140,6 +143,15 @@ def check_exportable(run: Run) -> None:
         problems.append(f"input column(s) {', '.join(map(repr, repeated))} appear twice")
     if not pre.columns:
         problems.append("it has no input columns")
+    codes = pre.embedded_inputs()
+    if [i for i, _ in codes] != list(arch.categorical) or [n for _, n in codes] != list(
+        arch.category_sizes
+    ):
+        problems.append(
+            f"its network reads category codes at inputs {list(arch.categorical)} with "
+            f"{list(arch.category_sizes)} codes but the preprocessing makes them at "
+            f"{[i for i, _ in codes]} with {[n for _, n in codes]}"
+        )
     if run.model.arch.n_inputs != len(pre.encoded_names):
         problems.append(
             f"its network reads {arch.n_inputs} inputs but the preprocessing makes "
@@ -171,6 +183,12 @@ def _column_problems(spec: ColumnSpec) -> list[str]:
             problems.append(f"column {spec.name!r} fills missing values with an unseen category")
         elif "" in spec.categories and spec.fill != "":
             # the graph's inputs spell a missing text value as "", so it cannot also be a level
+            problems.append(
+                f"column {spec.name!r} has the empty string as a category of its own, and the "
+                "graph reads an empty string as missing"
+            )
+    elif spec.kind == "embedded":
+        if "" in spec.categories:  # as above; an embedded column's missing value is code 0
             problems.append(
                 f"column {spec.name!r} has the empty string as a category of its own, and the "
                 "graph reads an empty string as missing"
@@ -219,7 +237,7 @@ def probe_frame(pre: Preprocessor, rows: int = PROBE_ROWS, *, seed: int = 0) -> 
     """Rows that exercise every path of the preprocessing: numeric values around the training
     centre and missing ones; every category, missing values and a value never seen."""
     rng = np.random.default_rng(seed)
-    width = max([len(s.categories) + 2 for s in pre.columns if s.kind == "categorical"] or [0])
+    width = max([len(s.categories) + 2 for s in pre.columns if s.kind != "numeric"] or [0])
     n = max(rows, width)
     data: dict[str, Any] = {}
     for spec in pre.columns:

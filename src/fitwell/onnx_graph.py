@@ -4,9 +4,10 @@ Built node by node with ``onnx.helper`` rather than traced with ``torch.onnx``: 
 few batched matrix products, the preprocessing is NumPy and pandas code that no tracer sees,
 and a hand-built graph needs neither onnxscript nor a tracer whose output changes with the torch
 version. Each part mirrors one function of fitwell, named in its docstring:
-``Preprocessor._encode_column`` (imputation, scaling, one-hot), ``embeddings.embed`` and
-``PopulationMLP.forward`` (the members, stacked ``[K, ...]`` as in training), then
-``ensemble_outputs`` and ``TargetEncoder.decode`` (the average and the target's units).
+``Preprocessor._encode_column`` (imputation, scaling, one-hot, category codes),
+``embeddings.embed``, ``category_embeddings.lookup`` and ``PopulationMLP.forward`` (the members,
+stacked ``[K, ...]`` as in training), then ``ensemble_outputs`` and ``TargetEncoder.decode``
+(the average and the target's units).
 tests/test_export.py compares the graph with ``fitwell predict`` on every kind of run.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fitwell import __version__, embeddings
+from fitwell import __version__, category_embeddings, embeddings
 from fitwell.data.arrow_csv import NA_VALUES
 from fitwell.data.preparation import TargetEncoder
 from fitwell.data.preprocessing import SMOOTH_CLIP_BOUND, ColumnSpec, Preprocessor
@@ -121,6 +122,20 @@ def _one_hot(g: _Graph, spec: ColumnSpec) -> str:
     return g.op("Cast", g.op("Equal", codes, levels), to=TensorProto.FLOAT)
 
 
+def _category_code(g: _Graph, spec: ColumnSpec) -> str:
+    """``[N, 1]`` float32: an embedded column's code, 1, 2, ... for its categories in order and 0
+    for anything else: missing (the empty string, a CSV missing marker) or unseen alike."""
+    codes = g.op(
+        "LabelEncoder",
+        spec.name,
+        domain="ai.onnx.ml",
+        keys_strings=list(spec.categories),
+        values_int64s=list(range(1, len(spec.categories) + 1)),
+        default_int64=0,
+    )
+    return g.op("Cast", codes, to=TensorProto.FLOAT)
+
+
 def preprocessing(g: _Graph, pre: Preprocessor, numeric_type: int) -> str:
     """The encoded matrix ``[N, n_encoded]`` (float32), columns in ``pre.encoded_names`` order."""
     numeric = [s for s in pre.columns if s.kind == "numeric"]
@@ -133,10 +148,10 @@ def preprocessing(g: _Graph, pre: Preprocessor, numeric_type: int) -> str:
             positions[s.name] = [at]
             at += 1
     for s in pre.columns:
-        if s.kind == "categorical":
-            blocks.append(_one_hot(g, s))
-            positions[s.name] = list(range(at, at + len(s.categories)))
-            at += len(s.categories)
+        if s.kind != "numeric":
+            blocks.append(_one_hot(g, s) if s.kind == "categorical" else _category_code(g, s))
+            positions[s.name] = list(range(at, at + len(s.encoded_names)))
+            at += len(s.encoded_names)
     x = blocks[0] if len(blocks) == 1 else g.op("Concat", *blocks, axis=1)
     order = [i for s in pre.columns for i in positions[s.name]]
     if order != list(range(at)):
@@ -166,10 +181,10 @@ def _activation(g: _Graph, h: str, name: str) -> str:
 
 
 def _embedding_front(
-    g: _Graph, x: str, arch: Architecture, state: dict[str, np.ndarray], k: int
+    g: _Graph, x: str, raw: str, arch: Architecture, state: dict[str, np.ndarray], k: int
 ) -> str:
-    """``embeddings.embed``: ``[K, N, F + C * D]``, the raw inputs then each embedded column's
-    ``W cos(2 pi (w x + b)) + c``."""
+    """``embeddings.embed``: ``[K, N, F + C * D]``, the ``raw`` inputs ``[N, F]`` then each
+    embedded column's ``W cos(2 pi (w x + b)) + c``."""
     c, d = arch.n_embedded, arch.embedding_dim
     cols = g.op("Gather", x, g.const(list(arch.embedded), "embedded", np.int64), axis=1)
     cols = g.op("Unsqueeze", g.op("Transpose", cols, perm=[1, 0]), g.const([2], "axis", np.int64))
@@ -181,8 +196,28 @@ def _embedding_front(
     e = g.op("Add", e, g.const(state["embed_biases"][:, :, None, :], "embed_biases"))
     e = g.op("Transpose", e, perm=[0, 2, 1, 3])
     e = g.op("Reshape", e, g.const([k, -1, c * d], "shape", np.int64))
-    raw = g.op("Expand", x, g.const([k, 1, 1], "members", np.int64))
+    raw = g.op("Expand", raw, g.const([k, 1, 1], "members", np.int64))
     return g.op("Concat", raw, e, axis=2)
+
+
+def _category_front(
+    g: _Graph, x: str, h: str | None, arch: Architecture, state: dict[str, np.ndarray], k: int
+) -> str:
+    """``category_embeddings.lookup`` appended to the first-layer inputs ``h`` (``[N, F]``, or
+    ``[K, N, F]`` after a periodic embedding; None when every input is a code): each code
+    column's row of every member's table, in column order."""
+    parts = []
+    if h is not None:
+        if not arch.n_embedded:  # shared rows: the same inputs for every member
+            h = g.op("Expand", h, g.const([k, 1, 1], "members", np.int64))
+        parts.append(h)
+    names = category_embeddings.names(len(arch.categorical))
+    for index, name in zip(arch.categorical, names, strict=True):
+        code = g.op("Gather", x, g.const(index, "code_column", np.int64), axis=1)  # [N]
+        code = g.op("Cast", code, to=TensorProto.INT64)
+        table = g.const(state[name], name)  # [K, codes, dim]
+        parts.append(g.op("Gather", table, code, axis=1))  # [K, N, dim]
+    return parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=2)
 
 
 def network_tensors(arch: Architecture) -> set[str]:
@@ -194,6 +229,7 @@ def network_tensors(arch: Architecture) -> set[str]:
             names |= {f"bn_weights.{i}", f"bn_biases.{i}", f"bn_mean_{i}", f"bn_var_{i}"}
     if arch.n_embedded:
         names |= set(embeddings.PARAMETERS)
+    names |= set(category_embeddings.names(len(arch.categorical)))
     if arch.front_scale:
         names.add("front_scales")
     return names
@@ -202,8 +238,14 @@ def network_tensors(arch: Architecture) -> set[str]:
 def network(g: _Graph, x: str, arch: Architecture, state: dict[str, np.ndarray], k: int) -> str:
     """``PopulationMLP.forward`` in evaluation for shared rows ``x [N, F]``: ``[K, N, C]``."""
     h = x
-    if arch.n_embedded:
-        h = _embedding_front(g, h, arch, state, k)
+    if arch.categorical:  # the codes are no first-layer inputs of their own
+        kept = [i for i in range(arch.n_inputs) if i not in set(arch.categorical)]
+        raw = g.op("Gather", x, g.const(kept, "raw_inputs", np.int64), axis=1) if kept else None
+        if arch.n_embedded and raw is not None:
+            raw = _embedding_front(g, x, raw, arch, state, k)
+        h = _category_front(g, x, raw, arch, state, k)
+    elif arch.n_embedded:
+        h = _embedding_front(g, x, x, arch, state, k)
     if arch.front_scale:
         h = g.op("Mul", h, g.const(state["front_scales"], "front_scales"))
     last = len(arch.layer_sizes) - 1
