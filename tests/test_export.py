@@ -106,6 +106,17 @@ RUNS: dict[str, dict[str, Any]] = {
         "batch_norm": True,
         "activation": "selu",
     },
+    # RealMLP's layers: NTK scaling folded into the weights, a learned activation shape, mish
+    "ntk_learnable_mish": {
+        "target": "label",
+        **TINY,
+        "ensemble": 2,
+        "restarts": 2,
+        "parametrization": "ntk",
+        "learnable_activation": True,
+        "activation": "mish",
+        "lr": 0.04,
+    },
     "regression_pbld": {
         "target": "price",
         **TINY,

@@ -52,6 +52,8 @@ _KNOWN_ARCHITECTURE = {
     "categorical",
     "category_sizes",
     "category_dims",
+    "learnable_activation",
+    "parametrization",
 }
 _KNOWN_COLUMN = {"name", "kind", "fill", "mean", "std", "categories"}
 _KNOWN_PREPROCESSOR = {"columns", "scale", "scaling"}

@@ -177,6 +177,8 @@ def _activation(g: _Graph, h: str, name: str) -> str:
         erf = g.op("Erf", g.op("Mul", h, g.const(1.0 / math.sqrt(2.0), "inv_sqrt2")))
         half = g.op("Mul", h, g.const(0.5, "half"))
         return g.op("Mul", half, g.op("Add", erf, g.const(1.0, "one")))
+    if name == "mish":  # x * tanh(softplus(x))
+        return g.op("Mul", h, g.op("Tanh", g.op("Softplus", h)))
     raise ValueError(f"activation {name!r} has no ONNX form here")
 
 
@@ -232,6 +234,8 @@ def network_tensors(arch: Architecture) -> set[str]:
     names |= set(category_embeddings.names(len(arch.categorical)))
     if arch.front_scale:
         names.add("front_scales")
+    if arch.learnable_activation:
+        names |= {f"act_alphas.{i}" for i in range(len(arch.hidden))}
     return names
 
 
@@ -250,7 +254,11 @@ def network(g: _Graph, x: str, arch: Architecture, state: dict[str, np.ndarray],
         h = g.op("Mul", h, g.const(state["front_scales"], "front_scales"))
     last = len(arch.layer_sizes) - 1
     for layer in range(last + 1):
-        h = g.op("MatMul", h, g.const(state[f"weights.{layer}"], f"weights{layer}"))
+        weights = state[f"weights.{layer}"]
+        if arch.parametrization == "ntk":  # PopulationMLP.weight_scales, folded into the weights
+            fan_in = arch.layer_sizes[layer][0]
+            weights = weights * np.float32(1.0 / math.sqrt(max(fan_in, 1)))
+        h = g.op("MatMul", h, g.const(weights, f"weights{layer}"))
         h = g.op("Add", h, g.const(state[f"biases.{layer}"], f"biases{layer}"))
         if layer == last:
             break
@@ -261,7 +269,11 @@ def network(g: _Graph, x: str, arch: Architecture, state: dict[str, np.ndarray],
             shift = state[f"bn_biases.{layer}"] - state[f"bn_mean_{layer}"] * scale
             h = g.op("Mul", h, g.const(scale.reshape(k, 1, width), "bn_scale"))
             h = g.op("Add", h, g.const(shift.reshape(k, 1, width), "bn_shift"))
-        h = _activation(g, h, arch.activation)
+        act = _activation(g, h, arch.activation)
+        if arch.learnable_activation:  # torch.lerp(h, act(h), a) = h + a * (act(h) - h)
+            alpha = g.const(state[f"act_alphas.{layer}"], f"act_alpha{layer}")
+            act = g.op("Add", h, g.op("Mul", alpha, g.op("Sub", act, h)))
+        h = act
     return h
 
 
