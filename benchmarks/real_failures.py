@@ -515,7 +515,7 @@ CASES = [
         "https://thecodeforge.io/ml-ai/pytorch-training-loop/",
         "gradients accumulate; updates grow wrong, loss blows up",
         "call optimizer.zero_grad() every step",
-        (),
+        ("missing_zero_grad",),
         missing_zero_grad,
     ),
     Case(
