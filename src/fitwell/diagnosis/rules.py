@@ -801,7 +801,7 @@ def probabilities_as_logits_findings(records: Sequence[dict[str, Any]]) -> list[
             nll = float(r.get("output_nll_grad_batches") or 0) / batches
             classes = int(r.get("output_classes") or 2)
             floor = cross_entropy_floor(classes)
-            common = {
+            common: dict[str, Any] = {
                 "epoch": int(r["epoch"]),
                 "member": int(r.get("member", 0)),
                 "classes": classes,
