@@ -306,3 +306,27 @@ def test_no_signal_score_ignores_one_lucky_epoch_but_keeps_late_learning() -> No
     overfit = [0.5, 0.9, 0.92, 0.9] + [0.85] * 20
     assert no_signal_score(overfit) >= 0.85
     assert no_signal_score([]) is None and no_signal_score([0.4]) == pytest.approx(0.4)
+
+
+# ------------------------------------------------------------------ underfitting plateau
+def history(train: list[float], val: list[float]) -> list[dict]:
+    return [
+        {"epoch": e + 1, "member": 0, "train_r2": t, "val_r2": v}
+        for e, (t, v) in enumerate(zip(train, val, strict=True))
+    ]
+
+
+def test_plateau_without_a_train_validation_gap_is_underfitting() -> None:
+    from fitwell.diagnosis.rules import RunContext, plateau_underfitting_findings
+
+    ctx = RunContext(task="regression")
+    flat = [0.3, 0.45, 0.5, 0.55] + [0.56] * 8
+    found = plateau_underfitting_findings(history(flat, [v - 0.01 for v in flat]), ctx, "r2")
+    assert found and found[0]["code"] == "underfitting" and found[0]["epoch"] == 12
+    # Still improving, or fitting its own rows better than unseen ones, or already near 1:
+    rising = [0.1 * i for i in range(1, 13)]
+    assert plateau_underfitting_findings(history(rising, rising), ctx, "r2") == []
+    assert plateau_underfitting_findings(history(flat, [v - 0.2 for v in flat]), ctx, "r2") == []
+    high = [0.97] * 12
+    assert plateau_underfitting_findings(history(high, high), ctx, "r2") == []
+    assert plateau_underfitting_findings(history(flat[:8], flat[:8]), ctx, "r2") == []

@@ -38,6 +38,7 @@ from fitwell.diagnosis.rules import (
     no_signal_findings,
     no_signal_score,
     overfitting_findings,
+    plateau_underfitting_findings,
     probabilities_as_logits_findings,
     signal_findings,
     single_class_chance,
@@ -524,6 +525,9 @@ class Doctor:
                 if r.get(f"val_{score}") is not None and math.isfinite(float(r[f"val_{score}"]))
             ]
             out += no_signal_findings(no_signal_score(scores), ctx)
+        if not failed and not any(f["code"] == "no_signal" for f in out):
+            score = "accuracy" if self.task == "classification" else "r2"
+            out += plateau_underfitting_findings(self.history, ctx, score)
         rank = {"error": 0, "warning": 1, "info": 2}
         return sorted(out, key=lambda f: rank[f["severity"]])
 

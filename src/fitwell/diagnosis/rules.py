@@ -36,6 +36,10 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
 - ``NO_SIGNAL_SE``: the chosen model's validation score is within 2 standard errors of the
   trivial baseline.
 - ``LEAKAGE_FRACTION``: 5% or more of the test rows also appear in the training rows.
+- ``PLATEAU_EPOCHS`` / ``PLATEAU_GAIN`` (user loops, no reference model): the training score
+  gained less than 0.01 over the last 5 epochs, stays ``UNDERFIT_MARGIN`` below 1, and the
+  training and validation scores are within ``UNDERFIT_MARGIN`` of each other: a network with
+  room to spare, trained to a plateau, fits its own rows better than unseen ones.
 - ``INIT_GAIN_PRODUCT``: the initial weights multiply a signal's scale by more than 1000 from
   the first layer to the output (the product over layers of ``std(W) sqrt(fan_in / 2)``, the
   factor by which a ReLU layer scales its input's root mean square), the same 1e3 as the
@@ -70,6 +74,9 @@ LOCAL_MINIMUM_RECOVERY = 0.5
 LOCAL_MINIMUM_ERROR_RATIO = 1.5
 NO_SIGNAL_SE = 2.0
 LEAKAGE_FRACTION = 0.05
+# Epochs over which a training score that gains less than PLATEAU_GAIN has stopped improving.
+PLATEAU_EPOCHS = 5
+PLATEAU_GAIN = 0.01
 # Product over layers of std(W) * sqrt(fan_in / 2): Kaiming init gives 1 per layer, PyTorch's
 # default 0.41, Xavier with tanh's gain 5/3 1.18 (1e3 needs 42 such layers); N(0, 1) weights
 # on 128 inputs give 8 per layer, 1e3 after 4 layers.
@@ -586,6 +593,51 @@ def underfitting_findings(
                 )
             ]
     return []
+
+
+def plateau_underfitting_findings(
+    history: Sequence[dict[str, Any]], ctx: RunContext, score: str
+) -> list[dict]:
+    """Underfitting without a reference model (a user's own loop): the training score has
+    stopped improving, is well below 1, and validation matches it.
+
+    A network with capacity to spare keeps fitting its training rows after it stops improving
+    on unseen ones (it fits their noise too), so train and validation scores drift apart; one
+    that cannot even fit its own rows better than unseen rows, at a plateau, is held back by its
+    size (or its regularization). The absence of that gap is the signal, so no linear or wider
+    reference is needed; data whose score is capped by noise still shows the gap once the
+    model has room to memorize.
+    """
+    train = _curve(history, ctx.member, f"train_{score}")
+    val = dict(_curve(history, ctx.member, f"val_{score}"))
+    if len(train) < 2 * PLATEAU_EPOCHS:
+        return []
+    last_epoch, last = train[-1]
+    before = max(v for _, v in train[:-PLATEAU_EPOCHS])
+    recent = max(v for _, v in train[-PLATEAU_EPOCHS:])
+    net_val = val.get(last_epoch)
+    if net_val is None or recent - before >= PLATEAU_GAIN:
+        return []
+    gap = last - net_val
+    if last >= _max_score(ctx) - UNDERFIT_MARGIN or gap >= UNDERFIT_MARGIN:
+        return []
+    return [
+        finding(
+            "underfitting",
+            "warning",
+            "the network fits its own training rows no better than unseen rows and has stopped "
+            "improving: widen it (more units per hidden layer, e.g. 64 or more), lower weight "
+            "decay / dropout, or train longer with a higher learning rate",
+            epoch=last_epoch,
+            member=ctx.member,
+            train_score=last,
+            val_score=net_val,
+            train_val_gap=gap,
+            gain_last_epochs=recent - before,
+            plateau_epochs=PLATEAU_EPOCHS,
+            margin=UNDERFIT_MARGIN,
+        )
+    ]
 
 
 def capacity_check_needed(
