@@ -31,9 +31,14 @@ from fitwell.diagnosis.rules import (
     OPTIMIZATION_FAULTS,
     RunContext,
     divergence_findings,
+    init_scale_findings,
+    lead_with_cause,
     lead_with_scaling,
+    missing_zero_grad_findings,
     no_signal_findings,
+    no_signal_score,
     overfitting_findings,
+    plateau_underfitting_findings,
     probabilities_as_logits_findings,
     signal_findings,
     single_class_chance,
@@ -47,6 +52,19 @@ EXPLODING_WEIGHT_RATIO = 1e3
 # Output rows within this of summing to 1 (float32 softmax sums are within ~1e-6 of it), and
 # gradient rows whose sum is this small against their absolute sum, count as exact.
 ROW_SUM_TOLERANCE = 1e-4
+# A gradient entry this close (relative) to its neighbours' counts as equal: float32 rounding
+# of -1/N or -w/sum(w) is ~1e-7 relative; 1/(N p) for distinct probabilities differs by far more.
+EQUAL_GRADIENT_TOLERANCE = 1e-4
+# |row label implied by a sigmoid gradient - nearest of 0 and 1| below this counts as exact
+# (float32 sigmoid and the loss's 1/N scale are exact to ~1e-6).
+SIGMOID_GRADIENT_TOLERANCE = 1e-3
+# Layers whose output is renormalized: the weight scale then does not carry to the next layer.
+_NORMALIZING = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 _RELU_LIKE = (
     nn.ReLU,
     nn.ReLU6,
@@ -116,6 +134,15 @@ class Doctor:
         self.divergence: dict[int, dict[str, Any]] = {}
         self._handles: list[Any] = []
         self._first_loss: float | None = None
+        # Initial weight gain per layer, std(W) * sqrt(fan_in), read before any step: what the
+        # initialization chose (PyTorch's default gives 0.58, Kaiming 1.41, N(0, 1) sqrt(fan_in)).
+        self.normalized = any(isinstance(m, _NORMALIZING) for m in model.modules())
+        with torch.no_grad():
+            self.init_gain = [
+                float(w.detach().float().std() * math.sqrt(w[0].numel())) if w.numel() > 1 else 0.0
+                for w in self._weights
+            ]
+        self._after_step = False
         self._reset_epoch()
 
     # --------------------------------------------------------------------------- attach
@@ -132,6 +159,8 @@ class Doctor:
             return
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
         self._handles.append(self.model.register_forward_hook(self._output_hook))
+        if self._weights and self._weights[-1].requires_grad:
+            self._handles.append(self._weights[-1].register_hook(self._incoming_grad_hook))
         if self._first_layer is not None:
             self._handles.append(self._first_layer.register_forward_pre_hook(self._input_hook))
         for index, (_, module, kind) in enumerate(self._acts):
@@ -158,6 +187,12 @@ class Doctor:
         self._out_prob = 0
         self._out_zero_grad = 0
         self._out_classes = 0
+        self._out_nll_grad = 0
+        self._col_batches = 0
+        self._col_unit = 0
+        self._col_sigmoid_grad = 0
+        self._stale = torch.zeros((), device=device)
+        self._stale_checked = 0
         self._in_square_sum: torch.Tensor | None = None
         self._in_rows = 0
         self._step_losses: list[float] = []
@@ -171,15 +206,35 @@ class Doctor:
 
     @torch.no_grad()
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        norms = [
-            w.grad.norm() if w.grad is not None else torch.zeros((), device=w.device)
-            for w in self._weights
-        ]
+        grads = [w.grad for w in self._weights]
+        same_device = len({w.device for w in self._weights}) == 1
+        if grads and same_device and all(g is not None for g in grads):
+            norms = list(torch._foreach_norm([g for g in grads if g is not None]))  # one kernel
+        else:
+            norms = [
+                g.norm() if g is not None else torch.zeros((), device=w.device)
+                for g, w in zip(grads, self._weights, strict=True)
+            ]
         if norms:
             stacked = torch.stack([n.to(self._grad_sum.device) for n in norms])
             self._grad_sum += stacked
             self._nonfinite += (~torch.isfinite(stacked)).any().float()
         self._steps += 1
+        self._after_step = True
+
+    @torch.no_grad()
+    def _incoming_grad_hook(self, grad: torch.Tensor) -> None:
+        """Before the first backward after a step adds into the output layer's ``.grad``: does
+        it still hold the previous step's gradient? ``zero_grad()`` leaves it None or zero;
+        accumulating micro-batches between steps is not looked at (only the first backward
+        after each step is). Counted on the device: no host sync."""
+        if not self._after_step:
+            return
+        self._after_step = False
+        old = self._weights[-1].grad
+        self._stale_checked += 1
+        if old is not None:
+            self._stale += old.ne(0).any().to(self._stale.device, torch.float32)
 
     @torch.no_grad()
     def _input_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -203,16 +258,21 @@ class Doctor:
         self._in_rows += int(cols.shape[0])
 
     def _output_hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        """On training forwards (outputs that carry gradients) of a classifier's ``[rows, K]``
-        output: are the rows probabilities, and does the loss's gradient sum to zero per row?"""
+        """On training forwards (outputs that carry gradients) of a classifier's output: for
+        ``[rows, K]``, are the rows probabilities, and does the loss's gradient sum to zero per
+        row (softmax inside the loss) or sit on one entry per row at an equal value (NLLLoss on
+        the probabilities)? For one column, is it confined to [0, 1], and is the loss's gradient
+        exactly the one of a loss that applies a sigmoid to it (BCEWithLogitsLoss)?"""
         if not (
             isinstance(output, torch.Tensor)
             and output.requires_grad
-            and output.dim() == 2
-            and output.shape[1] >= 2
+            and output.dim() in (1, 2)
             and output.shape[0] > 0
             and output.is_floating_point()
         ):
+            return
+        if output.dim() == 1 or output.shape[1] == 1:
+            self._column_hook(output)
             return
         with torch.no_grad():
             rows = output.detach()
@@ -234,6 +294,27 @@ class Doctor:
                     (sums[moving] <= ROW_SUM_TOLERANCE * size[moving]).all()
                 ):
                     self._out_zero_grad += 1
+                elif nll_on_probabilities(rows, grad):
+                    self._out_nll_grad += 1
+
+        output.register_hook(on_grad)
+
+    def _column_hook(self, output: torch.Tensor) -> None:
+        """A single output column (binary classifier): in [0, 1], and a sigmoid-loss gradient?"""
+        with torch.no_grad():
+            values = output.detach()
+            # Varying rows only: a network whose units all died outputs one constant.
+            unit = bool(((values >= 0) & (values <= 1)).all()) and bool(
+                values.max() - values.min() > SIGMOID_GRADIENT_TOLERANCE
+            )
+        self._col_batches += 1
+        if not unit:
+            return
+        self._col_unit += 1
+
+        def on_grad(grad: torch.Tensor) -> None:
+            if sigmoid_applied_by_loss(values, grad):
+                self._col_sigmoid_grad += 1
 
         output.register_hook(on_grad)
 
@@ -247,8 +328,13 @@ class Doctor:
                 return
             if threshold is None:
                 # A unit is a feature (dense) or a channel (conv): dimension 1.
-                units = pre.transpose(0, 1).reshape(pre.shape[1], -1) if pre.dim() > 1 else pre
-                active = (units > 0).double().mean(dim=-1)
+                # float32 shares are exact enough for a 1% threshold, and half the memory
+                # traffic of float64; a dense [rows, units] input needs no transposed copy.
+                if pre.dim() == 2:
+                    active = (pre > 0).float().mean(dim=0)
+                else:
+                    units = pre.transpose(0, 1).reshape(pre.shape[1], -1) if pre.dim() > 1 else pre
+                    active = (units > 0).float().mean(dim=-1)
                 prev = self._alive[index]
                 if prev is None or prev.shape != active.shape:
                     self._alive[index], self._act_calls[index] = active, 1
@@ -367,6 +453,12 @@ class Doctor:
                 "output_probability_batches": self._out_prob,
                 "output_zero_sum_grad_batches": self._out_zero_grad,
                 "output_classes": self._out_classes,
+                "output_nll_grad_batches": self._out_nll_grad,
+                "column_batches": self._col_batches,
+                "column_unit_batches": self._col_unit,
+                "column_sigmoid_grad_batches": self._col_sigmoid_grad,
+                "stale_grad_checks": self._stale_checked,
+                "stale_grad_steps": int(float(self._stale)),
                 "input_rms": None
                 if self._in_square_sum is None or self._in_rows == 0
                 else (self._in_square_sum / self._in_rows).sqrt().tolist(),
@@ -419,6 +511,7 @@ class Doctor:
         sat_names = [n or type(m).__name__ for n, m, k in self._acts if k != "relu"]
         out = divergence_findings(ctx)
         diverged_at = self.divergence.get(0, {}).get("epoch")
+        init = [] if self.normalized else init_scale_findings(self.init_gain, self.layers)
         for f in signal_findings(
             self.records,
             self.layers,
@@ -427,13 +520,19 @@ class Doctor:
             dead_layers=dead_names,
             saturated_layers=sat_names,
         ):
+            if init and f["code"] == "exploding_gradients":
+                continue  # the initialization finding names the cause
             if diverged_at is None or (f["epoch"] is not None and f["epoch"] < diverged_at):
                 out.append(f)
+        out += init  # read before the first step: it holds even when training diverged
+        out += missing_zero_grad_findings(self.records)
         out += probabilities_as_logits_findings(self.records)
         out += unscaled_inputs_findings(self.records)
         out += unshuffled_batches_findings(self.records)
         out += unscaled_target_findings(self.records)
         out = lead_with_scaling(out)
+        out = lead_with_cause(out, "exploding_gradients", "re-initialize the weights first")
+        out = lead_with_cause(out, "missing_zero_grad", "call optimizer.zero_grad() first")
         out += overfitting_findings(self.history, ctx)
         # A validation score that never beat the trivial baseline is reported whatever else fired
         # (labels that do not match their inputs also overfit), unless the optimizer itself failed.
@@ -445,6 +544,60 @@ class Doctor:
                 for r in self.history
                 if r.get(f"val_{score}") is not None and math.isfinite(float(r[f"val_{score}"]))
             ]
-            out += no_signal_findings(max(scores) if scores else None, ctx)
+            out += no_signal_findings(no_signal_score(scores), ctx)
+        if not failed and not any(f["code"] == "no_signal" for f in out):
+            score = "accuracy" if self.task == "classification" else "r2"
+            out += plateau_underfitting_findings(self.history, ctx, score)
         rank = {"error": 0, "warning": 1, "info": 2}
         return sorted(out, key=lambda f: rank[f["severity"]])
+
+
+def nll_on_probabilities(rows: torch.Tensor, grad: torch.Tensor) -> bool:
+    """Whether ``grad`` (the loss's gradient w.r.t. probability ``rows``) is NLLLoss's on the
+    rows themselves: one negative entry per row, equal within each class (``-1/N``, or
+    ``-w_y / sum(w)`` with class weights). A softmax whose *log* goes to NLLLoss gives
+    ``-1/(N p_y)`` there instead, equal only where the probabilities are; rows whose true-class
+    probabilities are all equal cannot tell the two apart and count as no."""
+    with torch.no_grad():
+        nonzero = grad != 0
+        if not bool((nonzero.sum(dim=1) == 1).all()):
+            return False
+        cls = nonzero.float().argmax(dim=1)
+        g = grad.gather(1, cls[:, None])[:, 0]
+        p = rows.gather(1, cls[:, None])[:, 0]
+        if not bool((g < 0).all()):
+            return False
+        k = rows.shape[1]
+
+        def spread(v: torch.Tensor) -> torch.Tensor:
+            high = torch.full((k,), -math.inf, device=v.device, dtype=v.dtype)
+            low = torch.full((k,), math.inf, device=v.device, dtype=v.dtype)
+            high = high.scatter_reduce(0, cls, v, "amax")
+            low = low.scatter_reduce(0, cls, v, "amin")
+            seen = torch.isfinite(high)
+            return (high - low)[seen] / high.abs()[seen].clamp_min(1e-30)
+
+        same_grad = bool((spread(g.abs()) <= EQUAL_GRADIENT_TOLERANCE).all())
+        varied_prob = bool((spread(p) > 1e3 * EQUAL_GRADIENT_TOLERANCE).any())
+        return same_grad and varied_prob
+
+
+def sigmoid_applied_by_loss(values: torch.Tensor, grad: torch.Tensor) -> bool:
+    """Whether ``grad`` is what a loss that applies a sigmoid to ``values`` gives for 0/1 labels.
+
+    BCEWithLogitsLoss's gradient is ``(sigmoid(z) - y) / N`` (``N`` rows, mean reduction; 1 for
+    sum), so ``sigmoid(z) - N * grad`` recovers each row's label. A loss that takes ``values``
+    as probabilities (BCELoss: ``(p - y) / (N p (1 - p))``, MSE: ``2 (p - y) / N``) recovers no
+    0/1 label across a batch.
+    """
+    with torch.no_grad():
+        z = values.double().reshape(-1)
+        g = grad.double().reshape(-1)
+        if g.numel() != z.numel() or not bool(g.ne(0).any()):
+            return False
+        for scale in (float(z.numel()), 1.0):
+            label = torch.sigmoid(z) - scale * g
+            near = torch.where(label > 0.5, 1.0, 0.0)
+            if bool(((label - near).abs() <= SIGMOID_GRADIENT_TOLERANCE).all()):
+                return True
+        return False

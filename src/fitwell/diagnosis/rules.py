@@ -40,6 +40,16 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
   the training rows: a model that never predicts that class still scores over 90%. Only when
   that class also holds under half its balanced share ``1 / classes``
   (``IMBALANCE_OF_BALANCED``): ten equal classes hold 10% each and accuracy suits them.
+- ``PLATEAU_EPOCHS`` / ``PLATEAU_GAIN`` (user loops, no reference model): the training score
+  gained less than 0.01 over the last 5 epochs, stays ``UNDERFIT_MARGIN`` below 1, and the
+  training and validation scores are within ``UNDERFIT_MARGIN`` of each other: a network with
+  room to spare, trained to a plateau, fits its own rows better than unseen ones.
+- ``INIT_GAIN_PRODUCT``: the initial weights multiply a signal's scale by more than 1000 from
+  the first layer to the output (the product over layers of ``std(W) sqrt(fan_in / 2)``, the
+  factor by which a ReLU layer scales its input's root mean square), the same 1e3 as the
+  gradient-ratio rule: gradients flowing back grow by the same factor.
+- ``STALE_GRAD_SHARE``: in 90% of an epoch's steps the output layer's ``.grad`` still held the
+  previous step's gradient when the next backward began (``zero_grad()`` was not called).
 """
 
 from __future__ import annotations
@@ -70,9 +80,28 @@ NO_SIGNAL_SE = 2.0
 LEAKAGE_FRACTION = 0.05
 IMBALANCE_SHARE = 0.10
 IMBALANCE_OF_BALANCED = 0.5
+# Epochs over which a training score that gains less than PLATEAU_GAIN has stopped improving.
+PLATEAU_EPOCHS = 5
+PLATEAU_GAIN = 0.01
+# Product over layers of std(W) * sqrt(fan_in / 2): Kaiming init gives 1 per layer, PyTorch's
+# default 0.41, Xavier with tanh's gain 5/3 1.18 (1e3 needs 42 such layers); N(0, 1) weights
+# on 128 inputs give 8 per layer, 1e3 after 4 layers.
+INIT_GAIN_PRODUCT = 1e3
+# Steps (of those checked) whose gradient still held the previous step's: accumulation by
+# mistake, not a rare skipped zero_grad (the share is exact, so 0.9 leaves room only for the
+# first step of each epoch and loops that clear the gradients every few steps).
+STALE_GRAD_SHARE = 0.9
+STALE_GRAD_MIN_STEPS = 4
+# Fraction of the (later) epochs whose median validation score judges no_signal: the typical
+# score of the trained model, not the best of many noisy epochs.
+NO_SIGNAL_LATE_SHARE = 0.5
 # Share of a classifier's training batches whose output rows are probabilities and whose loss
 # gradient sums to zero across each row (a loss that applies softmax to those outputs itself).
 PROBABILITY_ROWS_SHARE = 0.9
+# Epochs in a row a single output column must stay in [0, 1] with a sigmoid-loss gradient: a
+# logit column that learns leaves [0, 1] within an epoch (a confident row needs |z| > 1), an
+# output that went through a sigmoid never does.
+SIGMOID_EPOCHS = 2
 # Root mean square of an input column above which it is unscaled: default initializations
 # (Kaiming, Xavier, PyTorch's uniform) size the first layer for inputs of about unit scale.
 INPUT_RMS_LIMIT = 10.0
@@ -107,6 +136,7 @@ CODES = (
     "unshuffled_batches",
     "unscaled_target",
     "imbalanced_accuracy",
+    "missing_zero_grad",
 )
 # Faults of the optimization itself: when one is found, a poor score is its consequence, so
 # "underfitting" / "no_signal" would point at the wrong cause.
@@ -118,6 +148,7 @@ OPTIMIZATION_FAULTS = (
     "dead_relu",
     "lr_too_high",
     "slow_convergence",
+    "missing_zero_grad",
 )
 
 
@@ -582,6 +613,51 @@ def underfitting_findings(
     return []
 
 
+def plateau_underfitting_findings(
+    history: Sequence[dict[str, Any]], ctx: RunContext, score: str
+) -> list[dict]:
+    """Underfitting without a reference model (a user's own loop): the training score has
+    stopped improving, is well below 1, and validation matches it.
+
+    A network with capacity to spare keeps fitting its training rows after it stops improving
+    on unseen ones (it fits their noise too), so train and validation scores drift apart; one
+    that cannot even fit its own rows better than unseen rows, at a plateau, is held back by its
+    size (or its regularization). The absence of that gap is the signal, so no linear or wider
+    reference is needed; data whose score is capped by noise still shows the gap once the
+    model has room to memorize.
+    """
+    train = _curve(history, ctx.member, f"train_{score}")
+    val = dict(_curve(history, ctx.member, f"val_{score}"))
+    if len(train) < 2 * PLATEAU_EPOCHS:
+        return []
+    last_epoch, last = train[-1]
+    before = max(v for _, v in train[:-PLATEAU_EPOCHS])
+    recent = max(v for _, v in train[-PLATEAU_EPOCHS:])
+    net_val = val.get(last_epoch)
+    if net_val is None or recent - before >= PLATEAU_GAIN:
+        return []
+    gap = last - net_val
+    if last >= _max_score(ctx) - UNDERFIT_MARGIN or gap >= UNDERFIT_MARGIN:
+        return []
+    return [
+        finding(
+            "underfitting",
+            "warning",
+            "the network fits its own training rows no better than unseen rows and has stopped "
+            "improving: widen it (more units per hidden layer, e.g. 64 or more), lower weight "
+            "decay / dropout, or train longer with a higher learning rate",
+            epoch=last_epoch,
+            member=ctx.member,
+            train_score=last,
+            val_score=net_val,
+            train_val_gap=gap,
+            gain_last_epochs=recent - before,
+            plateau_epochs=PLATEAU_EPOCHS,
+            margin=UNDERFIT_MARGIN,
+        )
+    ]
+
+
 def capacity_check_needed(
     history: Sequence[dict[str, Any]], ctx: RunContext, score: str, codes: set[str]
 ) -> bool:
@@ -688,6 +764,25 @@ def _standard_error(ctx: RunContext, score: float | None = None, *, n: int | Non
     return math.sqrt(2.0 / n)  # rough sd of validation R^2 of a model with no signal
 
 
+def no_signal_score(scores: Sequence[float]) -> float | None:
+    """The validation score ``no_signal`` judges in a user's loop, where the kept model is
+    unknown: the higher of the median over the later ``NO_SIGNAL_LATE_SHARE`` of the epochs and
+    the median over three epochs around the best one.
+
+    The best single epoch is the maximum of many noisy draws (30 epochs of a model with no
+    signal reach 2 standard errors above the baseline by chance, and a model that predicts the
+    validation split's most common class for one epoch jumps further); the medians ignore one
+    lucky epoch but keep a model that learned late, or learned and then overfit.
+    """
+    clean = [float(s) for s in scores if math.isfinite(float(s))]
+    if not clean:
+        return None
+    late = clean[int(len(clean) * (1.0 - NO_SIGNAL_LATE_SHARE)) :] or clean
+    at = clean.index(max(clean))
+    around = clean[max(at - 1, 0) : at + 2]
+    return max(statistics.median(late), statistics.median(around))
+
+
 def no_signal_findings(best_val_score: float | None, ctx: RunContext) -> list[dict]:
     """The chosen model does not beat the trivial baseline by more than noise."""
     if ctx.metric_val_score is not None:
@@ -791,41 +886,169 @@ def cross_entropy_floor(classes: int) -> float:
     return math.log(1.0 + (classes - 1) / math.e)
 
 
-def probabilities_as_logits_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
-    """The model's outputs are probability rows and the loss applies softmax to them again.
+def sigmoid_bce_floor() -> tuple[float, float]:
+    """The lowest BCE-with-logits a row can reach when its "logit" is a probability in [0, 1]:
+    ``log(1 + e^-1)`` for a positive row (z = 1), ``log 2`` for a negative one (z = 0)."""
+    return math.log(1.0 + math.exp(-1.0)), math.log(2.0)
 
-    Two observations, both needed. The output rows are non-negative and sum to 1 (a final
-    ``Softmax``). And the loss's gradient with respect to those outputs sums to zero across each
-    row: that is what a loss with softmax inside (``CrossEntropyLoss``: softmax(z) - onehot) does,
-    while ``NLLLoss`` on their log has gradient -1/p_y on the true class alone, never summing to
-    zero, so a correct softmax + log + NLLLoss stays quiet, and logits are never probability
-    rows. The gradient is exact from the first step on, so no epoch count or loss threshold is
-    needed; the loss floor ``log(1 + (K-1)/e)`` is given as evidence of the harm.
+
+def probabilities_as_logits_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
+    """The model's outputs are probabilities and the loss treats them as something else.
+
+    Three exact gradient signatures, each on at least ``PROBABILITY_ROWS_SHARE`` of an epoch's
+    training batches, with outputs that are probabilities on as many:
+
+    - Softmax rows into a loss with softmax inside (``CrossEntropyLoss``): the gradient sums to
+      zero across each row (softmax(z) - onehot). ``NLLLoss`` on their log has gradient
+      ``-1/(N p_y)`` on the true class alone, never summing to zero, so a correct softmax + log +
+      NLLLoss stays quiet, and logits are never probability rows. Loss floor
+      ``log(1 + (K-1)/e)``.
+    - Softmax rows into ``NLLLoss`` directly (it expects log-probabilities): one entry per row,
+      equal within each class (``-1/N``), where softmax + log + NLLLoss gives ``-1/(N p_y)``.
+      The loss is then ``-mean(p_y)``, in [-1, 0]: it cannot say how wrong a row is.
+    - One column in [0, 1] into a loss that applies a sigmoid (``BCEWithLogitsLoss``): the
+      gradient is ``(sigmoid(z) - y)/N`` with 0/1 labels. A logit column is not confined to
+      [0, 1] batch after batch (that would predict the positive class for every row), and BCE
+      on probabilities gives a different gradient. Floor ``log(1 + e^-1)`` per positive row.
+
+    The gradients are exact from the first step on, so no epoch count or loss threshold is
+    needed; the sigmoid case asks for ``SIGMOID_EPOCHS`` epochs in a row in [0, 1], since a
+    logit column that is still near its initial values can sit there for a few batches.
     """
+    confined = 0
     for r in records:
         batches = int(r.get("output_batches") or 0)
-        if batches == 0:
-            continue
-        prob = float(r.get("output_probability_batches") or 0) / batches
-        zero = float(r.get("output_zero_sum_grad_batches") or 0) / batches
-        if prob >= PROBABILITY_ROWS_SHARE and zero >= PROBABILITY_ROWS_SHARE:
+        if batches:
+            prob = float(r.get("output_probability_batches") or 0) / batches
+            zero = float(r.get("output_zero_sum_grad_batches") or 0) / batches
+            nll = float(r.get("output_nll_grad_batches") or 0) / batches
             classes = int(r.get("output_classes") or 2)
             floor = cross_entropy_floor(classes)
+            common: dict[str, Any] = {
+                "epoch": int(r["epoch"]),
+                "member": int(r.get("member", 0)),
+                "classes": classes,
+                "probability_row_batches": round(prob, 3),
+                "train_loss": r.get("train_loss"),
+            }
+            if prob >= PROBABILITY_ROWS_SHARE and zero >= PROBABILITY_ROWS_SHARE:
+                return [
+                    finding(
+                        "probabilities_as_logits",
+                        "warning",
+                        "the model ends in a softmax and its loss applies softmax again "
+                        "(CrossEntropyLoss expects raw logits): remove the final nn.Softmax and "
+                        "apply softmax only to predict, or end in nn.LogSoftmax and use "
+                        f"nn.NLLLoss; cross-entropy on probability rows cannot go below "
+                        f"{floor:.3g}",
+                        **common,
+                        zero_sum_gradient_batches=round(zero, 3),
+                        loss_floor=round(floor, 4),
+                    )
+                ]
+            if prob >= PROBABILITY_ROWS_SHARE and nll >= PROBABILITY_ROWS_SHARE:
+                return [
+                    finding(
+                        "probabilities_as_logits",
+                        "warning",
+                        "the model ends in a softmax and NLLLoss takes its probabilities as "
+                        "log-probabilities (the loss is -mean(p_y), between -1 and 0): end in "
+                        "nn.LogSoftmax instead of nn.Softmax, or drop the softmax and use "
+                        "nn.CrossEntropyLoss",
+                        **common,
+                        nll_gradient_batches=round(nll, 3),
+                        loss_range=[-1.0, 0.0],
+                    )
+                ]
+        columns = int(r.get("column_batches") or 0)
+        unit = float(r.get("column_unit_batches") or 0) / max(columns, 1)
+        sig = float(r.get("column_sigmoid_grad_batches") or 0) / max(columns, 1)
+        confined = confined + 1 if min(unit, sig) >= PROBABILITY_ROWS_SHARE else 0
+        if confined >= SIGMOID_EPOCHS:
+            positive, negative = sigmoid_bce_floor()
             return [
                 finding(
                     "probabilities_as_logits",
                     "warning",
-                    "the model ends in a softmax and its loss applies softmax again "
-                    "(CrossEntropyLoss expects raw logits): remove the final nn.Softmax and "
-                    "apply softmax only to predict, or end in nn.LogSoftmax and use nn.NLLLoss; "
-                    f"cross-entropy on probability rows cannot go below {floor:.3g}",
+                    "the model ends in a sigmoid and its loss applies a sigmoid again "
+                    "(BCEWithLogitsLoss expects raw logits): remove the final nn.Sigmoid and "
+                    "apply torch.sigmoid only to predict, or keep it and use nn.BCELoss; "
+                    f"the loss cannot go below {positive:.3g} per positive row and "
+                    f"{negative:.3g} per negative row",
                     epoch=int(r["epoch"]),
                     member=int(r.get("member", 0)),
-                    classes=classes,
-                    probability_row_batches=round(prob, 3),
-                    zero_sum_gradient_batches=round(zero, 3),
-                    loss_floor=round(floor, 4),
+                    unit_interval_batches=round(unit, 3),
+                    sigmoid_gradient_batches=round(sig, 3),
+                    loss_floor_positive=round(positive, 4),
+                    loss_floor_negative=round(negative, 4),
                     train_loss=r.get("train_loss"),
+                )
+            ]
+    return []
+
+
+def init_scale_findings(gains: Sequence[float], layers: Sequence[str]) -> list[dict]:
+    """Initial weights so large that activations and gradients grow layer after layer.
+
+    ``gains`` are ``std(W) * sqrt(fan_in)`` per weighted layer, read before the first step. A
+    ReLU layer multiplies the root mean square of its input by about ``gain / sqrt(2)`` (1 for
+    Kaiming init), and the backward pass by the same factor, so their product over the layers
+    is how much larger the output (and the first layer's gradient) is than a well-initialized
+    network's. Only meaningful for a chain of layers without normalization between them (the
+    caller skips models with BatchNorm / LayerNorm / GroupNorm).
+    """
+    usable = [(i, g) for i, g in enumerate(gains) if math.isfinite(g) and g > 0]
+    if len(usable) < 2:
+        return []
+    product = math.prod(g / math.sqrt(2.0) for _, g in usable)
+    if product <= INIT_GAIN_PRODUCT:
+        return []
+    at, worst = max(usable, key=lambda ig: ig[1])
+    return [
+        finding(
+            "exploding_gradients",
+            "warning",
+            "the initial weights are too large: each layer multiplies the signal (forward) and "
+            "the gradient (backward) again; use PyTorch's default init or "
+            "nn.init.kaiming_normal_ (ReLU) / nn.init.xavier_normal_ (tanh), with std about "
+            "sqrt(2 / fan_in), not N(0, 1)",
+            epoch=1,
+            layer=layers[at] if at < len(layers) else None,
+            member=0,
+            init_gain=[round(g, 3) for g in gains],
+            init_gain_product=product,
+            kaiming_gain=round(math.sqrt(2.0), 3),
+            threshold=INIT_GAIN_PRODUCT,
+        )
+    ]
+
+
+def missing_zero_grad_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
+    """Gradients accumulate across steps: ``optimizer.zero_grad()`` is never called.
+
+    Read on the first backward after each optimizer step: the output layer's ``.grad`` still
+    holds a non-zero gradient (``zero_grad()`` leaves it None or zero). Every step then applies
+    the sum of all gradients so far, so the step size grows with the step count. Accumulating
+    micro-batches between steps is not counted (only the first backward after a step is read).
+    """
+    for r in records:
+        checked = int(r.get("stale_grad_checks") or 0)
+        if checked < STALE_GRAD_MIN_STEPS:
+            continue
+        share = float(r.get("stale_grad_steps") or 0) / checked
+        if share >= STALE_GRAD_SHARE:
+            return [
+                finding(
+                    "missing_zero_grad",
+                    "warning",
+                    "gradients are never cleared, so each step applies the sum of every "
+                    "earlier step's gradient: call optimizer.zero_grad() before each "
+                    "loss.backward()",
+                    epoch=int(r["epoch"]),
+                    member=int(r.get("member", 0)),
+                    stale_grad_steps=round(share, 3),
+                    steps_checked=checked,
+                    threshold=STALE_GRAD_SHARE,
                 )
             ]
     return []
@@ -909,6 +1132,23 @@ def lead_with_scaling(found: list[dict]) -> list[dict]:
                 "advice": "standardize the inputs / target first (see unscaled_inputs, "
                 "unscaled_target), then: " + f["advice"],
                 "evidence": {**f.get("evidence", {}), "inputs_unscaled": True},
+            }
+        out.append(f)
+    return out
+
+
+def lead_with_cause(found: list[dict], cause: str, first: str) -> list[dict]:
+    """When ``cause`` was found at warning level, the other optimization faults it produces
+    (divergence, lr_too_high, dead units, ...) say so and advise fixing it first."""
+    if not any(f["code"] == cause and f["severity"] != "info" for f in found):
+        return found
+    out = []
+    for f in found:
+        if f["code"] != cause and f["code"] in OPTIMIZATION_FAULTS:
+            f = {
+                **f,
+                "advice": f"{first} (see {cause}), then: " + f["advice"],
+                "evidence": {**f.get("evidence", {}), "caused_by": cause},
             }
         out.append(f)
     return out
