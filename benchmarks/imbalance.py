@@ -1,10 +1,13 @@
 """Class weights on imbalanced tables: accuracy, balanced accuracy and macro-F1 with and without.
 
 Tables: generated (6 Gaussian columns, the rare class shifted on 3 of them) with the rare class at
-2%, 5% and 10% of 3,000 rows, and breast cancer with its malignant class cut to 10% of the
-benign count. Each trained with fitwell's defaults (``class_weight="none"``) and with
+1%, 2%, 5%, 10% and 20% of 3,000 rows, and breast cancer with its malignant class cut to 10% of
+the benign count. Each trained with fitwell's defaults (``class_weight="none"``) and with
 ``class_weight="balanced"``, seeds 0-2 (split, initialisation, data order), scored once on the
-sealed test split. Prints a table and writes ``benchmarks/results/imbalance.json``.
+sealed test split. Beside them, on the same splits (fitted on fitwell's training + validation
+rows, as encoded by fitwell): scikit-learn's ``MLPClassifier()`` (it has no class weights) and
+``HistGradientBoostingClassifier(class_weight="balanced")``. Prints a table and writes
+``benchmarks/results/imbalance.json``.
 
 ``--metrics auto,balanced_accuracy`` also crosses the weighting with the metric that chooses the
 members (``--restarts 8``: more members than the ensemble of 3, so the metric has a choice);
@@ -54,6 +57,48 @@ def breast_cancer_cut(ratio: float = 0.1) -> pd.DataFrame:
     return out.rename(columns={target: "label"})
 
 
+BASELINES = ("sklearn MLPClassifier()", "HistGB(class_weight=balanced)")
+
+
+def sklearn_scores(path: Path, seed: int) -> dict[str, dict[str, float]]:
+    """The baselines on fitwell's split of ``path`` for ``seed``: fitted on train + validation,
+    scored once on the test rows."""
+    import warnings
+
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    from sklearn.neural_network import MLPClassifier
+
+    from fitwell.data import load_table, prepare
+
+    prepared = prepare(
+        load_table(str(path), target="label"),
+        task="auto",
+        split=(0.7, 0.15, 0.15),
+        seed=seed,
+        scale=True,
+    )
+    x = np.vstack([prepared.x_train, prepared.x_val])
+    y = np.concatenate([prepared.y_train, prepared.y_val])
+    x_test, y_test = prepared.test.open()
+    models = {
+        BASELINES[0]: MLPClassifier(random_state=seed),
+        BASELINES[1]: HistGradientBoostingClassifier(class_weight="balanced", random_state=seed),
+    }
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name, model in models.items():
+            pred = model.fit(x, y).predict(x_test)
+            out[name] = {
+                "accuracy": float(accuracy_score(y_test, pred)),
+                "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
+                "macro_f1": float(f1_score(y_test, pred, average="macro")),
+            }
+    return out
+
+
 def main() -> None:
     import fitwell
 
@@ -62,18 +107,23 @@ def main() -> None:
     parser.add_argument("--metrics", default="auto", help="comma-separated --metric values")
     parser.add_argument("--restarts", type=int, default=1)
     parser.add_argument("--tables", help="comma-separated table names (default: all)")
+    parser.add_argument("--no-baselines", action="store_true", help="fitwell only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "imbalance.json"))
     args = parser.parse_args()
     metrics = args.metrics.split(",")
     tables = {
+        "generated 1%": generated(0.01),
         "generated 2%": generated(0.02),
         "generated 5%": generated(0.05),
         "generated 10%": generated(0.10),
+        "generated 20%": generated(0.20),
         "breast cancer 10:1": breast_cancer_cut(),
     }
     if args.tables:
         tables = {k: v for k, v in tables.items() if k in args.tables.split(",")}
     conditions = [(w, m) for w in ("none", "balanced") for m in metrics]
+    if not args.no_baselines:
+        conditions += [(learner, "-") for learner in BASELINES]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in tables.items():
@@ -96,6 +146,13 @@ def main() -> None:
                         | {m: float(test[m]) for m in METRICS}
                     )
                     print(f"  {name} {weight} {metric} seed {seed}", file=sys.stderr, flush=True)
+            if not args.no_baselines:
+                for seed in range(args.seeds):
+                    for learner, scores in sklearn_scores(path, seed).items():
+                        rows.append(
+                            {"table": name, "class_weight": learner, "metric": "-", "seed": seed}
+                            | scores
+                        )
     summary = []
     print("\n| table | class_weight | metric | accuracy | balanced accuracy | macro-F1 |")
     print("|---|---|---|---|---|---|")
