@@ -121,15 +121,14 @@ def main() -> None:
     }
     if args.tables:
         tables = {k: v for k, v in tables.items() if k in args.tables.split(",")}
-    conditions = [(w, m) for w in ("none", "balanced") for m in metrics]
-    if not args.no_baselines:
-        conditions += [(learner, "-") for learner in BASELINES]
+    trained = [(w, m) for w in ("none", "balanced") for m in metrics]
+    conditions = trained + ([] if args.no_baselines else [(learner, "-") for learner in BASELINES])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, frame in tables.items():
             path = Path(tmp) / "t.csv"
             frame.to_csv(path, index=False)
-            for weight, metric in conditions:
+            for weight, metric in trained:
                 for seed in range(args.seeds):
                     run = fitwell.train(
                         path,
