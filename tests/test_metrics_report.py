@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss, roc_auc_score
 
-from fitwell.metrics import classification_report, expected_calibration_error
+from fitwell.metrics import (
+    classification_report,
+    expected_calibration_error,
+    reliability_bins,
+)
 from tests.conftest import run_cli
 
 
@@ -45,6 +49,26 @@ def test_ece_by_hand() -> None:
     assert expected_calibration_error(y, p) == pytest.approx(expected)
 
 
+def test_reliability_bins_by_hand_and_consistent_with_ece() -> None:
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 1, 0, 0])
+    bins = reliability_bins(y, p)
+    assert [(b["low"], b["confidence"], b["accuracy"], b["share"]) for b in bins] == [
+        pytest.approx((9 / 15, 0.6, 1.0, 0.5)),
+        pytest.approx((13 / 15, 0.9, 0.5, 0.5)),
+    ]
+    y, p = _proba(400, 4)
+    bins = reliability_bins(y, p)
+    assert sum(b["share"] for b in bins) == pytest.approx(1.0)
+    ece = sum(b["share"] * abs(b["accuracy"] - b["confidence"]) for b in bins)
+    assert ece == pytest.approx(expected_calibration_error(y, p))
+    w = np.where(y == 0, 3.0, 1.0)  # weighted like the ECE
+    ece_w = sum(
+        b["share"] * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(y, p, w)
+    )
+    assert ece_w == pytest.approx(expected_calibration_error(y, p, w))
+
+
 def test_roc_auc_is_skipped_with_a_reason_when_a_class_has_no_rows() -> None:
     y, p = _proba(50, 3)
     y[y == 2] = 0
@@ -73,4 +97,7 @@ def test_metrics_json_and_summary_carry_them(tmp_path: Path) -> None:
     for key in ("balanced_accuracy", "macro_f1", "roc_auc", "log_loss", "ece"):
         assert key in metrics["test"], key
     assert len(metrics["test_detail"]["per_class"]) == 3
-    assert "precision" in (out / "report.html").read_text()
+    assert metrics["test_detail"]["reliability"]
+    report = (out / "report.html").read_text()
+    assert "precision" in report
+    assert 'alt="reliability diagram on the test split" src="data:image/svg+xml;base64,' in report

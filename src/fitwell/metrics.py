@@ -246,6 +246,7 @@ def classification_report(
         {"precision": float(p), "recall": float(r), "support": int(s)}
         for p, r, s in zip(precision, recall, support, strict=True)
     ]
+    extra["reliability"] = reliability_bins(y_true, proba, w)
     return out, extra
 
 
@@ -257,6 +258,33 @@ def _quiet(fn: Any, *args: Any, **kwargs: Any) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(fn(*args, **kwargs))
+
+
+def reliability_bins(
+    y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray | None = None
+) -> list[dict[str, float]]:
+    """The bins of :func:`expected_calibration_error` that hold rows, for the reliability
+    diagram: each bin's edges, mean top-class probability, accuracy and (weighted) row share."""
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == np.asarray(y_true)).astype(float)
+    w = np.ones(len(confidence)) if weights is None else np.asarray(weights, dtype=float)
+    total_w = float(w.sum())
+    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    out = []
+    for b in range(ECE_BINS):
+        mask = bins == b
+        wb = float(w[mask].sum())
+        if wb > 0:
+            out.append(
+                {
+                    "low": b / ECE_BINS,
+                    "high": (b + 1) / ECE_BINS,
+                    "confidence": float(np.average(confidence[mask], weights=w[mask])),
+                    "accuracy": float(np.average(correct[mask], weights=w[mask])),
+                    "share": wb / total_w,
+                }
+            )
+    return out
 
 
 def expected_calibration_error(

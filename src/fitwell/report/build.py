@@ -249,6 +249,12 @@ def report_context(run_dir: str | Path, *, name: str | None = None) -> dict[str,
         if detail.get("y_true") and detail.get("y_pred")
         else None
     )
+    bins = detail.get("reliability")
+    ctx["reliability_chart"] = (
+        charts.reliability_diagram(bins, (metrics.get("test") or {}).get("ece"))
+        if isinstance(bins, list) and bins and all(isinstance(b, dict) for b in bins)
+        else None
+    )
     labels = list(detail.get("labels") or [])
     per_class = detail.get("per_class")
     ctx["per_class"] = (

@@ -244,6 +244,39 @@ def confusion_matrix(matrix: list[list[int]], labels: list[Any]) -> str:
     return to_data_uri(fig)
 
 
+def reliability_diagram(bins: Sequence[dict[str, Any]], ece: Any) -> str:
+    """Accuracy against mean top-class probability per confidence bin on the test split: a
+    calibrated classifier's bars sit on the diagonal; each bar's width is its bin, its shade
+    the share of rows in it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="#888", linestyle="--", linewidth=1, label="calibrated")
+    top = max((float(b["share"]) for b in bins), default=1.0) or 1.0
+    for b in bins:
+        width = float(b["high"]) - float(b["low"])
+        ax.bar(
+            float(b["low"]),
+            float(b["accuracy"]),
+            width=width,
+            align="edge",
+            color="#2563eb",
+            alpha=0.25 + 0.75 * float(b["share"]) / top,
+            edgecolor="#1e3a8a",
+            linewidth=0.5,
+        )
+        ax.plot(float(b["confidence"]), float(b["accuracy"]), "o", color="#dc2626", markersize=3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("top-class probability (bin; dot: its mean)")
+    ax.set_ylabel("accuracy in the bin")
+    title = "reliability on the test split"
+    if isinstance(ece, (int, float)):
+        title += f" (ECE {float(ece):.3f})"
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    return to_data_uri(fig)
+
+
 def predicted_vs_true(y_true: Sequence[float], y_pred: Sequence[float]) -> str:
     """Test predictions against true values, with the identity line a perfect model would hit."""
     plt = _pyplot()
