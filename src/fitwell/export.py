@@ -71,17 +71,6 @@ def _require_onnx() -> None:
             ) from None
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it (Linux), else the common 022."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def _unknown_fields(obj: Any, known: set[str]) -> list[str]:
     """Dataclass fields outside ``known`` whose value differs from their default."""
     out = []
@@ -349,8 +338,7 @@ def export_onnx(run: Run | str | Path, path: str | Path, *, numeric_type: str = 
     loaded = load_run(run) if isinstance(run, (str, Path)) else run
     model = build_onnx(loaded, numeric_type=numeric_type)
     verify(model, loaded, numeric_type=numeric_type)
-    write_atomic(out, model.SerializeToString())
-    out.chmod(0o666 & ~_umask())  # a file to ship: readable as any new file, not 0600
+    write_atomic(out, model.SerializeToString())  # with a new file's mode, not 0600
     coarse = float32_coarse_columns(loaded.preprocessor) if numeric_type == "float" else []
     if coarse:
         warnings.warn(
