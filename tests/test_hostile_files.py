@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fitwell import api, runs
-from fitwell.cli import _default_out, main
+from fitwell.cli import main
+from fitwell.cli.commands import default_out
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -155,7 +156,7 @@ def test_default_run_name_cannot_escape_runs_folder(
     data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    out = _default_out({"data": data})
+    out = default_out({"data": data})
     resolved = (tmp_path / out).resolve()
     assert resolved.parent == (tmp_path / "runs").resolve()
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", out.name)
