@@ -1030,12 +1030,15 @@ def missing_zero_grad_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
     holds a non-zero gradient (``zero_grad()`` leaves it None or zero). Every step then applies
     the sum of all gradients so far, so the step size grows with the step count. Accumulating
     micro-batches between steps is not counted (only the first backward after a step is read).
+    The doctor reads a sample of steps, so the checks are pooled over the epochs so far.
     """
+    checked = stale = 0
     for r in records:
-        checked = int(r.get("stale_grad_checks") or 0)
+        checked += int(r.get("stale_grad_checks") or 0)
+        stale += int(r.get("stale_grad_steps") or 0)
         if checked < STALE_GRAD_MIN_STEPS:
             continue
-        share = float(r.get("stale_grad_steps") or 0) / checked
+        share = stale / checked
         if share >= STALE_GRAD_SHARE:
             return [
                 finding(
@@ -1166,15 +1169,18 @@ def single_class_chance(class_counts: Sequence[int], batch: float) -> float:
 def unshuffled_batches_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
     """Most batches hold a single class where shuffled rows would almost never give one.
 
-    From the labels passed to ``Doctor.step(loss, y=...)``: the share of an epoch's batches with
-    one class against the chance of that under shuffling (:func:`single_class_chance`), so an
-    imbalanced table or tiny batches do not raise it.
+    From the labels passed to ``Doctor.step(loss, y=...)``: the share of batches with one class
+    against the chance of that under shuffling (:func:`single_class_chance`), so an
+    imbalanced table or tiny batches do not raise it. The doctor reads the labels of a sample of
+    steps, so the batches are pooled over the epochs so far.
     """
+    batches = single = 0
     for r in records:
-        batches = int(r.get("label_batches") or 0)
-        if batches < 4:
+        batches += int(r.get("label_batches") or 0)
+        single += int(r.get("single_class_batches") or 0)
+        if batches < 4 or "single_class_chance" not in r:
             continue
-        share = float(r.get("single_class_batches") or 0) / batches
+        share = single / batches
         chance = float(r.get("single_class_chance", 1.0))
         if share >= SINGLE_CLASS_SHARE and chance < SHUFFLED_SINGLE_CLASS_MAX:
             return [
