@@ -693,7 +693,7 @@ class Doctor:
         out = lead_with_scaling(out)
         out = lead_with_cause(out, "exploding_gradients", "re-initialize the weights first")
         out = lead_with_cause(out, "missing_zero_grad", "call optimizer.zero_grad() first")
-        out += overfitting_findings(self.history, ctx)
+        out += overfitting_findings(self.history, ctx, noise_aware=True)
         # A validation score that never beat the trivial baseline is reported whatever else fired
         # (labels that do not match their inputs also overfit), unless the optimizer itself failed.
         failed = {f["code"] for f in out if f["severity"] != "info"} & set(OPTIMIZATION_FAULTS)
