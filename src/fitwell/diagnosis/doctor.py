@@ -17,6 +17,7 @@ functions (``F.relu``) are invisible to hooks and are not measured.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import torch
@@ -47,13 +48,19 @@ from fitwell.diagnosis.rules import (
     unshuffled_batches_findings,
 )
 
-# Training steps per epoch whose per-step signals (gradient norms, activation counts, the output
-# check, the stale-gradient check, batch labels) are read, evenly spaced once an epoch's length
-# is known: the rules compare layers and epochs, not single steps, and each read costs ~0.1-0.2 ms
-# of small kernels, so reading every step of a small network would double its step time. The
-# first epoch, whose length is unknown, reads steps 0, 4, 16, 64, ... (powers of FIRST_EPOCH_BASE).
-STEP_SAMPLES = 2
+# Steps whose per-step signals (gradient norms, activation counts, the output check, the
+# stale-gradient check, batch labels) are read: the rules compare layers and epochs, not single
+# steps. A read registers the hooks for one step and runs ~10 small kernels, about a quarter of a
+# step of a small network (MLP 64-256-256-10, batch 64, on CPU), so reads are at least
+# SAMPLE_SPACING steps apart (under 1% of such a loop) and at most STEP_SAMPLES per epoch (as in
+# fitwell's own loop), evenly spaced from each epoch's first step once an epoch's length is
+# known. The first epoch, whose length is unknown, reads steps 0, 2, 4, 8, 16, ... (powers of
+# FIRST_EPOCH_BASE): enough checks for the zero_grad and label-order rules within it.
+STEP_SAMPLES = 5
+SAMPLE_SPACING = 25
 FIRST_EPOCH_BASE = 2
+# Label batches up to this many rows (on CPU) are counted in Python, larger ones by bincount.
+SMALL_BATCH = 1024
 # Weights whose change over one epoch is 1000x their norm have blown up (healthy: < 1).
 EXPLODING_WEIGHT_RATIO = 1e3
 # Output rows within this of summing to 1 (float32 softmax sums are within ~1e-6 of it), and
@@ -194,8 +201,8 @@ class Doctor:
         self._handles = []
 
     def _sampled(self, k: int) -> bool:
-        """Whether the epoch's ``k``-th step (from 0) is read: every ``steps // STEP_SAMPLES``-th
-        step once an epoch's length is known; in the first epoch steps 0, 4, 16, 64, ..."""
+        """Whether the epoch's ``k``-th step (from 0) is read: every ``stride``-th step once an
+        epoch's length is known; in the first epoch steps 0, 2, 4, 8, 16, ..."""
         if self._stride is not None:
             return k % self._stride == 0
         if k == 0:
@@ -227,12 +234,12 @@ class Doctor:
         self._sample_handles = []
 
     # --------------------------------------------------------------------------- hooks
-    def _reset_epoch(self) -> None:
+    def _reset_epoch(self, weight_norm: list[float] | None = None) -> None:
         # One tensor of layer gradient norms per sampled step, stacked at epoch end.
         self._grad_norms: list[torch.Tensor] = []
         self._steps = 0
         self._step_calls = 0
-        self._keep_start()
+        self._keep_start(weight_norm)
         # Per activation module: one tensor per sampled forward (units' positive counts for
         # ReLU-like, the saturated count for tanh/sigmoid), summed at epoch end, and the rows
         # (ReLU-like) or entries (tanh/sigmoid) they were counted over.
@@ -259,9 +266,9 @@ class Doctor:
         self._target_count = 0
 
     @torch.no_grad()
-    def _keep_start(self) -> None:
+    def _keep_start(self, norms: list[float] | None = None) -> None:
         """The weights as the epoch starts (for the update ratio), copied into the same buffers
-        each epoch, and their norms."""
+        each epoch, and their norms (``norms`` when the caller just measured them)."""
         weights = [w.detach() for w in self._weights]
         start = getattr(self, "_start", None)
         if (
@@ -275,7 +282,7 @@ class Doctor:
             torch._foreach_copy_(start, weights)
         else:
             self._start = [w.clone() for w in weights]
-        self._start_norm = self._norms(self._start)
+        self._start_norm = norms if norms is not None else self._norms(self._start)
 
     def _norms(self, tensors: list[torch.Tensor]) -> list[float]:
         """L2 norms as floats: one fused kernel and one host read when on one device."""
@@ -483,8 +490,11 @@ class Doctor:
             return  # regression targets or soft labels: no classes to count
         if y.dim() != 1:
             return
-        counts = torch.bincount(y.detach().to("cpu", torch.int64).clamp_min(0)).tolist()
-        present = [(c, n) for c, n in enumerate(counts) if n]
+        if y.device.type == "cpu" and y.numel() <= SMALL_BATCH:
+            present = list(Counter(v for v in y.tolist() if v >= 0).items())  # fewer kernels
+        else:
+            counts = torch.bincount(y.detach().to("cpu", torch.int64).clamp_min(0)).tolist()
+            present = [(c, n) for c, n in enumerate(counts) if n]
         self._label_batches += 1
         self._labelled_batches += 1
         self._label_rows += int(y.numel())
@@ -524,16 +534,22 @@ class Doctor:
         """
         epoch = len(self.history) + 1
         self._flush_losses()
+        # Few tensor ops and one host read each: the per-epoch arithmetic is done on lists.
         with torch.no_grad():
-            if self._grad_norms:
-                norms = torch.stack(self._grad_norms)  # [sampled steps, layers]
-                grad = norms.mean(dim=0).tolist()
-                nonfinite_grads = int((~torch.isfinite(norms)).any(dim=1).sum())
-            else:
-                grad, nonfinite_grads = [0.0] * len(self._weights), 0
+            norms = torch.stack(self._grad_norms).tolist() if self._grad_norms else []
             weights = [w.detach() for w in self._weights]
-            moved = [w - s for w, s in zip(weights, self._start, strict=True)]
+            if self._same_device and weights:
+                # In place: the start buffers are overwritten with the new weights just after.
+                torch._foreach_sub_(self._start, weights)
+                moved = self._start
+            else:
+                moved = [w - s for w, s in zip(weights, self._start, strict=True)]
             sizes = self._norms(weights + moved)
+        # Mean over the sampled steps per layer (NaN if any is), and steps with a non-finite one.
+        grad = [sum(layer) / len(norms) for layer in zip(*norms, strict=True)] or [0.0] * len(
+            weights
+        )
+        nonfinite_grads = sum(not all(math.isfinite(v) for v in step) for step in norms)
         weight_norm = sizes[: len(weights)]
         update = [
             m / max(s, 1e-12) for m, s in zip(sizes[len(weights) :], self._start_norm, strict=True)
@@ -606,13 +622,15 @@ class Doctor:
         if val_score is not None:
             row[f"val_{score}"] = float(val_score)
         self.history.append(row)
-        self._inputs_measured = self._inputs_measured or self.records[-1]["input_rms"] is not None
+        measured = self.records[-1]["input_rms"] is not None
         steps = max(self._steps, self._step_calls)
         if steps:
-            self._stride = max(1, steps // STEP_SAMPLES)
-        self._reset_epoch()
-        if self._handles:  # re-arm for the next epoch's first step, with the new schedule
-            self._disarm()
+            self._stride = max(1, steps // STEP_SAMPLES, SAMPLE_SPACING)
+        self._reset_epoch(weight_norm)
+        if self._handles:  # the next epoch's first step is read; the inputs only until measured
+            if measured and not self._inputs_measured:
+                self._disarm()
+            self._inputs_measured = self._inputs_measured or measured
             self._arm()
 
     @torch.no_grad()
@@ -629,11 +647,12 @@ class Doctor:
             if not counts or rows == 0:
                 seen_all = seen_all and kind != "relu"
                 continue
-            total = torch.stack(counts).sum(dim=0).double() / rows
             if kind == "relu":
-                dead.append(float((total < DEAD_ACTIVE_RATE).double().mean()))
+                total = torch.stack(counts).sum(dim=0)
+                below = int((total < DEAD_ACTIVE_RATE * rows).sum())
+                dead.append(below / max(total.numel(), 1))
             else:
-                sat.append(float(total))
+                sat.append(torch.stack(counts).sum().item() / rows)
         return (dead if dead and seen_all else None), (sat or None)
 
     def _step_summary(self) -> dict[str, Any]:
