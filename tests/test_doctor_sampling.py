@@ -51,7 +51,7 @@ def user_loop(
     loss_fn = nn.CrossEntropyLoss()
     doc = fitwell.Doctor(model, optimizer)
     if every_step:
-        doc._sampled = lambda k: True  # type: ignore[method-assign]
+        doc._sampled = lambda k, base=2: True  # type: ignore[method-assign]
     with doc:
         for epoch in range(epochs):
             rows = torch.randperm(ROWS) if order == "shuffled" else torch.arange(ROWS)
@@ -96,6 +96,13 @@ def test_only_sampled_steps_carry_hooks_and_read_gradients(monkeypatch: Any) -> 
     assert hooked == expected  # forward hooks exist on the sampled steps only
     per_epoch = [r["sampled_steps"] for r in doc.records]
     assert per_epoch == [len(first), len(range(0, steps, stride)), len(range(0, steps, stride))]
+    # The cheap checks also run on the powers of CHECK_BASE in the first epoch (step 0 has no
+    # earlier step whose gradient could be stale).
+    checked = {0} | {doctor_module.CHECK_BASE**j for j in range(1, 8)}
+    checked = {k for k in checked if k < steps}
+    assert doc.records[0]["stale_grad_checks"] == len(checked) - 1
+    assert doc.records[0]["label_batches"] == len(checked)
+    assert doc.records[1]["stale_grad_checks"] == doc.records[1]["label_batches"] == per_epoch[1]
     assert len(reads) == sum(per_epoch) < 3 * steps
     assert all(r["steps"] == steps for r in doc.records)
     # Every step's loss is kept, not only the sampled ones.

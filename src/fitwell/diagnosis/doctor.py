@@ -11,7 +11,9 @@ It records the same signals as fitwell's own training loop (see :mod:`fitwell.di
 and applies the same rules (:mod:`fitwell.diagnosis.rules`). Layers are the modules that own a
 weight with two or more dimensions (``Linear``, ``Conv*``), in registration order; activation
 statistics come from activation *modules* (``nn.ReLU``, ``nn.Tanh``, ...): activations called as
-functions (``F.relu``) are invisible to hooks and are not measured.
+functions (``F.relu``) are invisible to hooks and are not measured. Per-step signals are read
+on a sample of steps (``STEP_SAMPLES``, ``SAMPLE_SPACING``): the hooks that read them are
+registered just before a sampled step and removed after it.
 """
 
 from __future__ import annotations
@@ -54,11 +56,14 @@ from fitwell.diagnosis.rules import (
 # step of a small network (MLP 64-256-256-10, batch 64, on CPU), so reads are at least
 # SAMPLE_SPACING steps apart (under 1% of such a loop) and at most STEP_SAMPLES per epoch (as in
 # fitwell's own loop), evenly spaced from each epoch's first step once an epoch's length is
-# known. The first epoch, whose length is unknown, reads steps 0, 2, 4, 8, 16, ... (powers of
-# FIRST_EPOCH_BASE): enough checks for the zero_grad and label-order rules within it.
+# known. The first epoch, whose length is unknown, reads steps 0, 4, 16, 64, ... (powers of
+# FIRST_EPOCH_BASE). The two cheap checks (is .grad stale? the batch's label mix: one small
+# kernel or a count of the labels each) also run on steps 2, 8, 32, ... (powers of CHECK_BASE),
+# enough for the zero_grad and label-order rules to decide within the first epoch.
 STEP_SAMPLES = 5
 SAMPLE_SPACING = 25
-FIRST_EPOCH_BASE = 2
+FIRST_EPOCH_BASE = 4
+CHECK_BASE = 2
 # Label batches up to this many rows (on CPU) are counted in Python, larger ones by bincount.
 SMALL_BATCH = 1024
 # Weights whose change over one epoch is 1000x their norm have blown up (healthy: < 1).
@@ -150,6 +155,7 @@ class Doctor:
         # Hooks that read one sampled step, registered just before it and removed after it, so
         # the steps between samples run exactly as without the doctor (no hook dispatch at all).
         self._sample_handles: list[Any] = []
+        self._armed_full = False
         self._act_hooks = [self._activation_hook(i, k) for i, (_, _, k) in enumerate(self._acts)]
         # Steps between reads; None until an epoch's length is known.
         self._stride: int | None = None
@@ -191,7 +197,7 @@ class Doctor:
         # The one hook that runs every step: it counts steps and arms the sampled ones.
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_step))
         if self._sampled(self._steps):
-            self._arm()
+            self._arm(full=True)
 
     def detach(self) -> None:
         """Remove every hook; the model and optimizer are as they were."""
@@ -200,38 +206,49 @@ class Doctor:
             handle.remove()
         self._handles = []
 
-    def _sampled(self, k: int) -> bool:
+    def _sampled(self, k: int, base: int = FIRST_EPOCH_BASE) -> bool:
         """Whether the epoch's ``k``-th step (from 0) is read: every ``stride``-th step once an
-        epoch's length is known; in the first epoch steps 0, 2, 4, 8, 16, ..."""
+        epoch's length is known; in the first epoch step 0 and the powers of ``base``."""
         if self._stride is not None:
             return k % self._stride == 0
         if k == 0:
             return True
-        if k < FIRST_EPOCH_BASE:
+        if k < base:
             return False
-        while k % FIRST_EPOCH_BASE == 0:
-            k //= FIRST_EPOCH_BASE
+        while k % base == 0:
+            k //= base
         return k == 1
 
-    def _arm(self) -> None:
-        """Register the per-step hooks for the next step (a no-op if they are registered)."""
-        if self._sample_handles:
+    def _checked(self, k: int) -> bool:
+        """Whether the cheap checks (stale gradient, label mix) run on the epoch's ``k``-th step:
+        on every sampled step, and on the powers of ``CHECK_BASE`` in the first epoch."""
+        return self._sampled(k, CHECK_BASE)
+
+    def _arm(self, *, full: bool) -> None:
+        """Register the hooks for the next step: every per-step hook (``full``) or only the
+        stale-gradient check. A no-op if they are registered already."""
+        if self._sample_handles and self._armed_full == full:
             return
+        self._disarm()
+        self._armed_full = full
         handles = self._sample_handles
-        handles.append(self.model.register_forward_hook(self._output_hook))
         if self._weights and self._weights[-1].requires_grad:
             handles.append(self._weights[-1].register_hook(self._incoming_grad_hook))
+        # Only a backward that follows an optimizer step can find a stale gradient.
+        self._after_step = self._total_steps > 0
+        if not full:
+            return
+        handles.append(self.model.register_forward_hook(self._output_hook))
         if self._first_layer is not None and not self._inputs_measured:
             handles.append(self._first_layer.register_forward_pre_hook(self._input_hook))
         for hook, (_, module, _) in zip(self._act_hooks, self._acts, strict=True):
             handles.append(module.register_forward_hook(hook))
-        # Only a backward that follows an optimizer step can find a stale gradient.
-        self._after_step = self._total_steps > 0
 
     def _disarm(self) -> None:
         for handle in self._sample_handles:
             handle.remove()
         self._sample_handles = []
+        self._armed_full = False
 
     # --------------------------------------------------------------------------- hooks
     def _reset_epoch(self, weight_norm: list[float] | None = None) -> None:
@@ -297,12 +314,15 @@ class Doctor:
         k = self._steps
         self._steps += 1
         self._total_steps += 1
-        if self._sample_handles:
+        if self._armed_full:
             self._read_gradients()
         if self._sampled(k + 1):
-            self._arm()
+            self._arm(full=True)
             self._after_step = True
-        else:
+        elif self._checked(k + 1):
+            self._arm(full=False)
+            self._after_step = True
+        elif self._sample_handles:
             self._disarm()
 
     @torch.no_grad()
@@ -479,7 +499,7 @@ class Doctor:
             self._loss_values.append(float(loss))
         k = self._step_calls
         self._step_calls += 1
-        if y is None or not isinstance(y, torch.Tensor) or y.numel() == 0 or not self._sampled(k):
+        if y is None or not isinstance(y, torch.Tensor) or y.numel() == 0 or not self._checked(k):
             return
         if y.is_floating_point():
             if self.task == "regression":
@@ -631,7 +651,7 @@ class Doctor:
             if measured and not self._inputs_measured:
                 self._disarm()
             self._inputs_measured = self._inputs_measured or measured
-            self._arm()
+            self._arm(full=True)
 
     @torch.no_grad()
     def _activation_summary(self) -> tuple[list[float] | None, list[float] | None]:
