@@ -206,3 +206,17 @@ def test_validation_noise_limit() -> None:
     assert validation_noise_limit([1.0, 0.5, 0.4]) == (0.0, 0.0)
     # A flat curve has no jitter.
     assert validation_noise_limit([1.0, 0.2, 0.2, 0.2, 0.2, 0.2]) == (0.0, 0.0)
+
+
+def test_losses_buffered_on_the_device_reach_the_epoch_summary() -> None:
+    """The accelerator path (no host read per step), exercised with CPU tensors: more losses than
+    one buffer holds, flushed at epoch end into the same mean and maximum."""
+    model = nn.Linear(3, 1)
+    doc = fitwell.Doctor(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    losses = [float(i % 7) for i in range(600)]
+    for value in losses:
+        doc._buffer_loss(torch.tensor(value))
+    doc.end_epoch(train_loss=1.0)
+    assert doc.records[0]["batch_loss_mean"] == pytest.approx(sum(losses) / len(losses))
+    assert doc.records[0]["batch_loss_max"] == 6.0
+    assert doc._loss_rows == 0 and doc._loss_values == []
