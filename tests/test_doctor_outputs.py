@@ -209,4 +209,5 @@ def test_regression_target_scale(scale: float, expected: bool) -> None:
     found = [f for f in doc.findings() if f["code"] == "unscaled_target"]
     assert bool(found) is expected
     if expected:
-        assert found[0]["evidence"]["target_std"] == pytest.approx(float(y.std()), rel=0.01)
+        # Read on the sampled steps' labels (half of the first epoch's rows here): an estimate.
+        assert found[0]["evidence"]["target_std"] == pytest.approx(float(y.std()), rel=0.2)

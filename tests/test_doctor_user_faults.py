@@ -17,6 +17,7 @@ import fitwell
 from fitwell.diagnosis.doctor import nll_on_probabilities, sigmoid_applied_by_loss
 from fitwell.diagnosis.rules import (
     INIT_GAIN_PRODUCT,
+    STALE_GRAD_MIN_STEPS,
     init_scale_findings,
     missing_zero_grad_findings,
     no_signal_score,
@@ -294,7 +295,8 @@ def test_cleared_gradients_and_micro_batch_accumulation_stay_quiet(set_to_none: 
                 opt.zero_grad(set_to_none=set_to_none)
             doc.end_epoch(train_loss=1.0)
     assert "missing_zero_grad" not in codes(doc)
-    assert doc.records[-1]["stale_grad_checks"] >= 8
+    # Checked on the sampled steps, pooled over epochs: enough checks for the rule to apply.
+    assert sum(r["stale_grad_checks"] for r in doc.records) >= STALE_GRAD_MIN_STEPS
 
 
 # ---------------------------------------------------------------------- no_signal score

@@ -24,6 +24,8 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
   first epochs (up to 3), where a working optimizer moves them most.
 - ``OVERFIT_RISE``: validation loss 5% above its minimum while the training loss kept falling;
   or (``OVERFIT_MIN_RISE``, ``OVERFIT_MEMORIZE``) 1% above it while the training loss halved.
+  In a user's own loop (the doctor) the 5% rise must also clear the validation loss's own
+  epoch-to-epoch jitter (``OVERFIT_NOISE_SIGMAS``, see :func:`validation_noise_limit`).
 - ``UNDERFIT_MARGIN``: the network scores below a ridge-regularized linear model on both train
   and validation rows by 0.05 (accuracy or R^2): it cannot even match a linear fit.
 - ``LOCAL_MINIMUM_RECOVERY`` / ``LOCAL_MINIMUM_ERROR_RATIO``: a restart recovers less than half
@@ -48,7 +50,7 @@ same thresholds hold across datasets and model sizes. Thresholds and their reaso
   the first layer to the output (the product over layers of ``std(W) sqrt(fan_in / 2)``, the
   factor by which a ReLU layer scales its input's root mean square), the same 1e3 as the
   gradient-ratio rule: gradients flowing back grow by the same factor.
-- ``STALE_GRAD_SHARE``: in 90% of an epoch's steps the output layer's ``.grad`` still held the
+- ``STALE_GRAD_SHARE``: in 90% of the checked steps the output layer's ``.grad`` still held the
   previous step's gradient when the next backward began (``zero_grad()`` was not called).
 """
 
@@ -73,6 +75,11 @@ SLOW_UPDATE = 1e-3
 OVERFIT_RISE = 0.05
 OVERFIT_MIN_RISE = 0.01
 OVERFIT_MEMORIZE = 0.5
+# Validation epochs count as settled once within this share of the first epoch's excess over the
+# minimum: the descent before that is learning, not jitter.
+OVERFIT_SETTLED = 0.1
+# A rise must exceed the minimum's selection bias plus this many jitter standard deviations.
+OVERFIT_NOISE_SIGMAS = 1.0
 UNDERFIT_MARGIN = 0.05
 LOCAL_MINIMUM_RECOVERY = 0.5
 LOCAL_MINIMUM_ERROR_RATIO = 1.5
@@ -500,12 +507,48 @@ def regularization_advice(ctx: RunContext) -> str:
     return " or ".join(options)
 
 
-def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> list[dict]:
+def validation_noise_limit(losses: Sequence[float]) -> tuple[float, float]:
+    """``(jitter, limit)``: how far above its minimum a validation loss must rise to be more
+    than epoch-to-epoch noise.
+
+    The jitter ``sigma`` is the root mean square of the successive differences of the settled
+    epochs (those within ``OVERFIT_SETTLED`` of the way from the minimum to the first epoch's
+    loss), divided by sqrt(2): the difference of two independent draws has twice their variance.
+    A steady rise inflates it, which only makes the limit stricter for short runs; a long one
+    accumulates a rise that grows with the epochs while the jitter does not. The minimum is
+    picked among the ``N`` settled epochs, so on a flat curve it sits about
+    ``sigma * sqrt(2 ln N)`` below the level (the expected largest of N standard normals), and a
+    later epoch at that level scatters by another ``sigma``: the limit is
+    ``(sqrt(2 ln N) + OVERFIT_NOISE_SIGMAS) * sigma``. Fewer than 4 settled epochs give no
+    estimate: ``(0, 0)``.
+    """
+    if not losses:
+        return 0.0, 0.0
+    best = min(losses)
+    cut = best + OVERFIT_SETTLED * max(losses[0] - best, 0.0)
+    start = next(i for i, v in enumerate(losses) if v <= cut)
+    settled = losses[start:]
+    if len(settled) < 4:
+        return 0.0, 0.0
+    diffs = [b - a for a, b in zip(settled[:-1], settled[1:], strict=True)]
+    sigma = math.sqrt(sum(d * d for d in diffs) / len(diffs) / 2.0)
+    return sigma, (math.sqrt(2.0 * math.log(len(settled))) + OVERFIT_NOISE_SIGMAS) * sigma
+
+
+def overfitting_findings(
+    history: Sequence[dict[str, Any]], ctx: RunContext, *, noise_aware: bool = False
+) -> list[dict]:
     """Past the validation optimum, validation loss rose while training loss kept falling.
 
     An epoch is overfit when its validation loss is ``OVERFIT_RISE`` above the minimum with a
     lower training loss, or when the training loss has halved since the optimum
     (``OVERFIT_MEMORIZE``) while validation loss got worse: the extra epochs only memorized.
+
+    ``noise_aware`` (a user's own loop, whose validation split may be small and whose curve
+    nobody smoothed): the ``OVERFIT_RISE`` branch also needs the rise to clear
+    :func:`validation_noise_limit`, since a 5% rise over a minimum picked among noisy epochs can
+    be the minimum's luck. The memorizing branch needs no such margin: a training loss that
+    halved while validation did not improve at all is the overfit, whatever the jitter.
     """
     val = _curve(history, ctx.member, "val_loss")
     train = dict(_curve(history, ctx.member, "train_loss"))
@@ -514,12 +557,13 @@ def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> 
     best_epoch, best = min(val, key=lambda p: p[1])
     if best <= 0 or best_epoch not in train:
         return []
+    jitter, limit = validation_noise_limit([v for _, v in val]) if noise_aware else (0.0, 0.0)
 
     def overfit(epoch: int, loss: float) -> bool:
         if epoch <= best_epoch or epoch not in train:
             return False
         rise = (loss - best) / best
-        if rise > OVERFIT_RISE and train[epoch] < train[best_epoch]:
+        if rise > OVERFIT_RISE and loss - best > limit and train[epoch] < train[best_epoch]:
             return True
         return rise > OVERFIT_MIN_RISE and train[epoch] <= OVERFIT_MEMORIZE * train[best_epoch]
 
@@ -540,6 +584,9 @@ def overfitting_findings(history: Sequence[dict[str, Any]], ctx: RunContext) -> 
         "train_loss_at_best": train[best_epoch],
         "train_loss_last": train.get(last_epoch),
     }
+    if noise_aware:
+        evidence["val_loss_jitter"] = jitter
+        evidence["noise_limit"] = limit
     if not overfit(model_epoch, model_val):
         return [
             finding(
@@ -1030,12 +1077,15 @@ def missing_zero_grad_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
     holds a non-zero gradient (``zero_grad()`` leaves it None or zero). Every step then applies
     the sum of all gradients so far, so the step size grows with the step count. Accumulating
     micro-batches between steps is not counted (only the first backward after a step is read).
+    The doctor reads a sample of steps, so the checks are pooled over the epochs so far.
     """
+    checked = stale = 0
     for r in records:
-        checked = int(r.get("stale_grad_checks") or 0)
+        checked += int(r.get("stale_grad_checks") or 0)
+        stale += int(r.get("stale_grad_steps") or 0)
         if checked < STALE_GRAD_MIN_STEPS:
             continue
-        share = float(r.get("stale_grad_steps") or 0) / checked
+        share = stale / checked
         if share >= STALE_GRAD_SHARE:
             return [
                 finding(
@@ -1166,15 +1216,18 @@ def single_class_chance(class_counts: Sequence[int], batch: float) -> float:
 def unshuffled_batches_findings(records: Sequence[dict[str, Any]]) -> list[dict]:
     """Most batches hold a single class where shuffled rows would almost never give one.
 
-    From the labels passed to ``Doctor.step(loss, y=...)``: the share of an epoch's batches with
-    one class against the chance of that under shuffling (:func:`single_class_chance`), so an
-    imbalanced table or tiny batches do not raise it.
+    From the labels passed to ``Doctor.step(loss, y=...)``: the share of batches with one class
+    against the chance of that under shuffling (:func:`single_class_chance`), so an
+    imbalanced table or tiny batches do not raise it. The doctor reads the labels of a sample of
+    steps, so the batches are pooled over the epochs so far.
     """
+    batches = single = 0
     for r in records:
-        batches = int(r.get("label_batches") or 0)
-        if batches < 4:
+        batches += int(r.get("label_batches") or 0)
+        single += int(r.get("single_class_batches") or 0)
+        if batches < 4 or "single_class_chance" not in r:
             continue
-        share = float(r.get("single_class_batches") or 0) / batches
+        share = single / batches
         chance = float(r.get("single_class_chance", 1.0))
         if share >= SINGLE_CLASS_SHARE and chance < SHUFFLED_SINGLE_CLASS_MAX:
             return [
