@@ -104,7 +104,7 @@ class ScriptedExecutor:
 
 def _search(executor, **start) -> AutoSearch:
     job = AutoSearch(
-        TrainConfig(hidden=(64, 64), **start),
+        TrainConfig(**({"hidden": (64, 64)} | start)),
         executor=executor,
         budget=Budget(None),
         trials=None,
@@ -163,6 +163,22 @@ def test_per_member_candidates_compete_by_setting_and_a_pruned_one_is_not_kept()
     assert not records["lr /3"]["kept"] and "rung epoch 4" in records["lr /3"]["reason"]
     assert records["lr /10"]["kept"]
     assert math.isclose(job.current["lr"], 0.05)  # the lowest median of the kept: a tie, first
+
+
+def test_a_candidate_trained_in_an_earlier_round_is_not_trained_again():
+    # vanishing gradients, then saturation: "relu + kaiming init" and "batch norm" are in both.
+    def script(s):
+        return [2.0, 2.1, 2.2], ["vanishing_gradients", "saturated_activations"], None
+
+    executor = ScriptedExecutor(script)
+    job = _search(executor, activation="sigmoid", hidden=(32,) * 7)
+    job._repair_round(1, "vanishing_gradients")
+    assert len(executor.jobs) == 3  # three shape changes, none kept
+    job._repair_round(2, "saturated_activations")
+    assert len(executor.jobs) == 3
+    again = [r for r in job.repairs if r["round"] == 2]
+    assert [r["change"] for r in again] == ["relu + kaiming init", "batch norm"]
+    assert all(r["member_epochs"] == 0 and not r["kept"] for r in again)
 
 
 def test_early_stopping_is_the_first_overfitting_repair_when_it_is_off():

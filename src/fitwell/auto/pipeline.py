@@ -105,6 +105,16 @@ def _losses(outcome: PopulationOutcome, setting: int) -> list[float]:
     return [m.val_loss for m in outcome.of_setting(setting)]
 
 
+_NONE: tuple[Any, int, int, bool] = (None, 0, 0, False)
+
+
+def _key(settings: dict[str, Any]) -> str:
+    """Settings as a comparable key (lists and tuples alike)."""
+    import json
+
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def _codes(findings: Sequence[dict[str, Any]]) -> list[str]:
     return [str(f["code"]) for f in findings if f.get("severity") in ("error", "warning")]
 
@@ -159,6 +169,9 @@ class AutoSearch:
         # The populations that trained the configuration the restarts stage may choose, with
         # the baseline's seeds: (settings, outcome, setting index, what it was).
         self.trained: list[tuple[dict[str, Any], PopulationOutcome, int, str]] = []
+        # Repair candidates trained so far, by their settings: (outcome, setting index, round,
+        # whether it trained whole: not stopped at a rung nor by the budget).
+        self.evaluated: dict[str, tuple[PopulationOutcome, int, int, bool]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _search_left(self) -> float:
@@ -298,6 +311,7 @@ class AutoSearch:
                 self.log(f"[2/5] repair {code}: skipped, the repairs' share of the budget is used")
                 break
             self._repair_round(round_no, code)
+        self.evaluated.clear()  # the candidates' weights: only the kept one's are still needed
         self._timed("repairs", started)
 
     def _repair_round(
@@ -329,32 +343,44 @@ class AutoSearch:
         best: tuple[float, dict[str, Any], list[float], list[dict[str, Any]], Any] | None = None
         for n, group in enumerate(groups):
             settings = [self.current | c.changes(self.current) for c in group]
-            try:
-                out = self._run(
-                    [_seeded(s, seed=self.seed, seeds=BASELINE_SEEDS) for s in settings],
-                    "repairs",
-                    label=f"repair {code}",
-                    rungs=rungs if len(group) > 1 else (),
-                    rank_settings=True,
-                )
-            except InputError as exc:  # a change the data cannot take (e.g. too many layers)
-                for c in group:
-                    self.repairs.append(
-                        {
-                            "round": round_no,
-                            "finding": code,
-                            "change": c.name,
-                            "kept": False,
-                            "reason": f"could not train: {exc}",
-                        }
+            # A candidate already trained from this same configuration (an earlier round's, for
+            # another finding) is the same population again: its result is taken, not retrained.
+            fresh = [i for i, s in enumerate(settings) if not self.evaluated.get(_key(s), _NONE)[3]]
+            if fresh:
+                try:
+                    out = self._run(
+                        [_seeded(settings[i], seed=self.seed, seeds=BASELINE_SEEDS) for i in fresh],
+                        "repairs",
+                        label=f"repair {code}",
+                        rungs=rungs if len(fresh) > 1 else (),
+                        rank_settings=True,
                     )
-                continue
+                except InputError as exc:  # a change the data cannot take (e.g. too many layers)
+                    for c in group:
+                        self.repairs.append(
+                            {
+                                "round": round_no,
+                                "finding": code,
+                                "change": c.name,
+                                "kept": False,
+                                "reason": f"could not train: {exc}",
+                            }
+                        )
+                    continue
+                for j, i in enumerate(fresh):
+                    whole = not out.stopped_by_deadline and all(
+                        m.pruned_at is None for m in out.of_setting(j)
+                    )
+                    self.evaluated[_key(settings[i])] = (out, j, round_no, whole)
             for i, change in enumerate(group):
-                losses, findings = _losses(out, i), out.findings[i]
+                out, index, trained_in, _ = self.evaluated[_key(settings[i])]
+                if i not in fresh:
+                    self.log(f"      {change.name}: trained in round {trained_in}, not again")
+                losses, findings = _losses(out, index), out.findings[index]
                 kept, reason = repair_table.accept_repair(
                     self.current_losses, losses, code=code, codes_after=_codes(findings)
                 )
-                pruned = [m.pruned_at for m in out.of_setting(i) if m.pruned_at is not None]
+                pruned = [m.pruned_at for m in out.of_setting(index) if m.pruned_at is not None]
                 if pruned:
                     # Its seeds stopped early: a longer run is what the final stage would
                     # train, so its losses do not speak for the change.
@@ -377,7 +403,9 @@ class AutoSearch:
                     "spread_before": repair_table.seed_spread(self.current_losses),
                     "spread_after": repair_table.seed_spread(losses),
                     "findings_after": _codes(findings),
-                    "member_epochs": sum(m.epochs_run for m in out.of_setting(i)),
+                    "member_epochs": 0
+                    if i not in fresh
+                    else sum(m.epochs_run for m in out.of_setting(index)),
                     "kept": kept,
                     "reason": reason,
                 }
@@ -385,7 +413,7 @@ class AutoSearch:
                 self.log(f"      {change.name}: {'kept' if kept else 'not kept'} — {reason}")
                 median = repair_table.median_loss(losses)
                 if kept and (best is None or median < best[0]):
-                    best = (median, settings[i], losses, findings, (out, i, change.name))
+                    best = (median, settings[i], losses, findings, (out, index, change.name))
             if best is not None:
                 # A change passed: the later (costlier, less likely) candidates are not trained.
                 rest = [c for g in groups[n + 1 :] for c in g]
