@@ -8,10 +8,11 @@ Stages and their cumulative share of the time budget (:mod:`fitwell.auto.budget`
 1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor;
 2. repairs (to 35%): the doctor's findings drive the repair table (:mod:`fitwell.auto.repairs`),
    at most two rounds; a change is kept only when it beats the seeds' spread and its finding
-   is gone;
+   is gone; candidates compete by successive halving and a round ends at its first kept change;
 3. search (to 80%): Optuna TPE from the repaired configuration (:mod:`fitwell.auto.search`);
-4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble,
-   then the one read of the test split.
+4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble
+   (or, when an earlier stage already trained it with those seeds, its members reused:
+   :mod:`fitwell.auto.reuse`), then the one read of the test split.
 """
 
 from __future__ import annotations
