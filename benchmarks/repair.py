@@ -7,9 +7,20 @@ started from the broken configuration with search off, and the same auto with th
 replaced by random changes drawn from the whole table (the baseline an independent study found
 as good as published repair tools). A setup is *repaired* when its test score ends within 0.02
 of the twin's, or closes at least 90% of the gap. ``no_signal`` must be refused, ``leakage``
-flagged. Compute is auto's wall time over one broken run's. Prints a table and writes JSON.
+flagged.
 
-    python benchmarks/repair.py [--seeds 1] [--only divergence,dead_relu]
+Compute is counted as training work, not wall time (a shared machine's clock says more about
+the other jobs than about the work): member-epochs (one member trained one epoch over the
+training rows, every population included: the doctor's capacity reference, the final training)
+over those of one ``fitwell train`` run of the broken configuration; beside it the same count
+over the healthy twin's run (a broken run that diverges in its first epoch costs next to
+nothing, so a repair is also put against the run that works), multiply-add work (member-epochs
+weighted by the network's parameters, so a widened network costs what it weighs) and wall time.
+Every run uses fitwell's defaults besides the setup's settings (``--ensemble 3``: one run
+trains 3 members, as ``fitwell train --config BROKEN.toml`` does); ``--ensemble 1`` is the
+diagnosis benchmark's single-model run. Prints a table and writes JSON.
+
+    python benchmarks/repair.py [--seeds 1] [--ensemble 3] [--only divergence,dead_relu]
 """
 
 from __future__ import annotations
@@ -29,6 +40,36 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from diagnosis import HEALTHY, _source, _write_tables, setups  # noqa: E402
+
+
+class WorkCounter:
+    """Counts training work done inside the ``with`` block: every epoch of every population
+    (``Trainer._train_one_epoch``), as member-epochs and as parameter-weighted member-epochs."""
+
+    def __init__(self) -> None:
+        self.member_epochs = 0
+        self.param_epochs = 0.0
+
+    def __enter__(self) -> WorkCounter:
+        from fitwell.training.loop import Trainer
+
+        self._real = Trainer._train_one_epoch
+        real, counter = self._real, self
+
+        def counted(trainer: Any) -> None:
+            k = len(trainer.active)
+            params = sum(p.numel() for p in trainer.model.parameters())
+            counter.member_epochs += k
+            counter.param_epochs += params * len(trainer.x_train)  # all k members' weights
+            real(trainer)
+
+        Trainer._train_one_epoch = counted  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from fitwell.training.loop import Trainer
+
+        Trainer._train_one_epoch = self._real  # type: ignore[method-assign]
 
 
 def healthy_twin(setup: Any) -> dict[str, Any]:
@@ -56,7 +97,24 @@ def random_candidates(seed: int):
     return candidates
 
 
-def run(names: list[str] | None, seeds: list[int]) -> dict:
+def _measured(fn: Any, **kwargs: Any) -> tuple[Any, dict[str, float]]:
+    """``fn(**kwargs)``'s result (or the TrainingFailed it raised) and its work and wall time."""
+    from fitwell.errors import TrainingFailed
+
+    t0 = time.perf_counter()
+    with WorkCounter() as work:
+        try:
+            result: Any = fn(**kwargs)
+        except TrainingFailed as exc:
+            result = exc
+    return result, {
+        "member_epochs": work.member_epochs,
+        "param_epochs": work.param_epochs,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def run(names: list[str] | None, seeds: list[int], ensemble: int) -> dict:
     import fitwell
     from fitwell.auto import auto
     from fitwell.auto import repairs as table
@@ -72,21 +130,33 @@ def run(names: list[str] | None, seeds: list[int]) -> dict:
     for setup in broken:
         for seed in seeds:
             source = _source(setup, tables)
-            settings = {"ensemble": 1, **setup.settings}
+            settings = {"ensemble": ensemble, **setup.settings}
             row: dict[str, Any] = {"setup": setup.name, "expected": setup.expected, "seed": seed}
-            t0 = time.perf_counter()
-            try:
-                row["broken"] = fitwell.train(**source, seed=seed, **settings).metrics["test_score"]
-            except TrainingFailed:
-                row["broken"] = None  # diverged: no model at all
-            row["broken_seconds"] = time.perf_counter() - t0
-            twin = fitwell.train(**source, seed=seed, **healthy_twin(setup), ensemble=1)
+            result, cost = _measured(fitwell.train, **source, seed=seed, **settings)
+            # diverged: no model at all
+            row["broken"] = (
+                None if isinstance(result, TrainingFailed) else result.metrics["test_score"]
+            )
+            row["broken_cost"] = cost
+            twin, twin_cost = _measured(
+                fitwell.train, **source, seed=seed, **{"ensemble": ensemble, **healthy_twin(setup)}
+            )
             row["twin"] = twin.metrics["test_score"]
+            row["twin_cost"] = twin_cost
             for policy in ("table", "random"):
                 table.candidates = real_candidates if policy == "table" else random_candidates(seed)
-                t0 = time.perf_counter()
-                try:
-                    result = auto(**source, seed=seed, search=False, time_budget=None, **settings)
+                result, cost = _measured(
+                    auto, **source, seed=seed, search=False, time_budget=None, **settings
+                )
+                if isinstance(result, TrainingFailed):
+                    row[policy] = {
+                        "score": None,
+                        "refused": None,
+                        "leakage": False,
+                        "kept": [],
+                        "error": str(result),
+                    }
+                else:
                     record = result.metrics["auto"]
                     row[policy] = {
                         "score": result.metrics["test_score"],
@@ -100,23 +170,20 @@ def run(names: list[str] | None, seeds: list[int]) -> dict:
                             for r in record["repairs"]
                             if r.get("chosen") or r.get("reason", "").startswith("applied")
                         ],
+                        "final": record.get("final", {}),
                     }
-                except TrainingFailed as exc:
-                    row[policy] = {
-                        "score": None,
-                        "refused": None,
-                        "leakage": False,
-                        "kept": [],
-                        "error": str(exc),
-                    }
-                row[policy]["seconds"] = time.perf_counter() - t0
-                row[policy]["compute_ratio"] = row[policy]["seconds"] / row["broken_seconds"]
+                row[policy]["cost"] = cost
+                row[policy]["x_run"] = _ratio(cost, row["broken_cost"], "member_epochs")
+                row[policy]["x_twin"] = _ratio(cost, row["twin_cost"], "member_epochs")
+                row[policy]["x_run_params"] = _ratio(cost, row["broken_cost"], "param_epochs")
+                row[policy]["x_run_wall"] = _ratio(cost, row["broken_cost"], "seconds")
                 row[policy]["repaired"] = _repaired(setup.expected, row, row[policy])
             table.candidates = real_candidates
             rows.append(row)
             print(
                 f"  {setup.name} seed {seed}: broken {row['broken']}, twin {row['twin']:.3f}, "
-                f"auto {row['table']['score']} ({row['table']['repaired']}), random "
+                f"auto {row['table']['score']} ({row['table']['repaired']}, "
+                f"{row['table']['x_run']:.1f}x), random "
                 f"{row['random']['score']} ({row['random']['repaired']})",
                 file=sys.stderr,
                 flush=True,
@@ -131,11 +198,20 @@ def run(names: list[str] | None, seeds: list[int]) -> dict:
                 r[policy]["repaired"] for r in rows if r["expected"] in ("no_signal", "leakage")
             ),
             "of_refusals": len(rows) - len(scored),
-            "median_compute_ratio": statistics.median(r[policy]["compute_ratio"] for r in rows)
-            if rows
-            else None,
         }
-    return {"seeds": seeds, "rows": rows, "summary": summary}
+        for key in ("x_run", "x_twin", "x_run_params", "x_run_wall"):
+            values = [r[policy][key] for r in rows]
+            summary[policy][f"median_{key}"] = statistics.median(values) if values else None
+            summary[policy][f"max_{key}"] = max(values) if values else None
+        summary[policy]["within_3x_run"] = sum(r[policy]["x_run"] <= 3.0 for r in rows)
+        summary[policy]["repaired_within_3x_run"] = sum(
+            r[policy]["repaired"] and r[policy]["x_run"] <= 3.0 for r in scored
+        )
+    return {"seeds": seeds, "ensemble": ensemble, "rows": rows, "summary": summary}
+
+
+def _ratio(cost: dict[str, float], unit: dict[str, float], key: str) -> float:
+    return cost[key] / max(unit[key], 1e-9)
 
 
 def _repaired(code: str, row: dict[str, Any], result: dict[str, Any]) -> bool:
@@ -154,29 +230,40 @@ def _repaired(code: str, row: dict[str, Any], result: dict[str, Any]) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument(
+        "--ensemble", type=int, default=3, help="members of one run (fitwell's default: 3)"
+    )
     parser.add_argument("--only", default="", help="finding codes or setup names, comma-separated")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/repair.json"))
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     names = [n for n in args.only.split(",") if n] or None
-    result = run(names, list(range(args.seeds)))
+    result = run(names, list(range(args.seeds)), args.ensemble)
     print(
-        f"{'setup':<30}{'seed':>5}{'broken':>8}{'twin':>7}{'auto':>7}{'ok':>4}{'x run':>7}"
-        f"{'random':>8}{'ok':>4}  auto kept"
+        f"{'setup':<33}{'seed':>4}{'broken':>8}{'twin':>7}{'auto':>7}{'ok':>4}{'x run':>7}"
+        f"{'x twin':>7}{'x work':>7}{'x wall':>7}{'random':>8}{'ok':>4}{'x run':>7}  auto kept"
     )
     for r in result["rows"]:
         t, rnd = r["table"], r["random"]
         fmt = lambda v: "  —  " if v is None else f"{v:.3f}"  # noqa: E731
         print(
-            f"{r['setup']:<30}{r['seed']:>5}{fmt(r['broken']):>8}{r['twin']:>7.3f}"
+            f"{r['setup']:<33}{r['seed']:>4}{fmt(r['broken']):>8}{r['twin']:>7.3f}"
             f"{fmt(t['score']):>7}{'yes' if t['repaired'] else 'no':>4}"
-            f"{t['compute_ratio']:>7.1f}{fmt(rnd['score']):>8}"
-            f"{'yes' if rnd['repaired'] else 'no':>4}  {'; '.join(t['kept'])}"
+            f"{t['x_run']:>7.1f}{t['x_twin']:>7.1f}{t['x_run_params']:>7.1f}{t['x_run_wall']:>7.1f}"
+            f"{fmt(rnd['score']):>8}{'yes' if rnd['repaired'] else 'no':>4}{rnd['x_run']:>7.1f}"
+            f"  {'; '.join(t['kept'])}"
         )
     for policy, s in result["summary"].items():
         print(
             f"{policy}: repaired {s['repaired']}/{s['of']}, refused/flagged "
-            f"{s['refused_or_flagged']}/{s['of_refusals']}, median compute "
-            f"{s['median_compute_ratio']:.1f}x one broken run"
+            f"{s['refused_or_flagged']}/{s['of_refusals']}; member-epochs x one broken run: "
+            f"median {s['median_x_run']:.2f}, max {s['max_x_run']:.1f} "
+            f"({s['within_3x_run']}/{len(result['rows'])} within 3x); x the twin's run: median "
+            f"{s['median_x_twin']:.2f}; parameter-weighted: median {s['median_x_run_params']:.2f}; "
+            f"wall: median {s['median_x_run_wall']:.2f}"
         )
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 

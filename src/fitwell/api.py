@@ -532,6 +532,7 @@ def train_population(
     keep_files: Sequence[str] = (),
     extra_metrics: dict[str, Any] | None = None,
     before_finish: Callable[[Path | None, dict[str, Any]], None] | None = None,
+    fitted: PopulationFit | None = None,
 ) -> Run:
     """Train several configurations at once as one batched population and keep the best.
 
@@ -558,6 +559,9 @@ def train_population(
         Names of files that may already be in ``out`` and are kept (``fitwell auto``'s study).
     extra_metrics, before_finish
         Passed to :func:`fitwell.finish.finish_run`.
+    fitted : PopulationFit, optional
+        Members already trained on ``prepared`` with ``configs`` (``fitwell auto`` reuses the
+        winner's): they are finished as they are instead of being trained again.
 
     Examples
     --------
@@ -600,21 +604,29 @@ def train_population(
         if isinstance(cfgs[0].hidden, str):  # "auto": fixed now, so the run state records it
             hidden = resolve_hidden(cfgs[0].hidden, len(prepared.y_train))
             cfgs = [c.replace(hidden=hidden) for c in cfgs]
-        cfgs = with_adaptive_weights(cfgs, prepared, device=device)
+        cfgs = (
+            fitted.configs
+            if fitted is not None
+            else with_adaptive_weights(cfgs, prepared, device=device)
+        )
         session = None
         if out is not None:
             from fitwell.run_state import RunSession
 
             session = RunSession.open(out, cfgs, prepared, resume=resume, keep=keep_files)
         try:
-            pop = fit_prepared(
-                cfgs,
-                prepared,
-                device=device,
-                callbacks=callbacks,
-                progress=progress,
-                session=session,
-                warn=warn,
+            pop = (
+                fitted
+                if fitted is not None
+                else fit_prepared(
+                    cfgs,
+                    prepared,
+                    device=device,
+                    callbacks=callbacks,
+                    progress=progress,
+                    session=session,
+                    warn=warn,
+                )
             )
             return finish_run(
                 pop,

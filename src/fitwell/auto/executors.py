@@ -9,7 +9,6 @@ more than one worker trains them side by side and returns the outcomes in the jo
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -18,9 +17,9 @@ from typing import Any, Protocol
 
 from fitwell.auto.budget import Deadline
 from fitwell.auto.pruning import RungPruner
+from fitwell.auto.reuse import narrow_signals
 from fitwell.config import TrainConfig, build_config
 from fitwell.data import PreparedData
-from fitwell.diagnosis.context import findings_from_signals
 from fitwell.errors import InputError
 
 
@@ -35,6 +34,9 @@ class PopulationJob:
     # Let the doctor train a wider reference network for the underfitting rule (baseline and
     # repairs need it; search trials are only ranked by loss, so they skip its cost).
     check_capacity: bool = True
+    # At the rungs, rank settings (the median of their seeds) instead of members: the repair
+    # candidates of one round compete as settings, each trained with the same seeds.
+    rank_settings: bool = False
 
 
 @dataclass
@@ -67,6 +69,10 @@ class PopulationOutcome:
     # None when it trained. A failed outcome has no members.
     error: str | None = None
     worker: str = ""  # where it trained, when not in this process (e.g. Ray node / pid)
+    # The trained population itself (weights included) when it trained in this process; None
+    # from other machines. The final stage finishes the winner's members from it instead of
+    # training them again (:mod:`fitwell.auto.reuse`).
+    fitted: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def failed(cls, reason: str) -> PopulationOutcome:
@@ -121,29 +127,35 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def setting_findings(signals: dict[str, Any], fit: Any, members: list[int]) -> list[dict]:
-    """The doctor's findings for one setting of a population: its best seed, judged against its
-    own restarts only (the population's signals are shared; the context is narrowed)."""
+def setting_findings(
+    signals: dict[str, Any], fit: Any, members: list[int], events: Any
+) -> list[dict]:
+    """The doctor's findings for one setting of a population: its best seed, judged on its own
+    seeds only (records, history, divergences and non-finite events narrowed to them)."""
     results = [fit.members[m] for m in members]
     finite = [r for r in results if math.isfinite(r.val_loss)]
     best = min(finite, key=lambda r: r.val_loss) if finite else results[0]
-    doc = copy.copy(signals)
-    ctx = dict(signals["context"])
-    restored = bool(ctx.get("restored_best"))
-    ctx.update(
-        member=best.member,
-        model_epoch=best.best_epoch if restored and best.best_epoch > 0 else best.epochs_run,
-        lr=best.settings.lr,
-        l2=best.settings.l2,
-        dropout=list(best.settings.dropout),
-        restart_groups=[
-            g for g in ctx.get("restart_groups", []) if all(int(m) in members for m, _ in g)
-        ],
-        all_members=list(members),
-        divergence={k: v for k, v in ctx.get("divergence", {}).items() if int(k) in members},
+    chosen = set(members)
+    doc = narrow_signals(
+        signals,
+        {m: m for m in members},
+        best=best,
+        history=[row for row in fit.history if row["member"] in chosen],
+        events=[e for e in events if e.get("member") in chosen],
     )
-    doc["context"] = ctx
-    return findings_from_signals(doc, fit.history)
+    return list(doc["findings"])
+
+
+def setting_members(settings: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Member ids of each setting in a population (``fitwell.api``'s order: each setting's
+    ``restarts`` seeds in turn; the population's ``ensemble`` adds none past them)."""
+    groups: list[list[int]] = []
+    start = 0
+    for s in settings:
+        n = max(int(s.get("restarts", 1)), 1)
+        groups.append(list(range(start, start + n)))
+        start += n
+    return groups
 
 
 class LocalExecutor:
@@ -160,7 +172,9 @@ class LocalExecutor:
         cfgs: list[TrainConfig] = [build_config(s) for s in job.settings]
         started = time.perf_counter()
         deadline = Deadline(None if job.seconds is None else started + job.seconds)
-        pruner = RungPruner(job.rungs)
+        pruner = RungPruner(
+            job.rungs, groups=setting_members(job.settings) if job.rank_settings else None
+        )
         callbacks = [deadline, pruner] if job.rungs else [deadline]
         pop = fit_prepared(
             cfgs,
@@ -169,7 +183,9 @@ class LocalExecutor:
             callbacks=callbacks,
             check_capacity=job.check_capacity,
         )
-        return summarize(pop, pruner.pruned, deadline.fired, time.perf_counter() - started)
+        out = summarize(pop, pruner.pruned, deadline.fired, time.perf_counter() - started)
+        out.fitted = pop
+        return out
 
     def run_many(self, jobs: Sequence[PopulationJob]) -> list[PopulationOutcome]:
         """One job after another, in this process."""
@@ -210,7 +226,9 @@ def summarize(
         for r in fit.members
     ]
     findings = [
-        setting_findings(pop.signals, fit, [m.member for m in members if m.setting == i])
+        setting_findings(
+            pop.signals, fit, [m.member for m in members if m.setting == i], pop.trainer.events
+        )
         for i in range(len(pop.configs))
     ]
     return PopulationOutcome(

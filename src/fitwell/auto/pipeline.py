@@ -8,10 +8,11 @@ Stages and their cumulative share of the time budget (:mod:`fitwell.auto.budget`
 1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor;
 2. repairs (to 35%): the doctor's findings drive the repair table (:mod:`fitwell.auto.repairs`),
    at most two rounds; a change is kept only when it beats the seeds' spread and its finding
-   is gone;
+   is gone; candidates compete by successive halving and a round ends at its first kept change;
 3. search (to 80%): Optuna TPE from the repaired configuration (:mod:`fitwell.auto.search`);
-4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble,
-   then the one read of the test split.
+4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble
+   (or, when an earlier stage already trained it with those seeds, its members reused:
+   :mod:`fitwell.auto.reuse`), then the one read of the test split.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fitwell.auto.executors import (
     make_executor,
 )
 from fitwell.auto.pruning import rungs_for
+from fitwell.auto.reuse import final_seeds, narrow_population, reusable_members
 from fitwell.config import TrainConfig, resolve_hidden
 from fitwell.errors import InputError
 
@@ -104,6 +106,16 @@ def _losses(outcome: PopulationOutcome, setting: int) -> list[float]:
     return [m.val_loss for m in outcome.of_setting(setting)]
 
 
+_NONE: tuple[Any, int, int, bool] = (None, 0, 0, False)
+
+
+def _key(settings: dict[str, Any]) -> str:
+    """Settings as a comparable key (lists and tuples alike)."""
+    import json
+
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def _codes(findings: Sequence[dict[str, Any]]) -> list[str]:
     return [str(f["code"]) for f in findings if f.get("severity") in ("error", "warning")]
 
@@ -155,6 +167,12 @@ class AutoSearch:
         self.final_estimate = 0.0
         self.baseline_cut = False
         self.confirmed: list[dict[str, Any]] = []
+        # The populations that trained the configuration the restarts stage may choose, with
+        # the baseline's seeds: (settings, outcome, setting index, what it was).
+        self.trained: list[tuple[dict[str, Any], PopulationOutcome, int, str]] = []
+        # Repair candidates trained so far, by their settings: (outcome, setting index, round,
+        # whether it trained whole: not stopped at a rung nor by the budget).
+        self.evaluated: dict[str, tuple[PopulationOutcome, int, int, bool]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _search_left(self) -> float:
@@ -174,6 +192,7 @@ class AutoSearch:
         label: str,
         rungs: Sequence[int] = (),
         seconds: float | None = None,
+        rank_settings: bool = False,
     ) -> Any:
         left = self.budget.left(stage) if seconds is None else seconds
         job = PopulationJob(
@@ -182,6 +201,7 @@ class AutoSearch:
             rungs=list(rungs),
             label=label,
             check_capacity=stage != "search",
+            rank_settings=rank_settings,
         )
         return self.executor.run(job)
 
@@ -204,6 +224,7 @@ class AutoSearch:
         self.current_losses = _losses(out, 0)
         self.current_findings = out.findings[0]
         self.baseline_cut = out.stopped_by_deadline
+        self.trained = [(dict(self.current), out, 0, "the baseline")]
         self.baseline = {
             "val_losses": self.current_losses,
             "median_val_loss": repair_table.median_loss(self.current_losses),
@@ -291,11 +312,21 @@ class AutoSearch:
                 self.log(f"[2/5] repair {code}: skipped, the repairs' share of the budget is used")
                 break
             self._repair_round(round_no, code)
+        self.evaluated.clear()  # the candidates' weights: only the kept one's are still needed
         self._timed("repairs", started)
 
     def _repair_round(
         self, round_no: int, code: str, changes: list[repair_table.Change] | None = None
     ) -> None:
+        """Try the changes for ``code`` in the table's order and keep the best that passes.
+
+        Changes of per-member settings train together as one population (at the place of the
+        first of them in the table's order), each shape change as its own. Inside a population
+        the candidates compete by successive halving (the rung rule of
+        :mod:`fitwell.auto.pruning`, settings ranked by their seeds' median), so the ones far
+        behind stop after a few epochs. The round ends at the first population with a kept
+        change: the later candidates are not trained.
+        """
         if changes is None:
             changes = repair_table.candidates(code, self.current)
         self.log(
@@ -303,59 +334,106 @@ class AutoSearch:
             + "; ".join(c.name for c in changes)
         )
         same = [c for c in changes if c.same_shape(self.current)]
-        groups = ([same] if same else []) + [[c] for c in changes if c not in same]
-        results: list[tuple[Any, dict[str, Any], list[float], list[dict[str, Any]], bool]] = []
-        for group in groups:
+        groups: list[list[repair_table.Change]] = []
+        for c in changes:
+            if c not in same:
+                groups.append([c])
+            elif not any(c in g for g in groups):
+                groups.append(same)
+        rungs = rungs_for(int(self.current.get("max_epochs", 200))) if self.prune else []
+        best: tuple[float, dict[str, Any], list[float], list[dict[str, Any]], Any] | None = None
+        for n, group in enumerate(groups):
             settings = [self.current | c.changes(self.current) for c in group]
-            try:
-                out = self._run(
-                    [_seeded(s, seed=self.seed, seeds=BASELINE_SEEDS) for s in settings],
-                    "repairs",
-                    label=f"repair {code}",
+            # A candidate already trained from this same configuration (an earlier round's, for
+            # another finding) is the same population again: its result is taken, not retrained.
+            fresh = [i for i, s in enumerate(settings) if not self.evaluated.get(_key(s), _NONE)[3]]
+            if fresh:
+                try:
+                    out = self._run(
+                        [_seeded(settings[i], seed=self.seed, seeds=BASELINE_SEEDS) for i in fresh],
+                        "repairs",
+                        label=f"repair {code}",
+                        rungs=rungs if len(fresh) > 1 else (),
+                        rank_settings=True,
+                    )
+                except InputError as exc:  # a change the data cannot take (e.g. too many layers)
+                    for c in group:
+                        self.repairs.append(
+                            {
+                                "round": round_no,
+                                "finding": code,
+                                "change": c.name,
+                                "kept": False,
+                                "reason": f"could not train: {exc}",
+                            }
+                        )
+                    continue
+                for j, i in enumerate(fresh):
+                    whole = not out.stopped_by_deadline and all(
+                        m.pruned_at is None for m in out.of_setting(j)
+                    )
+                    self.evaluated[_key(settings[i])] = (out, j, round_no, whole)
+            for i, change in enumerate(group):
+                out, index, trained_in, _ = self.evaluated[_key(settings[i])]
+                if i not in fresh:
+                    self.log(f"      {change.name}: trained in round {trained_in}, not again")
+                losses, findings = _losses(out, index), out.findings[index]
+                kept, reason = repair_table.accept_repair(
+                    self.current_losses, losses, code=code, codes_after=_codes(findings)
                 )
-            except InputError as exc:  # a change the data cannot take (e.g. too many layers)
-                for c in group:
+                pruned = [m.pruned_at for m in out.of_setting(index) if m.pruned_at is not None]
+                if pruned:
+                    # Its seeds stopped early: a longer run is what the final stage would
+                    # train, so its losses do not speak for the change.
+                    kept, reason = (
+                        False,
+                        (
+                            f"stopped at rung epoch {min(pruned)}: another candidate of the round "
+                            "was ahead (successive halving)"
+                        ),
+                    )
+                if out.stopped_by_deadline:
+                    reason += " (training cut short by the budget)"
+                record = {
+                    "round": round_no,
+                    "finding": code,
+                    "change": change.name,
+                    "settings": change.changes(self.current),
+                    "val_loss_before": repair_table.median_loss(self.current_losses),
+                    "val_loss_after": repair_table.median_loss(losses),
+                    "spread_before": repair_table.seed_spread(self.current_losses),
+                    "spread_after": repair_table.seed_spread(losses),
+                    "findings_after": _codes(findings),
+                    "member_epochs": 0
+                    if i not in fresh
+                    else sum(m.epochs_run for m in out.of_setting(index)),
+                    "kept": kept,
+                    "reason": reason,
+                }
+                self.repairs.append(record)
+                self.log(f"      {change.name}: {'kept' if kept else 'not kept'} — {reason}")
+                median = repair_table.median_loss(losses)
+                if kept and (best is None or median < best[0]):
+                    best = (median, settings[i], losses, findings, (out, index, change.name))
+            if best is not None:
+                # A change passed: the later (costlier, less likely) candidates are not trained.
+                rest = [c for g in groups[n + 1 :] for c in g]
+                for c in rest:
                     self.repairs.append(
                         {
                             "round": round_no,
                             "finding": code,
                             "change": c.name,
                             "kept": False,
-                            "reason": f"could not train: {exc}",
+                            "reason": "not tried: an earlier candidate of this round was kept",
                         }
                     )
-                continue
-            for i, c in enumerate(group):
-                results.append(
-                    (c, settings[i], _losses(out, i), out.findings[i], out.stopped_by_deadline)
-                )
-        best: tuple[float, dict[str, Any], list[float], list[dict[str, Any]]] | None = None
-        for change, cand, losses, findings, cut in results:
-            kept, reason = repair_table.accept_repair(
-                self.current_losses, losses, code=code, codes_after=_codes(findings)
-            )
-            if cut:
-                reason += " (training cut short by the budget)"
-            record = {
-                "round": round_no,
-                "finding": code,
-                "change": change.name,
-                "settings": change.changes(self.current),
-                "val_loss_before": repair_table.median_loss(self.current_losses),
-                "val_loss_after": repair_table.median_loss(losses),
-                "spread_before": repair_table.seed_spread(self.current_losses),
-                "spread_after": repair_table.seed_spread(losses),
-                "findings_after": _codes(findings),
-                "kept": kept,
-                "reason": reason,
-            }
-            self.repairs.append(record)
-            self.log(f"      {change.name}: {'kept' if kept else 'not kept'} — {reason}")
-            median = repair_table.median_loss(losses)
-            if kept and (best is None or median < best[0]):
-                best = (median, cand, losses, findings)
+                if rest:
+                    self.log(f"      not tried: {'; '.join(c.name for c in rest)}")
+                break
         if best is not None:
-            _, cand, losses, findings = best
+            _, cand, losses, findings, (out, index, name) = best
+            self.trained = [(dict(cand), out, index, f"repair round {round_no} ({name})")]
             for r in self.repairs:
                 if r.get("round") == round_no and r.get("settings") == {
                     k: v for k, v in cand.items() if self.current.get(k) != v
@@ -587,6 +665,27 @@ class AutoSearch:
                     f"      trial {t.number} with the baseline's {BASELINE_SEEDS} seeds: median "
                     f"val loss {repair_table.median_loss(losses):.4g} (single seed {t.value:.4g})"
                 )
+
+    def reusable(self, chosen: dict[str, Any], final: TrainConfig) -> tuple[Any, str] | None:
+        """The final run made of members already trained, when ``chosen`` was trained with the
+        final run's seeds and nothing set it apart (a budget cut, adaptive L1 weights that
+        only the final run computes): the narrowed population and where it came from."""
+        if final.l1_inputs_adaptive and final.l1_inputs_weights is None:
+            return None
+        seeds = final_seeds(final.seed, restarts=final.restarts, ensemble=final.ensemble)
+        for settings, out, index, source in self.trained:
+            if settings != chosen or out.fitted is None or out.stopped_by_deadline:
+                continue
+            members = reusable_members(out.fitted, index, seeds)
+            if members is None:
+                continue
+            config = out.fitted.configs[index].replace(
+                restarts=final.restarts,
+                ensemble=final.ensemble,
+                target_score=final.target_score,
+            )
+            return narrow_population(out.fitted, members, config), source
+        return None
 
     def winner(self, study: Any | None) -> tuple[dict[str, Any], str]:
         """The configuration the restarts stage trains.
@@ -877,9 +976,12 @@ def auto(
             "target_score": start.target_score,
         }
         final = {k: v for k, v in final.items() if v is not None}
+        reused = job.reusable(chosen, make_config(final))
+        job.trained = []  # the other populations' weights are no longer needed
         say(
             f"[4/5] {_stage_line('restarts', budget)}: {why}, "
             f"{max(job.restarts, start.ensemble)} seeds, ensemble of {start.ensemble}"
+            + (f": the members {reused[1]} trained, not trained again" if reused else "")
         )
         started_final = time.perf_counter()
         record: dict[str, Any] = {
@@ -893,6 +995,12 @@ def auto(
             "best_settings": _searched(final),
             "winner": why,
             "refused": refused,
+            # Whether the final run's members were trained again or taken from an earlier stage.
+            "final": {
+                "reused": reused is not None,
+                "from": reused[1] if reused else None,
+                "members": max(job.restarts, start.ensemble),
+            },
         }
         trial_rows = search_space.trial_rows(study) if study is not None else []
 
@@ -925,6 +1033,7 @@ def auto(
             progress=progress,
             extra_metrics={"auto": record},
             before_finish=write_files,
+            fitted=reused[0] if reused else None,
         )
         say(f"[5/5] test split read once: {run.metrics['metric']} {run.metrics['test_score']:.4f}")
         run.metrics["auto"] = record

@@ -45,16 +45,38 @@ def rung_survivors(best_losses: Mapping[int, float], *, eta: int = ETA) -> list[
     return sorted(m for m, _ in ranked[:keep])
 
 
+def group_loss(losses: Sequence[float]) -> float:
+    """A group of seeds' loss at a rung: the median of their best-so-far losses (a diverged
+    seed counts as +inf, so a setting that diverges for most seeds ranks last)."""
+    values = sorted(v if math.isfinite(v) else math.inf for v in losses)
+    if not values:
+        return math.inf
+    mid = len(values) // 2
+    if len(values) % 2:
+        return values[mid]
+    low, high = values[mid - 1], values[mid]
+    return math.inf if math.isinf(high) else (low + high) / 2
+
+
 class RungPruner(Callback):
     """Stops the members that successive halving drops, at the rung epochs.
 
     ``pruned`` maps each stopped member to the rung epoch; members stopped early by early
-    stopping before a rung are not in the contest.
+    stopping before a rung are not in the contest. With ``groups`` (member ids per setting,
+    e.g. a repair candidate's seeds) settings compete instead of members: each by the median of
+    its seeds' best-so-far losses, and a dropped setting loses all its seeds.
     """
 
-    def __init__(self, rungs: Sequence[int], *, eta: int = ETA) -> None:
+    def __init__(
+        self,
+        rungs: Sequence[int],
+        *,
+        eta: int = ETA,
+        groups: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         self.rungs = sorted(set(int(r) for r in rungs))
         self.eta = eta
+        self.groups = None if groups is None else [list(g) for g in groups]
         self.best: dict[int, float] = {}
         self.pruned: dict[int, int] = {}
 
@@ -68,6 +90,9 @@ class RungPruner(Callback):
                 self.best.setdefault(m, math.inf)
         if trainer.epoch not in self.rungs:
             return
+        if self.groups is not None:
+            self._prune_groups(trainer, logs, self.groups)
+            return
         contest = {m: self.best.get(m, math.inf) for m in logs}
         if len(contest) <= 1:
             return
@@ -80,3 +105,22 @@ class RungPruner(Callback):
                     f"pruned at rung epoch {trainer.epoch} (successive halving kept "
                     f"{len(keep)} of {len(contest)})",
                 )
+
+    def _prune_groups(self, trainer: Any, logs: Mapping[int, Any], groups: list[list[int]]) -> None:
+        # Settings with a seed still training compete; one whose seeds all stopped is done.
+        live = [i for i, g in enumerate(groups) if any(m in logs for m in g)]
+        if len(live) <= 1:
+            return
+        contest = {i: group_loss([self.best.get(m, math.inf) for m in groups[i]]) for i in live}
+        keep = set(rung_survivors(contest, eta=self.eta))
+        for i in live:
+            if i in keep:
+                continue
+            for m in groups[i]:
+                if m in logs:
+                    self.pruned[m] = trainer.epoch
+                    trainer.stop_member(
+                        m,
+                        f"pruned at rung epoch {trainer.epoch} (successive halving kept "
+                        f"{len(keep)} of {len(live)} settings)",
+                    )

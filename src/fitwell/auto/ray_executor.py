@@ -59,6 +59,7 @@ def train_population(
     with limit_blas_threads(n):
         out = LocalExecutor(prepared, device=torch.device(device), threads=n).run(job)
     out.worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
+    out.fitted = None  # the weights stay on the worker: the driver trains its final run itself
     return out
 
 

@@ -21,7 +21,8 @@ dead_relu          leaky_relu; hidden biases start at 0.01; lr /3
 divergence         lr /10; lr /100; lr /1000
 lr_too_high        lr /3; lr /10; lr /30
 slow_convergence   lr x10; lr x100; lr x1000; adam (when another optimizer ran)
-overfitting        L2 (x10, at least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
+overfitting        early stopping on (when off: patience 20, best weights kept); L2 (x10, at
+                   least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
 underfitting       layers 4x as wide (at least 64); one layer more; no regularization
 local_minimum      three times the restarts (in the restarts stage); layers 4x as wide (>= 64)
 ================== ============================================================================
@@ -149,6 +150,14 @@ def _more_restarts(s: Settings) -> dict[str, Any]:
     return {"restarts": max(3, int(s.get("restarts", 1)) * 3)}
 
 
+def _early_stopping(s: Settings) -> dict[str, Any]:
+    """fitwell's early stopping (patience 20, best weights restored) when it is off: the
+    doctor's own advice for overfitting, and overfitting it undoes is no longer a fault."""
+    if int(s.get("patience", 20)) > 0 and s.get("restore_best", True):
+        return {}
+    return {"patience": 20, "restore_best": True}
+
+
 def _adam(s: Settings) -> dict[str, Any]:
     return {"optimizer": "adam", "lr": 3e-3} if s.get("optimizer", "adam") != "adam" else {}
 
@@ -191,6 +200,7 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("adam", _adam),
     ),
     "overfitting": (
+        Change("early stopping on (patience 20, best weights kept)", _early_stopping),
         Change("L2 x10 (at least 1e-4)", _more_l2),
         Change("dropout +0.2 (at most 0.5)", _more_dropout),
         Change("layers half as wide", _scale_width(0.5)),
