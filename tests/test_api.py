@@ -47,7 +47,7 @@ def test_l1_switches_off_noise_features(tmp_path: Path):
 
     arch = run.model.arch
     per_row = run.model.weights[0].detach().abs().sum(dim=(0, 2))
-    per_column = per_input(per_row, arch.first_layer_sources, arch.n_inputs).numpy()
+    per_column = per_input(per_row, arch.first_layer_sources, arch.n_inputs).cpu().numpy()
     for i, name in enumerate(cols):
         assert (per_column[i] == 0.0) == (name in off)
     assert run.metrics["test"]["accuracy"] > 0.9

@@ -27,6 +27,7 @@ from fitwell.models import (
 from fitwell.report.build import _first_layer_magnitudes
 from fitwell.resume import resume
 from fitwell.training.optim import PopulationOptimizer
+from tests.replay import assert_same_predictions
 
 from .conftest import run_cli
 from .test_resume import SETTINGS, _interrupted, assert_same_run
@@ -179,7 +180,7 @@ def test_train_then_load_and_predict(mixed_csv: Path, tmp_path: Path, front_scal
     frame = pd.read_csv(mixed_csv).drop(columns="label")
     loaded = fitwell.load_run(tmp_path / "r")
     np.testing.assert_array_equal(loaded.predict(frame), run.predict(frame))
-    np.testing.assert_array_equal(loaded.predict_proba(frame), run.predict_proba(frame))
+    assert_same_predictions(loaded.predict_proba(frame), run.predict_proba(frame))
 
 
 def test_resume_with_embeddings_is_bitwise_equal(tmp_path: Path, mixed_csv: Path) -> None:

@@ -196,7 +196,10 @@ def test_graph_predicts_what_predict_writes(
         values = expected["prediction"].to_numpy()
         assert values.std() > 1.0  # in the target's units, not standardized
         assert got["prediction"].shape == values.shape
-        assert np.abs(got["prediction"] - values).max() <= TOLERANCE
+        # relative to the target's size: the graph computes in float32 like the model
+        assert np.abs(got["prediction"] - values).max() <= TOLERANCE * max(
+            1.0, np.abs(values).max()
+        )
 
 
 # high-cardinality text columns: a code looked up in each member's learned table ----------------

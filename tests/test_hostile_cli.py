@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fitwell import runs
 from fitwell.cli import main
@@ -352,7 +353,7 @@ def test_huge_model_is_refused_from_its_shape(
     err = refused(
         cli(capsys, "train", data, "--target", "label", "--hidden", "1000000000", "--out", out),
         "GiB",
-        "available memory",
+        "free GPU memory" if torch.cuda.is_available() else "available memory",
     )
     assert re.search(r"needs about [\d,.]+ GiB but only [\d,.]+ [GM]iB", err), err
     assert not out.exists()

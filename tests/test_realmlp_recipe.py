@@ -29,6 +29,7 @@ from fitwell.resume import resume
 from fitwell.training import Callback, LoopSettings, MemberSettings, Trainer
 from fitwell.training.optim import PopulationOptimizer
 from fitwell.training.schedules import coslog_factor, lr_factor, regularization_factor
+from tests.replay import assert_same_predictions
 from tests.test_population import MEMBERS, _assert_same_member, _data
 from tests.test_resume import SETTINGS, _interrupted, assert_same_run
 
@@ -297,7 +298,7 @@ def test_saved_recipe_run_replays_at_predict(tmp_path: Path, mixed_csv: Path) ->
     frame = pd.read_csv(mixed_csv).drop(columns="label")
     loaded = fitwell.load_run(tmp_path / "r")
     assert loaded.model.arch.learnable_activation and loaded.model.weight_scales is not None
-    np.testing.assert_array_equal(loaded.predict_proba(frame), run.predict_proba(frame))
+    assert_same_predictions(loaded.predict_proba(frame), run.predict_proba(frame))
     population = json.loads((tmp_path / "r" / runs.METRICS_FILE).read_text())["population"]
     assert {m["dropout_schedule"] for m in population} == {"flat_cos"}
 

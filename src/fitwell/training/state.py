@@ -98,10 +98,11 @@ def load_trainer_state(trainer: Trainer, state: dict[str, Any]) -> None:
             "param_groups": opt["param_groups"],
         }
     )
+    # Every generator, a CUDA one too, takes its state as a CPU ByteTensor.
     for gen, rng in zip(trainer.shuffle_generators, state["shuffle_rng"], strict=True):
-        gen.set_state(rng)
+        gen.set_state(rng.cpu())
     for gen, rng in zip(trainer.dropout_generators, state["dropout_rng"], strict=True):
-        gen.set_state(rng.to(gen.device) if gen.device.type != "cpu" else rng)
+        gen.set_state(rng.cpu())
     torch.set_rng_state(state["global_rng"])
     trainer.history = [dict(row) for row in state["history"]]
     trainer.stop_reasons = {int(k): str(v) for k, v in state["stop_reasons"].items()}
