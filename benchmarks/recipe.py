@@ -199,7 +199,13 @@ def catboost_model(ctx: dict) -> dict:
     xv, yv = _xy(ctx, ctx["val"], cat_as="str")
     xt, yt = _xy(ctx, ctx["test"], cat_as="str")
     cats = list(ctx["levels"])
-    model = cls(random_seed=ctx["seed"], thread_count=1, verbose=0, cat_features=cats)
+    model = cls(
+        random_seed=ctx["seed"],
+        thread_count=1,
+        verbose=0,
+        cat_features=cats,
+        allow_writing_files=False,
+    )
     model.fit(x, y, eval_set=(xv, yv), use_best_model=True, early_stopping_rounds=100)
     return {"score": _score(ctx, model.predict(xt), yt), "trees": int(model.tree_count_)}
 
@@ -237,7 +243,15 @@ def model_fn(name: str, regression: bool) -> Callable[[dict], dict] | None:
 
 
 # ------------------------------------------------------------------------------------- run
-def run(tables: list[str], seeds: list[int], models: list[str], log: Callable[[str], None]):
+def run(
+    tables: list[str],
+    seeds: list[int],
+    models: list[str],
+    log: Callable[[str], None],
+    save: Callable[[list[dict]], None],
+) -> list[dict]:
+    """Fit every model on every table and seed; ``save`` gets the rows after each fit, so a
+    run stopped early keeps what it measured."""
     import torch
 
     torch.set_num_threads(1)
@@ -290,6 +304,7 @@ def run(tables: list[str], seeds: list[int], models: list[str], log: Callable[[s
                     "wall_seconds": time.perf_counter() - wall,
                 }
                 rows.append(row)
+                save(rows)
                 log(
                     f"  {name} seed {seed} {model}: {row['score']:.4f} "
                     f"({row['cpu_seconds']:.1f} cpu s)"
@@ -329,6 +344,31 @@ def print_table(summary: list[dict]) -> None:
         )
 
 
+def markdown(summary: list[dict], models: list[str]) -> str:
+    """One row per table, one column per model: test score mean ± std (CPU seconds)."""
+    models = [m for m in models if any(s["model"] == m for s in summary)]
+    lines = [
+        "| table | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for table in dict.fromkeys(s["table"] for s in summary):
+        cells = []
+        for m in models:
+            hit = [s for s in summary if s["table"] == table and s["model"] == m]
+            if not hit:
+                cells.append("")
+                continue
+            s = hit[0]
+            scale = 1 if s["task"] == "regression" else 100
+            digits = 3 if s["task"] == "regression" else 1
+            cells.append(
+                f"{scale * s['score_mean']:.{digits}f} ± {scale * s['score_std']:.{digits}f} "
+                f"({s['cpu_seconds_mean']:.0f} s)"
+            )
+        lines.append(f"| {table} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds first-seed, first-seed + 1...")
@@ -343,6 +383,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/recipe.json"))
     parser.add_argument("--fresh", action="store_true", help="replace the JSON, do not merge")
     parser.add_argument(
+        "--markdown", action="store_true", help="also print the summary as a Markdown table"
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         metavar="JSON",
@@ -355,7 +398,7 @@ def main() -> None:
         for path in args.merge:
             for r in json.loads(Path(path).read_text())["rows"]:
                 merged[(r["table"], r["seed"], r["model"])] = r
-        write(list(merged.values()), Path(args.out))
+        write(list(merged.values()), Path(args.out), args.markdown)
         return
     models: list[str] = []
     for m in args.models.split(","):
@@ -367,22 +410,31 @@ def main() -> None:
         sys.exit(f"unknown model or table: {', '.join(unknown)}")
 
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    rows = run(tables, seeds, models, lambda s: print(s, file=sys.stderr))
     out = Path(args.out)
-    if out.exists() and not args.fresh:  # keep other tables' / models' rows
-        old = json.loads(out.read_text())["rows"]
+    prior = [] if args.fresh or not out.exists() else json.loads(out.read_text())["rows"]
+
+    def save(rows: list[dict]) -> None:  # keep other tables' / models' / seeds' rows
         done = {(r["table"], r["seed"], r["model"]) for r in rows}
-        rows = [r for r in old if (r["table"], r["seed"], r["model"]) not in done] + rows
-    write(rows, out)
+        kept = [r for r in prior if (r["table"], r["seed"], r["model"]) not in done]
+        write(kept + rows, out, quiet=True)
+
+    rows = run(tables, seeds, models, lambda s: print(s, file=sys.stderr, flush=True), save)
+    save(rows)
+    write(json.loads(out.read_text())["rows"], out, args.markdown)
 
 
-def write(rows: list[dict], out: Path) -> None:
+def write(rows: list[dict], out: Path, as_markdown: bool = False, quiet: bool = False) -> None:
     order = {t: i for i, t in enumerate(TABLES)}
     rows.sort(key=lambda r: (order[r["table"]], MODELS.index(r["model"]), r["seed"]))
     summary = summarize(rows)
-    print_table(summary)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
+    if quiet:
+        return
+    print_table(summary)
+    if as_markdown:
+        print(markdown(summary, [m for m in MODELS if m in COMPARISON]))
+        print(markdown(summary, ["realmlp", *(m for m in MODELS if m not in COMPARISON)]))
 
 
 if __name__ == "__main__":
