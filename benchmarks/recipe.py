@@ -369,6 +369,40 @@ def markdown(summary: list[dict], models: list[str]) -> str:
     return "\n".join(lines)
 
 
+def ablation_markdown(rows: list[dict]) -> str:
+    """One row per left-out ingredient, one column per table: its test score minus the full
+    recipe's on the same seeds (points of accuracy, or of R^2 x 100)."""
+    tables = [t for t in TABLES if any(r["table"] == t and "-" in r["model"] for r in rows)]
+    head = "| left out | " + " | ".join(tables) + " |"
+    lines = [head, "|---|" + "---|" * len(tables)]
+    full = {(r["table"], r["seed"]): r["score"] for r in rows if r["model"] == "realmlp"}
+    for name in ABLATION:
+        cells = []
+        for t in tables:
+            hit = [r for r in rows if r["table"] == t and r["model"] == f"realmlp{name}"]
+            pairs = [(r["score"], full[t, r["seed"]]) for r in hit if (t, r["seed"]) in full]
+            if not pairs:
+                cells.append("")
+                continue
+            score = statistics.mean(a for a, _ in pairs)
+            delta = statistics.mean(a - b for a, b in pairs)
+            cells.append(f"{100 * score:.1f} ({100 * delta:+.1f})")
+        lines.append(f"| {name[1:]} | " + " | ".join(cells) + " |")
+    seeds = {
+        t: sorted({r["seed"] for r in rows if r["table"] == t and "-" in r["model"]})
+        for t in tables
+    }
+    lines.append(
+        "| (full recipe, same seeds) | "
+        + " | ".join(
+            f"{100 * statistics.mean(full[t, s] for s in seeds[t] if (t, s) in full):.1f}"
+            for t in tables
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds first-seed, first-seed + 1...")
@@ -434,7 +468,7 @@ def write(rows: list[dict], out: Path, as_markdown: bool = False, quiet: bool = 
     print_table(summary)
     if as_markdown:
         print(markdown(summary, [m for m in MODELS if m in COMPARISON]))
-        print(markdown(summary, ["realmlp", *(m for m in MODELS if m not in COMPARISON)]))
+        print(ablation_markdown(rows))
 
 
 if __name__ == "__main__":
