@@ -67,6 +67,76 @@ def resolve_hidden(hidden: tuple[int, ...] | str, n_train_rows: int) -> tuple[in
     return (int(min(high, max(low, width))),) * AUTO_DEPTH
 
 
+# ------------------------------------------------------------------------------ recipe presets
+# ``recipe`` names a set of defaults; every setting given explicitly (flag, TOML, keyword) wins.
+RECIPES = ("classic", "realmlp")
+# RealMLP-TD (Holzmueller et al., NeurIPS 2024), as pytabkit 1.8.0's
+# ``models/sklearn/default_params.py`` sets it (``RealMLP_TD_CLASS`` / ``RealMLP_TD_REG``):
+# robust scaling + smooth clipping, PBLD embeddings (16 frequencies, 3 outputs + the raw value
+# = its ``plr_hidden_2 = 4``), the front scale, NTK parametrization with a learnable activation,
+# dropout 0.15 and weight decay 0.02 on flat_cos schedules, coslog4 at Adam beta2 0.95, 3 x 256
+# units, batch 256 (pytabkit's default), 256 epochs keeping the best epoch on validation (here:
+# patience = max_epochs, so nothing stops early and the best epoch is restored) and one network.
+REALMLP_PRESET: dict[str, Any] = {
+    "scaling": "robust",
+    "numeric_embedding": "pbld",
+    "embedding_frequencies": 16,
+    "embedding_dim": 3,
+    "front_scale": True,
+    "hidden": (256, 256, 256),
+    "parametrization": "ntk",
+    "learnable_activation": True,
+    "dropout": 0.15,
+    "dropout_schedule": "flat_cos",
+    "weight_decay": 0.02,
+    "wd_schedule": "flat_cos",
+    "optimizer": "adam",
+    "adam_beta2": 0.95,
+    "lr_schedule": "coslog4",
+    "batch_size": 256,
+    "max_epochs": 256,
+    "patience": 256,
+    "ensemble": 1,
+}
+# The settings RealMLP-TD chooses by task: SELU, lr 0.04 and label smoothing 0.1 for
+# classification; Mish and lr 0.2 for regression.
+REALMLP_BY_TASK: dict[str, dict[str, Any]] = {
+    "classification": {"activation": "selu", "lr": 0.04, "label_smoothing": 0.1},
+    "regression": {"activation": "mish", "lr": 0.2, "label_smoothing": 0.0},
+}
+# ``extra`` key: the per-task settings the preset filled in while the task was still "auto".
+RECIPE_PENDING = "recipe_pending"
+
+
+def recipe_defaults(values: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+    """The preset values that ``values`` (raw settings) do not give explicitly, and the per-task
+    settings among them still to be chosen by :func:`resolve_recipe` (filled with the
+    classification values while the task is "auto"; none when the task is given). Values
+    written by :meth:`TrainConfig.to_dict` before the task was known carry that list as
+    ``recipe_pending``. ``classic`` (or an unknown name, refused later) adds nothing."""
+    if values.get("recipe", "classic") != "realmlp":
+        return {}, None
+    task = values.get("task", "auto")
+    by_task = REALMLP_BY_TASK.get(task, REALMLP_BY_TASK["classification"])
+    preset = {k: v for k, v in (REALMLP_PRESET | by_task).items() if k not in values}
+    if task in REALMLP_BY_TASK:
+        return preset, ()
+    written = values.get(RECIPE_PENDING) or ()
+    pending = tuple(k for k in by_task if k in preset or k in written)
+    return preset, pending
+
+
+def resolve_recipe(cfg: TrainConfig, task: str) -> TrainConfig:
+    """``cfg`` with a recipe built while the task was "auto" made concrete for ``task``: the
+    task is recorded and the preset's per-task settings it filled in are set for it (``realmlp``
+    on a regression target: Mish, lr 0.2, no smoothing). Settings given explicitly are kept."""
+    if cfg.recipe != "realmlp" or cfg.task != "auto" or task not in REALMLP_BY_TASK:
+        return cfg
+    wanted = REALMLP_BY_TASK[task]
+    pending = cfg.extra.get(RECIPE_PENDING) or ()
+    return cfg.replace(task=task, **{k: wanted[k] for k in pending})
+
+
 # The seed reaches NumPy and scikit-learn, which take 32-bit unsigned seeds.
 MAX_SEED = 2**32 - 1
 # Members trained at once (restarts per setting, ensemble size): beyond this a population is a
@@ -110,6 +180,18 @@ class TrainConfig:
         Built-in dataset name (see ``BUILTIN_DATASETS``); nothing is downloaded.
     target : str or None
         Target column. Built-in datasets and ``.npz`` files know their own.
+    recipe : {"classic", "realmlp"}, default "classic"
+        A named set of defaults; any setting given explicitly wins over it. ``classic``: the
+        defaults listed here. ``realmlp``: RealMLP-TD's recipe with pytabkit 1.8.0's values
+        (``REALMLP_PRESET``): ``scaling="robust"``, ``numeric_embedding="pbld"`` (16
+        frequencies, 3 outputs), ``front_scale=True``, ``hidden=(256, 256, 256)``,
+        ``parametrization="ntk"``, ``learnable_activation=True``, ``dropout=0.15`` and
+        ``weight_decay=0.02`` on ``flat_cos`` schedules, ``lr_schedule="coslog4"``,
+        ``adam_beta2=0.95``, ``batch_size=256``, ``max_epochs=256``, ``patience=256`` (no early
+        stop; the best validation epoch is restored), ``ensemble=1``; and by task,
+        ``activation="selu"``, ``lr=0.04``, ``label_smoothing=0.1`` for classification,
+        ``activation="mish"``, ``lr=0.2`` for regression (chosen once the task is known when
+        ``task="auto"``). ``docs/recipe.md`` compares the two (``benchmarks/recipe.py``).
     task : {"auto", "classification", "regression"}, default "auto"
         ``auto`` infers it from the target column.
     split : tuple of 3 floats, default (0.7, 0.15, 0.15)
@@ -286,6 +368,7 @@ class TrainConfig:
     data: str | None = None
     dataset: str | None = None
     target: str | None = None
+    recipe: str = "classic"
     task: str = "auto"
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     scale: bool = True
@@ -345,7 +428,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
-        return build_config(dataclasses.asdict(self) | changes)
+        cfg = build_config(dataclasses.asdict(self) | changes)
+        pending = self.extra.get(RECIPE_PENDING)
+        if pending is not None:  # a recipe's per-task settings not yet resolved, unless changed
+            cfg.extra[RECIPE_PENDING] = tuple(k for k in pending if k not in changes)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, ready for TOML / JSON (None values dropped: TOML has no null)."""
@@ -357,6 +444,8 @@ class TrainConfig:
             if value is None:
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
+        if self.extra.get(RECIPE_PENDING):  # a recipe waiting for the task: kept in the TOML
+            out[RECIPE_PENDING] = list(self.extra[RECIPE_PENDING])
         return out
 
 
@@ -408,8 +497,10 @@ def _as_tuple(value: Any, cast: type, name: str, problems: list[str]) -> tuple |
 
 
 def resolve_front(cfg: TrainConfig, task: str) -> TrainConfig:
-    """``cfg`` with ``numeric_embedding="auto"`` and ``front_scale=None`` made concrete for
-    ``task``, so that the saved config records what was trained."""
+    """``cfg`` with ``numeric_embedding="auto"``, ``front_scale=None`` and a recipe's per-task
+    settings (:func:`resolve_recipe`) made concrete for ``task``, so that the saved config
+    records what was trained."""
+    cfg = resolve_recipe(cfg, task)
     embedding = cfg.numeric_embedding
     if embedding == "auto":
         embedding = "pbld" if task == "classification" else "none"
@@ -423,11 +514,12 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
     Raises :class:`InputError` listing every problem at once.
     """
     problems: list[str] = []
-    unknown = [k for k in values if k not in _FIELD_NAMES and k != "extra"]
+    unknown = [k for k in values if k not in _FIELD_NAMES and k not in ("extra", RECIPE_PENDING)]
     for name in unknown:
         hint = did_you_mean(name, _FIELD_NAMES).strip().replace("Did", "did")
         problems.append(f"unknown setting `{name}`" + (f" ({hint})" if hint else ""))
-    raw = {k: v for k, v in values.items() if k in _FIELD_NAMES}
+    preset, pending = recipe_defaults(values)
+    raw = preset | {k: v for k, v in values.items() if k in _FIELD_NAMES}
 
     if "hidden" in raw:
         if isinstance(raw["hidden"], str) and raw["hidden"].strip() == "auto":
@@ -501,6 +593,8 @@ def build_config(values: dict[str, Any]) -> TrainConfig:
         problems.append(f"`weight_column` must be a column name; got {raw['weight_column']!r}")
     bad_fields = {name for name in raw if any(f"`{name}`" in p for p in problems)}
     cfg = TrainConfig(**{k: v for k, v in raw.items() if k not in bad_fields})
+    if pending is not None:
+        cfg.extra[RECIPE_PENDING] = pending
     _check(cfg, problems)
     if problems:
         text = "; ".join(p.rstrip(".") if not p.endswith("?") else p for p in problems)
@@ -565,6 +659,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...], problems: list[str]
 
 
 def _check(cfg: TrainConfig, problems: list[str]) -> None:
+    _choice("recipe", cfg.recipe, RECIPES, problems)
     _choice("activation", cfg.activation, ACTIVATIONS, problems)
     _choice("init", cfg.init, INITS, problems)
     _choice("optimizer", cfg.optimizer, OPTIMIZERS, problems)

@@ -16,6 +16,7 @@ from fitwell.config import (
     NUMERIC_EMBEDDINGS,
     OPTIMIZERS,
     PARAMETRIZATIONS,
+    RECIPES,
     REGULARIZATION_SCHEDULES,
     TASKS,
 )
@@ -38,6 +39,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", help="target column")
     g.add_argument("--task", help=f"{' | '.join(TASKS)} (default auto)")
     g.add_argument("--split", help="train,val,test fractions (default 0.7,0.15,0.15)")
+    g.add_argument(
+        "--recipe",
+        help=" | ".join(RECIPES) + " (default classic): a named set of defaults; flags given "
+        "explicitly win. realmlp: RealMLP-TD's (robust scaling, pbld + front scale, 3x256 ntk "
+        "units, selu / mish by task with a learnable shape, dropout 0.15 and weight decay 0.02 "
+        "on flat_cos, label smoothing 0.1, coslog4 at lr 0.04 / 0.2, Adam beta2 0.95, batch "
+        "256, 256 epochs keeping the best, one network)",
+    )
     g.add_argument(
         "--no-scale",
         dest="scale",
