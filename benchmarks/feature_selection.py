@@ -172,12 +172,19 @@ def main() -> None:
     )
     parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS)
     parser.add_argument(
+        "--from-partial",
+        help="comma-separated .partial.jsonl files of earlier runs: print their table and stop",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=1, help="tables run at once, one process each (1 thread each)"
     )
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "feature_selection.json")
     )
     args = parser.parse_args()
+    if args.from_partial:
+        from_partial(args.from_partial.split(","))
+        return
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.shape is not None:
         shapes = tuple(SHAPES[int(i)] for i in args.shape.split(","))
@@ -213,20 +220,7 @@ def main() -> None:
         summarise(recipe, task, k, m, runs[i * len(seeds) : (i + 1) * len(seeds)])
         for i, (recipe, (task, k, m)) in enumerate(tables)
     ]
-    print()
-    print(
-        "| recipe | table | noise off | informative off | test − λ=0 (mean / worst) | λ chosen "
-        "| agreement |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        lams = ", ".join(f"{x['lambda']:g}" for x in r["runs"])
-        print(
-            f"| {r['recipe']} | {r['task']} k={r['informative']} m={r['noise']} ({r['score']}) | "
-            f"{r['noise_off']:.0%} | {r['informative_off']:.0%} | "
-            f"{r['test_diff']:+.4f} / {r['worst_test_diff']:+.4f} | {lams} | "
-            f"{r['agreement']}/{r['seeds']} |"
-        )
+    print_table(results)
     doc = {
         "grid": grid,
         "adaptive": not args.plain,
@@ -242,6 +236,37 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {args.out} in {doc['seconds']} s")
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| recipe | table | noise off | informative off | test − λ=0 (mean / worst) | λ chosen "
+        "| agreement |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        lams = ", ".join(f"{x['lambda']:g}" for x in r["runs"])
+        print(
+            f"| {r['recipe']} | {r['task']} k={r['informative']} m={r['noise']} ({r['score']}) | "
+            f"{r['noise_off']:.0%} | {r['informative_off']:.0%} | "
+            f"{r['test_diff']:+.4f} / {r['worst_test_diff']:+.4f} | {lams} | "
+            f"{r['agreement']}/{r['seeds']} |"
+        )
+
+
+def from_partial(files: list[str]) -> None:
+    """The table of seeds already finished, from runs' ``.partial.jsonl`` files."""
+    groups: dict[tuple, list[dict]] = {}
+    for name in files:
+        for line in Path(name).read_text().splitlines():
+            row = json.loads(line)
+            key = (row.pop("recipe"), row.pop("task"), row.pop("informative"), row.pop("noise"))
+            groups.setdefault(key, []).append(row)
+    results = [
+        summarise(*key, sorted(rows, key=lambda r: r["seed"])) for key, rows in groups.items()
+    ]
+    print_table(results)
 
 
 def _run_call(call: tuple) -> dict[str, Any]:
