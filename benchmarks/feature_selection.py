@@ -15,7 +15,8 @@ score difference (chosen − λ=0), and seed agreement (how many of the 5 seeds 
 common set of kept columns). Goal: ≥80% noise off, ≤10% informative off, test within 0.01 of λ=0,
 agreement ≥4/5.
 
-    python benchmarks/feature_selection.py            # ~4-8 min on 2 busy cores
+    python benchmarks/feature_selection.py --numeric-embedding none,pbld --jobs 8
+    python benchmarks/feature_selection.py            # classic recipe, one table at a time
     python benchmarks/feature_selection.py --plain    # every column weighs 1 (no pilot)
     python benchmarks/feature_selection.py --quick    # one shape, 2 seeds
 """
@@ -24,20 +25,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fitwell.api import train
 from fitwell.config import build_config
-from fitwell.selection import select_features
+from fitwell.selection import DEFAULT_LAMBDAS, RULE, RULE_NO_SHADOWS, select_features
 
-GRID = (0.0, 0.03, 0.1, 0.2, 0.3, 0.4, 0.5)
+GRID = DEFAULT_LAMBDAS
 SHAPES = (
     ("classification", 5, 20),
     ("classification", 10, 10),
@@ -63,68 +67,79 @@ def make_table(task: str, k: int, m: int, *, n: int = ROWS, seed: int = 0) -> pd
     return frame
 
 
-def run_shape(
+def run_seed(
     task: str,
     k: int,
     m: int,
-    seeds: list[int],
+    seed: int,
     folder: Path,
     *,
     adaptive: bool,
     grid: tuple,
     path_seeds: int,
+    shadows: bool,
+    embedding: str,
+    max_epochs: int = MAX_EPOCHS,
 ) -> dict[str, Any]:
-    path = folder / f"{task}_{k}_{m}.csv"
+    """One seed of one table: the path's choice, then the chosen model and λ = 0 on test."""
+    path = folder / f"{task}_{k}_{m}_{seed}.csv"
     make_table(task, k, m).to_csv(path, index=False)
     names = [f"s{i}" for i in range(k)] + [f"n{j}" for j in range(m)]
     score = "accuracy" if task == "classification" else "r2"
-    rows = []
-    for seed in seeds:
-        common = {"target": "label", "seed": seed, "max_epochs": MAX_EPOCHS}
-        cfg = build_config({"data": str(path), "l1_inputs_adaptive": adaptive} | common)
-        started = time.perf_counter()
-        sel = select_features(cfg, grid, seeds=path_seeds)
-        lam = sel.chosen_point.l1_inputs
-        base = train(path, **common)
-        # The chosen model reuses the path's adaptive weights: λ was chosen with them.
-        chosen = (
-            base
-            if lam == 0
-            else train(path, l1_inputs=lam, l1_inputs_weights=sel.weights, **common)
-        )
-        off = set(chosen.metrics["l1_zeroed_features"])
-        rows.append(
-            {
-                "seed": seed,
-                "lambda": lam,
-                "noise_off": sum(f"n{j}" in off for j in range(m)) / m,
-                "informative_off": sum(f"s{i}" in off for i in range(k)) / k,
-                "test_chosen": chosen.metrics["test"][score],
-                "test_lambda0": base.metrics["test"][score],
-                "kept": sorted(c for c in names if c not in off),
-                "path": [(p.l1_inputs, p.val_score, len(p.kept)) for p in sel.points],
-                "seconds": round(time.perf_counter() - started, 1),
-            }
-        )
-        r = rows[-1]
-        print(
-            f"  {task} k={k} m={m} seed={seed}: λ={lam:g} noise off {r['noise_off']:.0%} "
-            f"informative off {r['informative_off']:.0%} test {r['test_chosen']:.4f} "
-            f"(λ=0 {r['test_lambda0']:.4f}) {r['seconds']}s",
-            flush=True,
-        )
+    common = {
+        "target": "label",
+        "seed": seed,
+        "max_epochs": max_epochs,
+        "numeric_embedding": embedding,
+    }
+    cfg = build_config({"data": str(path), "l1_inputs_adaptive": adaptive} | common)
+    started = time.perf_counter()
+    cpu = time.process_time()
+    sel = select_features(cfg, grid, seeds=path_seeds, shadows=shadows)
+    lam = sel.chosen_point.l1_inputs
+    base = train(path, **common)
+    # The chosen model reuses the path's adaptive weights: λ was chosen with them.
+    chosen = (
+        base if lam == 0 else train(path, l1_inputs=lam, l1_inputs_weights=sel.weights, **common)
+    )
+    off = set(chosen.metrics["l1_zeroed_features"])
+    r = {
+        "seed": seed,
+        "lambda": lam,
+        "noise_off": sum(f"n{j}" in off for j in range(m)) / m,
+        "informative_off": sum(f"s{i}" in off for i in range(k)) / k,
+        "test_chosen": chosen.metrics["test"][score],
+        "test_lambda0": base.metrics["test"][score],
+        "kept": sorted(c for c in names if c not in off),
+        "path": [(p.l1_inputs, p.val_score, len(p.kept), p.shadows_kept) for p in sel.points],
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
+    }
+    print(
+        f"  {embedding} {task} k={k} m={m} seed={seed}: λ={lam:g} noise off {r['noise_off']:.0%} "
+        f"informative off {r['informative_off']:.0%} test {r['test_chosen']:.4f} "
+        f"(λ=0 {r['test_lambda0']:.4f}) {r['cpu_seconds']} cpu s",
+        flush=True,
+    )
+    return r
+
+
+def summarise(recipe: str, task: str, k: int, m: int, rows: list[dict]) -> dict[str, Any]:
+    """One table's seeds: mean columns off, test difference and seed agreement."""
     common = Counter(tuple(r["kept"]) for r in rows).most_common(1)[0][1]
     return {
+        "recipe": recipe,
         "task": task,
         "informative": k,
         "noise": m,
-        "score": score,
+        "score": "accuracy" if task == "classification" else "r2",
         "noise_off": float(np.mean([r["noise_off"] for r in rows])),
         "informative_off": float(np.mean([r["informative_off"] for r in rows])),
         "test_diff": float(np.mean([r["test_chosen"] - r["test_lambda0"] for r in rows])),
         "worst_test_diff": float(min(r["test_chosen"] - r["test_lambda0"] for r in rows)),
         "agreement": common,
         "seeds": len(rows),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in rows), 1),
         "runs": rows,
     }
 
@@ -141,58 +156,129 @@ def main() -> None:
     parser.add_argument(
         "--path-seeds", type=int, default=1, help="members per λ in the path (select --seeds)"
     )
-    parser.add_argument("--shape", type=int, help="run only SHAPES[SHAPE] (0-3), all 5 seeds")
+    parser.add_argument(
+        "--shape", help="comma-separated indices into SHAPES (0-3) to run, in that order"
+    )
+    parser.add_argument(
+        "--no-shadows",
+        action="store_true",
+        help="choose λ without shadow columns (the largest λ within the tolerance)",
+    )
+    parser.add_argument(
+        "--numeric-embedding",
+        default="none",
+        help="comma-separated recipes, side by side: none (classic, train's default), pbld "
+        "(each numeric column embedded), auto",
+    )
+    parser.add_argument("--max-epochs", type=int, default=MAX_EPOCHS)
+    parser.add_argument(
+        "--from-partial",
+        help="comma-separated .partial.jsonl files of earlier runs: print their table and stop",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="tables run at once, one process each (1 thread each)"
+    )
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "feature_selection.json")
     )
     args = parser.parse_args()
+    if args.from_partial:
+        from_partial(args.from_partial.split(","))
+        return
     shapes = SHAPES[:1] if args.quick else SHAPES
     if args.shape is not None:
-        shapes = SHAPES[args.shape : args.shape + 1]
+        shapes = tuple(SHAPES[int(i)] for i in args.shape.split(","))
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     grid = GRID if args.grid is None else tuple(float(v) for v in args.grid.split(","))
+    recipes = [r.strip() for r in args.numeric_embedding.split(",") if r.strip()]
     started = time.perf_counter()
-    results = []
+    tables = [(recipe, shape) for recipe in recipes for shape in shapes]
     with tempfile.TemporaryDirectory() as tmp:
-        for task, k, m in shapes:
-            results.append(
-                run_shape(
-                    task,
-                    k,
-                    m,
-                    seeds,
-                    Path(tmp),
-                    adaptive=not args.plain,
-                    grid=grid,
-                    path_seeds=args.path_seeds,
-                )
-            )
-    print()
-    print(
-        "| table | noise off | informative off | test − λ=0 (mean / worst) | λ chosen | agreement |"
-    )
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        lams = ", ".join(f"{x['lambda']:g}" for x in r["runs"])
-        print(
-            f"| {r['task']} k={r['informative']} m={r['noise']} ({r['score']}) | "
-            f"{r['noise_off']:.0%} | {r['informative_off']:.0%} | "
-            f"{r['test_diff']:+.4f} / {r['worst_test_diff']:+.4f} | {lams} | "
-            f"{r['agreement']}/{r['seeds']} |"
-        )
+        settings = {
+            "adaptive": not args.plain,
+            "grid": grid,
+            "path_seeds": args.path_seeds,
+            "shadows": not args.no_shadows,
+            "max_epochs": args.max_epochs,
+        }
+        # Each finished seed is appended here too, so an interrupted run keeps what it measured.
+        partial = Path(args.out).with_suffix(".partial.jsonl")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("")
+        calls = [
+            (task, k, m, seed, Path(tmp) / recipe, settings | {"embedding": recipe}, partial)
+            for recipe, (task, k, m) in tables
+            for seed in seeds
+        ]
+        if args.jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+                runs = list(pool.map(_run_call, calls))
+        else:
+            runs = [_run_call(c) for c in calls]
+    results = [
+        summarise(recipe, task, k, m, runs[i * len(seeds) : (i + 1) * len(seeds)])
+        for i, (recipe, (task, k, m)) in enumerate(tables)
+    ]
+    print_table(results)
     doc = {
         "grid": grid,
         "adaptive": not args.plain,
         "path_seeds": args.path_seeds,
+        "shadows": not args.no_shadows,
+        "recipes": recipes,
         "rows": ROWS,
-        "max_epochs": MAX_EPOCHS,
-        "rule": "largest l1_inputs whose val score >= best - max(0.01, SE of best val accuracy)",
+        "max_epochs": args.max_epochs,
+        "rule": RULE_NO_SHADOWS if args.no_shadows else RULE,
         "seconds": round(time.perf_counter() - started, 1),
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {args.out} in {doc['seconds']} s")
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print()
+    print(
+        "| recipe | table | noise off | informative off | test − λ=0 (mean / worst) | λ chosen "
+        "| agreement |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        lams = ", ".join(f"{x['lambda']:g}" for x in r["runs"])
+        print(
+            f"| {r['recipe']} | {r['task']} k={r['informative']} m={r['noise']} ({r['score']}) | "
+            f"{r['noise_off']:.0%} | {r['informative_off']:.0%} | "
+            f"{r['test_diff']:+.4f} / {r['worst_test_diff']:+.4f} | {lams} | "
+            f"{r['agreement']}/{r['seeds']} |"
+        )
+
+
+def from_partial(files: list[str]) -> None:
+    """The table of seeds already finished, from runs' ``.partial.jsonl`` files."""
+    groups: dict[tuple, list[dict]] = {}
+    for name in files:
+        for line in Path(name).read_text().splitlines():
+            row = json.loads(line)
+            key = (row.pop("recipe"), row.pop("task"), row.pop("informative"), row.pop("noise"))
+            groups.setdefault(key, []).append(row)
+    results = [
+        summarise(*key, sorted(rows, key=lambda r: r["seed"])) for key, rows in groups.items()
+    ]
+    print_table(results)
+
+
+def _run_call(call: tuple) -> dict[str, Any]:
+    """One seed of one (recipe, table), in its own process when ``--jobs`` > 1."""
+    task, k, m, seed, folder, settings, partial = call
+    torch.set_num_threads(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    row = run_seed(task, k, m, seed, folder, **settings)
+    with partial.open("a") as fh:
+        head = {"recipe": settings["embedding"], "task": task, "informative": k, "noise": m}
+        fh.write(json.dumps(head | row) + "\n")
+    return row
 
 
 if __name__ == "__main__":

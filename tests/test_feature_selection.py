@@ -235,15 +235,15 @@ def test_estimator_reports_the_columns_it_does_not_read():
 
 
 def test_selection_names_columns_under_the_embedding_recipe(tmp_path: Path):
-    """With PBLD each numeric column's group is its raw row and 3 embedding rows (sqrt(p_g) = 2):
-    a smaller λ switches the noise columns off, and the saved model ignores them."""
+    """With PBLD each numeric column's group is its raw row and 3 embedding rows, counted as one
+    input in sqrt(p_g): noise columns go off, and the saved model ignores them."""
     frame = _table(4, 8, n=500)
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
     run = train(
         path,
         target="label",
-        l1_inputs=0.05,
+        l1_inputs=0.1,
         numeric_embedding="pbld",
         ensemble=1,
         max_epochs=60,

@@ -27,7 +27,7 @@ from fitwell.config import (
     resolve_front,
     resolve_hidden,
 )
-from fitwell.data import PreparedData, Preprocessor, load_table, prepare
+from fitwell.data import PreparedData, Preprocessor, Table, load_table, prepare
 from fitwell.diagnosis.context import (
     diagnose_fit,
     needs_capacity_reference,
@@ -50,7 +50,7 @@ from fitwell.training import (
     Trainer,
 )
 from fitwell.training.capacity import capacity_reference
-from fitwell.training.optim import adaptive_group_weights
+from fitwell.training.optim import adaptive_group_weights, input_count_scales
 
 __all__ = [
     "PopulationFit",
@@ -155,6 +155,23 @@ def group_weights(cfg: TrainConfig, pre: Preprocessor) -> list[float] | None:
             f"unknown {unknown}. Drop the table to have the adaptive pilot measure them again."
         )
     return [cfg.l1_inputs_weights[c] for c in columns]
+
+
+def penalty_weights(cfg: TrainConfig, prepared: PreparedData) -> list[float] | None:
+    """What multiplies each column's ``sqrt(rows_g)`` in the ``l1_inputs`` group step: its
+    ``l1_inputs_weights`` (default 1) times :func:`fitwell.training.optim.input_count_scales`,
+    so the penalty is ``l1_inputs * sqrt(p_g) * w_g * ||W1_g||`` with ``p_g`` the column's rows
+    without the numeric embedding (1 for a numeric column), under either front."""
+    weights = group_weights(cfg, prepared.preprocessor)
+    scales = input_count_scales(
+        first_layer_groups(cfg, prepared),
+        first_layer_groups(cfg.replace(numeric_embedding="none"), prepared),
+    )
+    if scales is None:
+        return weights
+    if weights is None:
+        return scales
+    return [w * s for w, s in zip(weights, scales, strict=True)]
 
 
 # Members of the adaptive pilot, averaged (more seeds: steadier weights).
@@ -323,12 +340,17 @@ class PopulationFit:
     seconds: float
 
 
-def load_and_prepare(cfg: TrainConfig) -> PreparedData:
-    """The one data path: load the table, split it (seeded by ``cfg.seed``) and fit
-    preprocessing on the training rows. The test split comes back sealed."""
-    table = load_table(
+def load_table_of(cfg: TrainConfig) -> Table:
+    """``cfg``'s table, loaded and validated (not yet split)."""
+    return load_table(
         cfg.data, dataset=cfg.dataset, target=cfg.target, weight_column=cfg.weight_column
     )
+
+
+def load_and_prepare(cfg: TrainConfig, table: Table | None = None) -> PreparedData:
+    """The one data path: load the table (unless given), split it (seeded by ``cfg.seed``) and
+    fit preprocessing on the training rows. The test split comes back sealed."""
+    table = load_table_of(cfg) if table is None else table
     return prepare(
         table,
         task=cfg.task,
@@ -408,7 +430,7 @@ def fit_prepared(
         callbacks=all_callbacks,
         # The group step reads first-layer rows: an embedding's rows belong to their column.
         input_groups=first_layer_groups(cfg, prepared),
-        group_weights=group_weights(cfg, prepared.preprocessor),
+        group_weights=penalty_weights(cfg, prepared),
         w_train=prepared.w_train,
         w_val=prepared.w_val,
     )

@@ -20,10 +20,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fitwell.config import TrainConfig
-from fitwell.embeddings import per_input
+from fitwell.embeddings import first_layer_sources, per_input
 from fitwell.errors import TrainingFailed
 from fitwell.models import Architecture, PopulationMLP, ensemble_outputs, stack_member_states
 from fitwell.training import LoopSettings, MemberSettings, Trainer
+from fitwell.training.optim import input_count_scales
 
 # The library's recommended recipe: the estimators' defaults follow `fitwell train`'s.
 _DEFAULTS = TrainConfig()
@@ -246,8 +247,19 @@ class _FitwellEstimator(BaseEstimator):
             x_val=x_val,
             y_val=y_val,
             device=device,
-            # l1_inputs: an embedding's first-layer rows belong to their feature's group
+            # l1_inputs: an embedding's first-layer rows belong to their feature's group,
+            # which counts as one input in the penalty's sqrt(p_g), as in `fitwell train`
             input_groups=arch.first_layer_sources,
+            group_weights=input_count_scales(
+                arch.first_layer_sources,
+                first_layer_sources(
+                    arch.n_inputs,
+                    (),
+                    arch.embedding_dim,
+                    categorical=arch.categorical,
+                    category_dims=arch.category_dims,
+                ),
+            ),
             w_train=w_tr,
             w_val=w_val,
         )

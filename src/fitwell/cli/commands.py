@@ -161,9 +161,15 @@ def cmd_select(args: argparse.Namespace) -> int:
         off = ", ".join(p.off[:8]) + (f" … (+{len(p.off) - 8})" if len(p.off) > 8 else "")
         print(f"{p.l1_inputs:>10g}  {p.val_score:>10.4f}  {len(p.kept):>4}  {off or '-'}{mark}")
     c = path.chosen_point
+    rule = (
+        f"the smallest λ within {path.tolerance:g} of the best val {score} whose member reads "
+        "no shadow column (a row-permuted copy of a column)"
+        if path.shadows and path.points[path.chosen].shadows_kept == 0
+        else f"the largest λ whose val {score} is within {path.tolerance:g} of the best"
+    )
     print(
-        f"chosen l1_inputs = {c.l1_inputs:g}: the largest λ whose val {score} is within "
-        f"{path.tolerance:g} of the best; keeps {len(c.kept)} column(s): {', '.join(c.kept)}"
+        f"chosen l1_inputs = {c.l1_inputs:g}: {rule}; keeps {len(c.kept)} column(s): "
+        f"{', '.join(c.kept)}"
     )
     if path.weights is not None:
         print(

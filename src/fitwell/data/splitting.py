@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fitwell.errors import InputError
 
@@ -50,6 +49,10 @@ def split_indices(
                 "train/validation/test split needs at least 3 per class. Add rows or drop it."
             )
     idx = np.arange(n_rows)
+    # Imported here: scikit-learn's model_selection costs ~80 MB resident, and `predict`,
+    # which never splits, should not carry it (benchmarks/memory.py).
+    from sklearn.model_selection import train_test_split
+
     rest, test = train_test_split(
         idx, test_size=n_test, random_state=seed, shuffle=True, stratify=stratify
     )

@@ -14,6 +14,7 @@ parametrization trains biases at 0.1 x lr) and decoupled weight decay per member
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +44,30 @@ def adaptive_group_weights(norms: torch.Tensor, gamma: float = 1.0) -> torch.Ten
     mean = n.mean(dim=1, keepdim=True)
     rel = torch.where(mean > 0, n / mean.clamp_min(1e-30), torch.ones_like(n)).mean(dim=0)
     return rel.clamp_min(ADAPTIVE_NORM_FLOOR).pow(-gamma).to(torch.float32)
+
+
+def input_count_scales(
+    row_groups: Sequence[int], reference_groups: Sequence[int]
+) -> list[float] | None:
+    """Per group, ``sqrt(ref_g / rows_g)``: what turns the group step's ``sqrt(rows_g)`` into
+    ``sqrt(ref_g)``; None when every group has as many rows in both.
+
+    ``row_groups[r]`` is the group of first-layer row ``r``; ``reference_groups`` the same for
+    the rows the columns have without the numeric embedding (a numeric column: one; a one-hot
+    column: one per level). Why: a numeric embedding gives one input several first-layer rows
+    (its raw row plus the embedding's), which would multiply its penalty by ``sqrt(1 + dim)`` at
+    the same ``l1_inputs``; counted as the table's inputs, a λ means the same under either front.
+    """
+    n_groups = max([*row_groups, *reference_groups], default=-1) + 1
+    rows = [0] * n_groups
+    ref = [0] * n_groups
+    for g in row_groups:
+        rows[g] += 1
+    for g in reference_groups:
+        ref[g] += 1
+    if rows == ref:
+        return None
+    return [math.sqrt(i / r) if r > 0 and i > 0 else 1.0 for i, r in zip(ref, rows, strict=True)]
 
 
 def _member_view(values: torch.Tensor, param: torch.Tensor, n_members: int) -> torch.Tensor:
