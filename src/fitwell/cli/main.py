@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tolerance",
         type=float,
-        help="choose the largest λ whose val score is within this of the best (default 0.01)",
+        help="how far below the best val score the chosen λ may be (default 0.01): the smallest "
+        "such λ that reads no shadow column, else the largest",
     )
     p.set_defaults(func=cmd_select)
     return parser
