@@ -24,7 +24,13 @@ from fitwell.cli import main
 from fitwell.config import build_config
 from fitwell.diagnosis.probes import SignalProbe
 from fitwell.errors import InputError
-from fitwell.models import NTK_UNSCALED_LR_FACTOR, Architecture, PopulationMLP, state_shapes
+from fitwell.models import (
+    FRONT_SCALE_LR_FACTOR,
+    NTK_UNSCALED_LR_FACTOR,
+    Architecture,
+    PopulationMLP,
+    state_shapes,
+)
 from fitwell.resume import resume
 from fitwell.training import Callback, LoopSettings, MemberSettings, Trainer
 from fitwell.training.optim import PopulationOptimizer
@@ -183,6 +189,19 @@ def test_ntk_trains_biases_and_shapes_at_a_tenth_of_the_rate() -> None:
     assert rate[id(model.biases[0])] == pytest.approx(0.02 * NTK_UNSCALED_LR_FACTOR)
     # Standard parametrization: every tensor at the member's rate, in one group as before.
     assert set(_model(k=1, learnable_activation=True).lr_factors()) == {1.0}
+
+
+def test_ntk_front_scale_learns_faster_and_embeddings_slower() -> None:
+    """RealMLP's factors: the front scale at 6x the member's rate, the numeric embedding at 0.1x;
+    without NTK both stay at 1x, so runs outside the recipe train as before."""
+    arch = {"numeric_embedding": "pbld", "embedded": (0, 1), "front_scale": True}
+    model = _model(k=2, parametrization="ntk", **arch)
+    factor = {id(p): f for p, f in zip(model.parameters(), model.lr_factors(), strict=True)}
+    assert factor[id(model.front_scales)] == FRONT_SCALE_LR_FACTOR == 6.0
+    for name in ("embed_frequencies", "embed_phases", "embed_weights", "embed_biases"):
+        assert factor[id(getattr(model, name))] == NTK_UNSCALED_LR_FACTOR
+    assert all(factor[id(w)] == 1.0 for w in model.weights)
+    assert set(_model(k=2, **arch).lr_factors()) == {1.0}
 
 
 def test_ntk_probes_report_the_effective_network() -> None:

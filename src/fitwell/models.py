@@ -89,6 +89,9 @@ _NARROW_OUTPUTS = 16
 # learnable-activation shapes): RealMLP's bias_lr_factor and act_lr_factor, which keep their
 # steps at the usual size under the large rates NTK is run with.
 NTK_UNSCALED_LR_FACTOR = 0.1
+# Under NTK the front scale learns at 6x the rate (RealMLP's scale_lr_factor) and the numeric
+# embeddings at 0.1x (plr_lr_factor): pytabkit's values, which its ablations tuned together.
+FRONT_SCALE_LR_FACTOR = 6.0
 
 PreactivationHook = Callable[[int, torch.Tensor], None]
 
@@ -564,11 +567,21 @@ class PopulationMLP(nn.Module):
 
     def lr_factors(self) -> list[float]:
         """A learning-rate factor per tensor of ``parameters()``, in that order: 1, except
-        under NTK, where biases and activation shapes get ``NTK_UNSCALED_LR_FACTOR``."""
+        under NTK, where biases, activation shapes and the numeric embeddings get
+        ``NTK_UNSCALED_LR_FACTOR`` and the front scale ``FRONT_SCALE_LR_FACTOR``."""
         if self.weight_scales is None:
             return [1.0 for _ in self.parameters()]
         slow = {id(p) for p in [*self.biases, *self.act_alphas]}
-        return [NTK_UNSCALED_LR_FACTOR if id(p) in slow else 1.0 for p in self.parameters()]
+        slow |= {id(getattr(self, n)) for n in self._front_names if n in embeddings.PARAMETERS}
+        fast = {id(self.front_scales)} if "front_scales" in self._front_names else set()
+        return [
+            FRONT_SCALE_LR_FACTOR
+            if id(p) in fast
+            else NTK_UNSCALED_LR_FACTOR
+            if id(p) in slow
+            else 1.0
+            for p in self.parameters()
+        ]
 
     def _activate(
         self, layer: int, h: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]
