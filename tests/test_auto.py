@@ -374,3 +374,53 @@ def test_fitwell_auto_is_callable_before_and_after_its_modules_are_imported(monk
     assert fitwell.auto("data.csv", target="label", time_budget="10m") == "run"
     assert calls == [(("data.csv",), {"target": "label", "time_budget": "10m"})]
     assert "auto" in fitwell.__all__
+
+
+# --------------------------------------------------------------------------- inputs and scaling
+def test_standardized_inputs_lead_the_saturation_row_only_when_inputs_are_unscaled():
+    unscaled = DEFAULTS | {"scale": False, "activation": "tanh", "init_scale": 8.0}
+    first = table.candidates("saturated_activations", unscaled)[0]
+    assert first.changes(unscaled) == {"scale": True, "init_scale": 1.0}
+    assert table.changes_inputs(first, unscaled)
+    names = [c.name for c in table.candidates("saturated_activations", DEFAULTS)]
+    assert not any("standardized" in n for n in names)
+
+
+@pytest.mark.parametrize("code", ["divergence", "lr_too_high", "exploding_gradients", "dead_relu"])
+def test_the_doctors_evidence_of_unscaled_inputs_moves_scaling_to_the_front(code):
+    unscaled = DEFAULTS | {"scale": False, "init_scale": 4.0}
+    plain = table.candidates(code, unscaled)
+    led = table.candidates(code, unscaled, {"inputs_unscaled": True})
+    assert plain[-1].changes(unscaled)["scale"] is True
+    assert led[0].changes(unscaled)["scale"] is True
+    assert led[1:] == plain[:-1]  # the rest keep the table's order
+    assert table.candidates(code, unscaled, {"inputs_unscaled": False}) == plain
+
+
+def test_heavy_dropout_can_be_removed_as_a_dead_relu_repair():
+    heavy = DEFAULTS | {"dropout": 0.9, "l2": 1e-3}
+    last = table.candidates("dead_relu", heavy)[-1]
+    assert last.name == "no regularization"
+    assert last.changes(heavy) == {"dropout": 0.0, "l2": 0.0}
+    per_layer = heavy | {"dropout": [0.9, 0.5]}
+    assert last.changes(per_layer) == {"dropout": [0.0, 0.0], "l2": 0.0}
+    assert last.same_shape(heavy)  # it trains beside lr /3, in one population
+    for none in (0.0, [0.0, 0.0]):
+        bare = DEFAULTS | {"dropout": none, "l1": 0.0, "l2": 0.0}
+        assert "no regularization" not in [c.name for c in table.candidates("dead_relu", bare)]
+
+
+def test_prepared_inputs_prepare_the_same_rows_again_with_other_scaling():
+    from fitwell.api import load_and_prepare
+    from fitwell.auto.executors import PreparedInputs
+
+    start = TrainConfig(dataset="iris", scale=False, seed=3)
+    prepared = load_and_prepare(start)
+    inputs = PreparedInputs(start, prepared)
+    assert inputs(start.to_dict()) is prepared
+    scaled = inputs(start.to_dict() | {"scale": True})
+    assert inputs(start.to_dict() | {"scale": True}) is scaled  # prepared once
+    np.testing.assert_array_equal(scaled.y_train, prepared.y_train)
+    np.testing.assert_array_equal(scaled.y_val, prepared.y_val)
+    assert np.abs(prepared.x_train.mean(axis=0)).max() > 1.0
+    np.testing.assert_allclose(scaled.x_train.mean(axis=0), 0.0, atol=1e-5)

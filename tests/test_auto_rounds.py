@@ -200,3 +200,67 @@ def test_a_settings_findings_ignore_the_other_settings_divergence():
     codes = [{f["code"] for f in found if f["severity"] != "info"} for found in out.findings]
     assert "divergence" in codes[0]
     assert "divergence" not in codes[1]
+
+
+class InputsExecutor(ScriptedExecutor):
+    """A scripted executor that can train populations with other input preprocessing."""
+
+    prepares_inputs = True
+
+
+def test_unscaled_inputs_are_standardized_first_for_saturated_units():
+    def script(s):
+        if s.get("scale"):
+            return [0.1, 0.11, 0.12], [], None
+        return [2.0, 2.1, 2.2], ["saturated_activations"], None
+
+    executor = InputsExecutor(script)
+    job = _search(executor, scale=False, activation="tanh", init_scale=8.0)
+    job._repair_round(1, "saturated_activations")
+    assert len(executor.jobs) == 1 and executor.jobs[0].settings[0]["scale"] is True
+    record = job.repairs[0]
+    assert record["change"].startswith("standardized inputs") and record["kept"]
+    assert job.current["scale"] is True and job.current["init_scale"] == 1.0
+    assert job.current["activation"] == "tanh"
+
+
+def test_an_executor_with_inputs_prepared_once_does_not_try_scaling():
+    def script(s):
+        return [2.0, 2.1, 2.2], ["saturated_activations"], None
+
+    executor = ScriptedExecutor(script)
+    job = _search(executor, scale=False, activation="tanh", init_scale=8.0)
+    job._repair_round(1, "saturated_activations")
+    assert all(j.settings[0]["scale"] is False for j in executor.jobs)
+    skipped = next(r for r in job.repairs if r["change"].startswith("standardized"))
+    assert not skipped["kept"] and "prepared once" in skipped["reason"]
+
+
+def test_the_findings_evidence_puts_scaling_first_for_divergence():
+    def script(s):
+        return [2.0, 2.1, 2.2], ["divergence"], None
+
+    executor = InputsExecutor(script)
+    job = _search(executor, scale=False, lr=0.3)
+    job.current_findings = [
+        {"code": "divergence", "severity": "error", "evidence": {"inputs_unscaled": True}}
+    ]
+    job._repair_round(1, "divergence")
+    assert executor.jobs[0].settings == [s | {"scale": True} for s in executor.jobs[0].settings]
+    assert job.repairs[0]["change"].startswith("standardized inputs")
+
+
+def test_heavy_dropout_is_removed_when_it_leaves_units_dead():
+    # leaky_relu and bias 0.01 do not help; "no regularization" trains beside lr /3 and wins.
+    def script(s):
+        if s.get("dropout") == 0.0:
+            return [0.1, 0.11, 0.12], [], None
+        return [2.3, 2.3, 2.31], ["dead_relu"], None
+
+    executor = ScriptedExecutor(script)
+    job = _search(executor, dropout=0.9)
+    job._repair_round(1, "dead_relu")
+    assert len(executor.jobs) == 3 and len(executor.jobs[2].settings) == 2  # lr /3 beside it
+    records = {r["change"]: r for r in job.repairs}
+    assert records["no regularization"]["kept"] and not records["lr /3"]["kept"]
+    assert job.current["dropout"] == 0.0

@@ -158,13 +158,56 @@ def setting_members(settings: Sequence[dict[str, Any]]) -> list[list[int]]:
     return groups
 
 
-class LocalExecutor:
-    """Trains each population in this process, on data prepared once."""
+class PreparedInputs:
+    """The prepared data for each input preprocessing a population asks for (``scale``,
+    ``scaling``): the start configuration's as given, any other prepared again from the table
+    on first use (same seed, so the same rows in each split) and kept.
 
-    def __init__(self, prepared: PreparedData, *, device: Any, threads: int | None) -> None:
+    Why: a repair that standardizes unscaled inputs changes the data, not the network, and the
+    one read of the test split must see the preprocessing its configuration was chosen with.
+    """
+
+    def __init__(self, start: TrainConfig, prepared: PreparedData) -> None:
+        self.start = start
+        self._cache: dict[tuple[Any, ...], PreparedData] = {self._key(start.to_dict()): prepared}
+
+    def _key(self, settings: dict[str, Any]) -> tuple[Any, ...]:
+        from fitwell.auto.repairs import PREPROCESSING_FIELDS
+
+        return tuple(settings.get(f, getattr(self.start, f)) for f in PREPROCESSING_FIELDS)
+
+    def __call__(self, settings: dict[str, Any]) -> PreparedData:
+        key = self._key(settings)
+        if key not in self._cache:
+            from fitwell.api import load_and_prepare
+            from fitwell.auto.repairs import PREPROCESSING_FIELDS
+
+            cfg = self.start.replace(**dict(zip(PREPROCESSING_FIELDS, key, strict=True)))
+            self._cache[key] = load_and_prepare(cfg)
+        return self._cache[key]
+
+
+class LocalExecutor:
+    """Trains each population in this process, on data prepared once (or once per input
+    preprocessing, with ``inputs``)."""
+
+    def __init__(
+        self,
+        prepared: PreparedData,
+        *,
+        device: Any,
+        threads: int | None,
+        inputs: PreparedInputs | None = None,
+    ) -> None:
         self.prepared = prepared
         self.device = device
         self.threads = threads
+        self.inputs = inputs
+
+    @property
+    def prepares_inputs(self) -> bool:
+        """Whether a population may ask for another input preprocessing than the start's."""
+        return self.inputs is not None
 
     def run(self, job: PopulationJob) -> PopulationOutcome:
         from fitwell.api import fit_prepared
@@ -178,7 +221,7 @@ class LocalExecutor:
         callbacks = [deadline, pruner] if job.rungs else [deadline]
         pop = fit_prepared(
             cfgs,
-            self.prepared,
+            self.prepared if self.inputs is None else self.inputs(job.settings[0]),
             device=self.device,
             callbacks=callbacks,
             check_capacity=job.check_capacity,
@@ -251,9 +294,11 @@ def make_executor(
     threads: int | None,
     address: str | None = None,
     log: Any = None,
+    inputs: PreparedInputs | None = None,
 ) -> Executor:
     """``executor`` as an :class:`Executor`: one given as it is, ``"local"`` (default) or
-    ``"ray"`` (imported here, so the core install needs no Ray)."""
+    ``"ray"`` (imported here, so the core install needs no Ray). ``inputs`` lets the local
+    executor train populations with another input preprocessing than ``prepared``'s."""
     if executor is not None and not isinstance(executor, str):
         return executor
     name = executor or "local"
@@ -266,7 +311,7 @@ def make_executor(
     if address is not None and name != "ray":
         raise InputError(f"`address` is for the ray executor; got it with executor {name!r}.")
     if name == "local":
-        return LocalExecutor(prepared, device=device, threads=threads)
+        return LocalExecutor(prepared, device=device, threads=threads, inputs=inputs)
     from fitwell.auto.ray_executor import RayExecutor
 
     return RayExecutor(prepared, device=device, threads=threads, address=address, log=log)

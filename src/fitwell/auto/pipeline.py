@@ -31,6 +31,7 @@ from fitwell.auto.executors import (
     Executor,
     PopulationJob,
     PopulationOutcome,
+    PreparedInputs,
     make_executor,
 )
 from fitwell.auto.pruning import rungs_for
@@ -328,7 +329,20 @@ class AutoSearch:
         change: the later candidates are not trained.
         """
         if changes is None:
-            changes = repair_table.candidates(code, self.current)
+            changes = repair_table.candidates(code, self.current, self._evidence(code))
+        if not getattr(self.executor, "prepares_inputs", False):
+            # An executor that trains on data prepared once cannot try another preprocessing.
+            for c in [c for c in changes if repair_table.changes_inputs(c, self.current)]:
+                changes.remove(c)
+                self.repairs.append(
+                    {
+                        "round": round_no,
+                        "finding": code,
+                        "change": c.name,
+                        "kept": False,
+                        "reason": "not tried: this executor trains on inputs prepared once",
+                    }
+                )
         self.log(
             f"[2/5] {_stage_line('repairs', self.budget)}: round {round_no}, `{code}`: "
             + "; ".join(c.name for c in changes)
@@ -441,6 +455,13 @@ class AutoSearch:
                     r["chosen"] = True
             self.current = dict(cand)
             self.current_losses, self.current_findings = losses, findings
+
+    def _evidence(self, code: str) -> dict[str, Any]:
+        """The evidence of the current configuration's finding ``code`` (empty when none)."""
+        for f in self.current_findings:
+            if f.get("code") == code and isinstance(f.get("evidence"), dict):
+                return dict(f["evidence"])
+        return {}
 
     # ------------------------------------------------------------------ stage 3
     def _ask_wave(
@@ -928,8 +949,15 @@ def auto(
             hidden=resolve_hidden(cfg.hidden, len(prepared.y_train)), target=prepared.target
         )
         owned = executor is None or isinstance(executor, str)
+        inputs = PreparedInputs(start, prepared)
         runner = make_executor(
-            executor, prepared, device=device, threads=threads, address=address, log=say
+            executor,
+            prepared,
+            device=device,
+            threads=threads,
+            address=address,
+            log=say,
+            inputs=inputs,
         )
         job = AutoSearch(
             start,
@@ -1027,7 +1055,7 @@ def auto(
         run = train_population(
             [final],
             out=folder,
-            prepared=prepared,
+            prepared=inputs(final),  # the preprocessing the winner was chosen with
             keep_files=AUTO_FILES,
             callbacks=[Deadline(_final_deadline(budget))],
             progress=progress,

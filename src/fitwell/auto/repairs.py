@@ -15,17 +15,28 @@ saturated or exploding layers.
 finding            candidate changes, in order
 ================== ============================================================================
 vanishing_gradients relu + kaiming init (default scale); batch norm; one layer fewer
-saturated_activations default init scale; relu + kaiming init (default scale); batch norm
-exploding_gradients default init scale; lr /10; batch norm
-dead_relu          leaky_relu; hidden biases start at 0.01; lr /3
-divergence         lr /10; lr /100; lr /1000
-lr_too_high        lr /3; lr /10; lr /30
+saturated_activations standardized inputs with the default init scale (when inputs are
+                   unscaled); default init scale; relu + kaiming init (default scale); batch norm
+exploding_gradients default init scale; lr /10; batch norm; standardized inputs*
+dead_relu          leaky_relu; hidden biases start at 0.01; lr /3; no regularization;
+                   standardized inputs*
+divergence         lr /10; lr /100; lr /1000; standardized inputs*
+lr_too_high        lr /3; lr /10; lr /30; standardized inputs*
 slow_convergence   lr x10; lr x100; lr x1000; adam (when another optimizer ran)
 overfitting        early stopping on (when off: patience 20, best weights kept); L2 (x10, at
                    least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
 underfitting       layers 4x as wide (at least 64); one layer more; no regularization
 local_minimum      three times the restarts (in the restarts stage); layers 4x as wide (>= 64)
 ================== ============================================================================
+
+Standardized inputs (``scale`` on, and the default init scale, which is sized for unit-scale
+inputs) applies only where the inputs reach the network unscaled (``scale = false``).
+Saturated units are its typical symptom, so it leads that row; for the other faults that
+large inputs cause (the doctor's ``CAUSED_BY_SCALE``) it is tried first (*) only when the
+finding's evidence says the inputs are unscaled (``inputs_unscaled``), and last otherwise.
+Heavy dropout or weight decay silences units too (a unit dropped in 9 of 10 forwards barely
+learns), so ``no regularization`` closes the dead_relu row; it trains in the same population
+as ``lr /3`` and costs nothing when an earlier change is kept.
 
 Changes of ``lr``, ``l1``, ``l2`` and ``dropout`` keep the network's shape, so all candidates of
 that kind train together as one population; the others train as their own populations.
@@ -50,6 +61,9 @@ class Change:
 
     name: str
     apply: Callable[[Settings], dict[str, Any]]
+    # An evidence key of the finding (e.g. ``inputs_unscaled``) that moves this change to the
+    # front of its row: the doctor's evidence names the cause it removes.
+    led_by: str | None = None
 
     def changes(self, settings: Settings) -> dict[str, Any]:
         """The settings this change sets, without those already at that value."""
@@ -142,8 +156,10 @@ def _more_dropout(s: Settings) -> dict[str, Any]:
 
 
 def _no_regularization(s: Settings) -> dict[str, Any]:
-    drops = _dropouts(s)
-    return {"l1": 0.0, "l2": 0.0, "dropout": [0.0] * len(drops) if drops else 0.0}
+    d = s.get("dropout", 0.0)
+    # In the setting's own form (one rate or one per layer), so none already reads as a no-op.
+    dropout = 0.0 if isinstance(d, (int, float)) else [0.0] * len(list(d))
+    return {"l1": 0.0, "l2": 0.0, "dropout": dropout}
 
 
 def _more_restarts(s: Settings) -> dict[str, Any]:
@@ -158,6 +174,24 @@ def _early_stopping(s: Settings) -> dict[str, Any]:
     return {"patience": 20, "restore_best": True}
 
 
+def _standardized_inputs(s: Settings) -> dict[str, Any]:
+    """Inputs standardized, with the default init that expects unit-scale inputs: a scaled-up
+    init on unscaled inputs saturates for either cause alone, so one without the other is
+    judged with the fault still there. Only for inputs left unscaled (``scale`` off)."""
+    if s.get("scale", True):
+        return {}
+    return {"scale": True, **_default_init(s)}
+
+
+# Settings that change how the inputs are preprocessed: a population with other values than
+# the prepared data's needs the table prepared again (``fitwell.auto.executors``).
+PREPROCESSING_FIELDS = ("scale", "scaling")
+
+_SCALED = "standardized inputs (scale on, default init scale)"
+_SCALE_FIRST = Change(_SCALED, _standardized_inputs)
+_SCALE_IF_UNSCALED = Change(_SCALED, _standardized_inputs, led_by="inputs_unscaled")
+
+
 def _adam(s: Settings) -> dict[str, Any]:
     return {"optimizer": "adam", "lr": 3e-3} if s.get("optimizer", "adam") != "adam" else {}
 
@@ -169,6 +203,7 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("one layer fewer", _fewer_layers),
     ),
     "saturated_activations": (
+        _SCALE_FIRST,
         Change("default init scale", _default_init),
         Change("relu + kaiming init", _relu_kaiming),
         Change("batch norm", lambda s: {"batch_norm": True}),
@@ -177,21 +212,26 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("default init scale", _default_init),
         Change("lr /10", _lr_times(0.1)),
         Change("batch norm", lambda s: {"batch_norm": True}),
+        _SCALE_IF_UNSCALED,
     ),
     "dead_relu": (
         Change("leaky_relu", lambda s: {"activation": "leaky_relu"}),
         Change("hidden biases start at 0.01", lambda s: {"bias_init": 0.01}),
         Change("lr /3", _lr_times(1 / 3)),
+        Change("no regularization", _no_regularization),
+        _SCALE_IF_UNSCALED,
     ),
     "divergence": (
         Change("lr /10", _lr_times(0.1)),
         Change("lr /100", _lr_times(0.01)),
         Change("lr /1000", _lr_times(0.001)),
+        _SCALE_IF_UNSCALED,
     ),
     "lr_too_high": (
         Change("lr /3", _lr_times(1 / 3)),
         Change("lr /10", _lr_times(0.1)),
         Change("lr /30", _lr_times(1 / 30)),
+        _SCALE_IF_UNSCALED,
     ),
     "slow_convergence": (
         Change("lr x10", _lr_times(10.0)),
@@ -222,9 +262,20 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
 RESTARTS_ONLY = frozenset({"local_minimum"})
 
 
-def candidates(code: str, settings: Settings) -> list[Change]:
-    """The table's changes for ``code`` that would change ``settings``, in order."""
-    return [c for c in REPAIRS.get(code, ()) if c.changes(settings)]
+def candidates(
+    code: str, settings: Settings, evidence: Mapping[str, Any] | None = None
+) -> list[Change]:
+    """The table's changes for ``code`` that would change ``settings``, in order; those whose
+    ``led_by`` key is true in the finding's ``evidence`` first (in the table's order)."""
+    usable = [c for c in REPAIRS.get(code, ()) if c.changes(settings)]
+    seen = evidence or {}
+    led = [c for c in usable if c.led_by is not None and seen.get(c.led_by)]
+    return led + [c for c in usable if c not in led]
+
+
+def changes_inputs(change: Change, settings: Settings) -> bool:
+    """True when ``change`` alters the inputs' preprocessing (the data must be prepared again)."""
+    return any(k in PREPROCESSING_FIELDS for k in change.changes(settings))
 
 
 def repairable(findings: Sequence[Mapping[str, Any]]) -> list[str]:
