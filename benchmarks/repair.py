@@ -87,9 +87,11 @@ def random_candidates(seed: int):
     from fitwell.auto import repairs as table
 
     rng = random.Random(seed)
-    pool = [c for changes in table.REPAIRS.values() for c in changes]
+    # Each change once, though several findings' rows list it.
+    named = {c.name: c for changes in table.REPAIRS.values() for c in changes}
+    pool = list(named.values())
 
-    def candidates(code: str, settings: Any) -> list[Any]:
+    def candidates(code: str, settings: Any, evidence: Any = None) -> list[Any]:
         n = len(table.REPAIRS.get(code, ())) or 1
         usable = [c for c in pool if c.changes(settings)]
         return rng.sample(usable, min(n, len(usable)))

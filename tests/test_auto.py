@@ -397,10 +397,13 @@ def test_the_doctors_evidence_of_unscaled_inputs_moves_scaling_to_the_front(code
     assert table.candidates(code, unscaled, {"inputs_unscaled": False}) == plain
 
 
-def test_heavy_dropout_can_be_removed_as_a_dead_relu_repair():
+def test_regularization_can_be_removed_as_a_dead_relu_repair_first_when_dropout_is_heavy():
+    light = DEFAULTS | {"dropout": 0.2, "l2": 1e-3}
+    assert table.candidates("dead_relu", light)[-1].name == "no regularization"
     heavy = DEFAULTS | {"dropout": 0.9, "l2": 1e-3}
-    last = table.candidates("dead_relu", heavy)[-1]
-    assert last.name == "no regularization"
+    for code in ("dead_relu", "underfitting"):
+        assert table.candidates(code, heavy)[0].name == "no regularization", code
+    last = table.candidates("dead_relu", heavy)[0]
     assert last.changes(heavy) == {"dropout": 0.0, "l2": 0.0}
     per_layer = heavy | {"dropout": [0.9, 0.5]}
     assert last.changes(per_layer) == {"dropout": [0.0, 0.0], "l2": 0.0}

@@ -250,8 +250,8 @@ def test_the_findings_evidence_puts_scaling_first_for_divergence():
     assert job.repairs[0]["change"].startswith("standardized inputs")
 
 
-def test_heavy_dropout_is_removed_when_it_leaves_units_dead():
-    # leaky_relu and bias 0.01 do not help; "no regularization" trains beside lr /3 and wins.
+def test_heavy_dropout_is_removed_first_when_it_leaves_units_dead():
+    # "no regularization" leads (dropout 0.9), lr /3 trains beside it; the round ends there.
     def script(s):
         if s.get("dropout") == 0.0:
             return [0.1, 0.11, 0.12], [], None
@@ -260,7 +260,8 @@ def test_heavy_dropout_is_removed_when_it_leaves_units_dead():
     executor = ScriptedExecutor(script)
     job = _search(executor, dropout=0.9)
     job._repair_round(1, "dead_relu")
-    assert len(executor.jobs) == 3 and len(executor.jobs[2].settings) == 2  # lr /3 beside it
+    assert len(executor.jobs) == 1 and len(executor.jobs[0].settings) == 2  # lr /3 beside it
     records = {r["change"]: r for r in job.repairs}
     assert records["no regularization"]["kept"] and not records["lr /3"]["kept"]
+    assert "not tried" in records["leaky_relu"]["reason"]
     assert job.current["dropout"] == 0.0

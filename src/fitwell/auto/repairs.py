@@ -18,14 +18,14 @@ vanishing_gradients relu + kaiming init (default scale); batch norm; one layer f
 saturated_activations standardized inputs with the default init scale (when inputs are
                    unscaled); default init scale; relu + kaiming init (default scale); batch norm
 exploding_gradients default init scale; lr /10; batch norm; standardized inputs*
-dead_relu          leaky_relu; hidden biases start at 0.01; lr /3; no regularization;
+dead_relu          leaky_relu; hidden biases start at 0.01; lr /3; no regularization**;
                    standardized inputs*
 divergence         lr /10; lr /100; lr /1000; standardized inputs*
 lr_too_high        lr /3; lr /10; lr /30; standardized inputs*
 slow_convergence   lr x10; lr x100; lr x1000; adam (when another optimizer ran)
 overfitting        early stopping on (when off: patience 20, best weights kept); L2 (x10, at
                    least 1e-4); dropout +0.2 (at most 0.5); layers half as wide
-underfitting       layers 4x as wide (at least 64); one layer more; no regularization
+underfitting       layers 4x as wide (at least 64); one layer more; no regularization**
 local_minimum      three times the restarts (in the restarts stage); layers 4x as wide (>= 64)
 ================== ============================================================================
 
@@ -35,8 +35,10 @@ Saturated units are its typical symptom, so it leads that row; for the other fau
 large inputs cause (the doctor's ``CAUSED_BY_SCALE``) it is tried first (*) only when the
 finding's evidence says the inputs are unscaled (``inputs_unscaled``), and last otherwise.
 Heavy dropout or weight decay silences units too (a unit dropped in 9 of 10 forwards barely
-learns), so ``no regularization`` closes the dead_relu row; it trains in the same population
-as ``lr /3`` and costs nothing when an earlier change is kept.
+learns), so ``no regularization`` closes the dead_relu row, in the same population as ``lr /3``
+(nothing extra when an earlier change is kept). (**) With a dropout of at least 0.5 on a layer
+(``HEAVY_DROPOUT``) it leads its rows: most units are dropped in every forward, the likelier
+cause of dead or too-weak units than the rows' usual suspects.
 
 Changes of ``lr``, ``l1``, ``l2`` and ``dropout`` keep the network's shape, so all candidates of
 that kind train together as one population; the others train as their own populations.
@@ -64,6 +66,14 @@ class Change:
     # An evidence key of the finding (e.g. ``inputs_unscaled``) that moves this change to the
     # front of its row: the doctor's evidence names the cause it removes.
     led_by: str | None = None
+    # A condition on the settings that moves this change to the front of its row (e.g. a
+    # dropout so heavy that it is the likelier cause than the row's usual suspects).
+    leads_when: Callable[[Settings], bool] | None = None
+
+    def leads(self, settings: Settings, evidence: Mapping[str, Any]) -> bool:
+        """Whether the finding's evidence or the settings put this change first."""
+        by_evidence = self.led_by is not None and bool(evidence.get(self.led_by))
+        return by_evidence or (self.leads_when is not None and self.leads_when(settings))
 
     def changes(self, settings: Settings) -> dict[str, Any]:
         """The settings this change sets, without those already at that value."""
@@ -162,6 +172,18 @@ def _no_regularization(s: Settings) -> dict[str, Any]:
     return {"l1": 0.0, "l2": 0.0, "dropout": dropout}
 
 
+# Dropout at or above this rate on a hidden layer drops most of its units in every forward:
+# too few are left to learn, so removing it comes before the row's usual suspects.
+HEAVY_DROPOUT = 0.5
+
+
+def _heavy_dropout(s: Settings) -> bool:
+    return max(_dropouts(s), default=0.0) >= HEAVY_DROPOUT
+
+
+_NO_REGULARIZATION = Change("no regularization", _no_regularization, leads_when=_heavy_dropout)
+
+
 def _more_restarts(s: Settings) -> dict[str, Any]:
     return {"restarts": max(3, int(s.get("restarts", 1)) * 3)}
 
@@ -218,7 +240,7 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
         Change("leaky_relu", lambda s: {"activation": "leaky_relu"}),
         Change("hidden biases start at 0.01", lambda s: {"bias_init": 0.01}),
         Change("lr /3", _lr_times(1 / 3)),
-        Change("no regularization", _no_regularization),
+        _NO_REGULARIZATION,
         _SCALE_IF_UNSCALED,
     ),
     "divergence": (
@@ -248,7 +270,7 @@ REPAIRS: dict[str, tuple[Change, ...]] = {
     "underfitting": (
         Change("layers 4x as wide (at least 64)", _WIDER),
         Change("one layer more", _more_layers),
-        Change("no regularization", _no_regularization),
+        _NO_REGULARIZATION,
     ),
     # Restarts act in the restarts stage (no trial population); a tiny network's many minima
     # also go away with width (over-parametrized networks have benign landscapes).
@@ -266,10 +288,10 @@ def candidates(
     code: str, settings: Settings, evidence: Mapping[str, Any] | None = None
 ) -> list[Change]:
     """The table's changes for ``code`` that would change ``settings``, in order; those whose
-    ``led_by`` key is true in the finding's ``evidence`` first (in the table's order)."""
+    ``led_by`` key is true in the finding's ``evidence``, or whose ``leads_when`` holds for
+    ``settings``, first (in the table's order)."""
     usable = [c for c in REPAIRS.get(code, ()) if c.changes(settings)]
-    seen = evidence or {}
-    led = [c for c in usable if c.led_by is not None and seen.get(c.led_by)]
+    led = [c for c in usable if c.leads(settings, evidence or {})]
     return led + [c for c in usable if c not in led]
 
 
