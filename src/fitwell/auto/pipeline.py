@@ -26,16 +26,18 @@ from typing import Any
 from fitwell import runs
 from fitwell.auto import repairs as repair_table
 from fitwell.auto import search as search_space
+from fitwell.auto import starts as start_choice
 from fitwell.auto.budget import SHARES, Budget, Deadline
 from fitwell.auto.executors import (
     Executor,
     PopulationJob,
     PopulationOutcome,
+    estimated_cost,
     make_executor,
 )
 from fitwell.auto.pruning import rungs_for
 from fitwell.auto.reuse import final_seeds, narrow_population, reusable_members
-from fitwell.config import TrainConfig, resolve_hidden
+from fitwell.config import TrainConfig, resolve_front, resolve_hidden
 from fitwell.errors import InputError
 
 BASELINE_SEEDS = 3
@@ -243,6 +245,94 @@ class AutoSearch:
         )
         self._timed("baseline", started)
         return out.findings[0]
+
+    def run_starts(self, candidates: Sequence[tuple[str, dict[str, Any]]], prepared: Any) -> None:
+        """Train each alternative start as its own population of the baseline's seeds and
+        start from it when, on the same validation rows, its ensemble beats the baseline's by
+        more than the noise of the comparison (:func:`fitwell.auto.starts.better_start`).
+
+        An alternative runs within the repairs' share only when its projected time (the
+        baseline's seconds, scaled by the work per epoch and the epochs) fits there; one cut by
+        the clock is not compared, since a cut run says nothing of its recipe."""
+        if not candidates:
+            return
+        started = time.perf_counter()
+        records: list[dict[str, Any]] = []
+        self.baseline["starts"] = records
+        base_out = self.trained[0][1]
+        base_rows = start_choice.ensemble_row_losses(
+            base_out.fitted, 0, prepared.x_val, prepared.y_val
+        )
+        chosen_name = "defaults"
+        n_features, n_rows = prepared.x_train.shape[1], len(prepared.y_train)
+        for name, settings in candidates:
+            record: dict[str, Any] = {"start": name, "kept": False}
+            records.append(record)
+            seeded = _seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)
+            per_epoch = estimated_cost(PopulationJob([seeded]), n_features, n_rows)
+            base_epoch = estimated_cost(
+                PopulationJob([_seeded(self.trained[0][0], seed=self.seed, seeds=BASELINE_SEEDS)]),
+                n_features,
+                n_rows,
+            )
+            projected = (
+                base_out.seconds
+                * per_epoch
+                / max(base_epoch, 1.0)
+                * int(settings.get("max_epochs", 200))
+                / max(base_out.epochs, 1)
+            )
+            left = self.budget.left("repairs")
+            record["projected_seconds"] = round(projected, 3)
+            if self.baseline_cut or base_rows is None or projected > left:
+                record["reason"] = (
+                    "the baseline was cut by the budget"
+                    if self.baseline_cut
+                    else "the baseline's weights are not here to compare with"
+                    if base_rows is None
+                    else f"projected {projected:.0f} s, {max(left, 0):.0f} s left in its share"
+                )
+                self.log(f"      start {name}: not tried ({record['reason']})")
+                continue
+            out = self._run([seeded], "repairs", label=f"start {name}")
+            record["seconds"] = round(out.seconds, 3)
+            rows = (
+                None
+                if out.error is not None or out.stopped_by_deadline
+                else start_choice.ensemble_row_losses(out.fitted, 0, prepared.x_val, prepared.y_val)
+            )
+            if rows is None:
+                record["reason"] = out.error or "cut by the budget: not compared"
+                self.log(f"      start {name}: {record['reason']}")
+                continue
+            better, gain, margin = start_choice.better_start(base_rows, rows, task=prepared.task)
+            record.update(
+                {
+                    "median_val_loss": repair_table.median_loss(_losses(out, 0)),
+                    "gain": gain,
+                    "margin": margin,
+                    "kept": better,
+                    "findings": _codes(out.findings[0]),
+                }
+            )
+            what = "error rate" if prepared.task == "classification" else "squared error"
+            self.log(
+                f"      start {name}: validation {what} of its ensemble {rows.mean():.4g} vs "
+                f"{base_rows.mean():.4g} (gain {gain:.4g}, margin {margin:.4g}): "
+                + ("starting from it" if better else "keeping " + chosen_name)
+            )
+            if better:
+                chosen_name, base_rows = name, rows
+                self.current = dict(settings)
+                self.current_losses = _losses(out, 0)
+                self.current_findings = out.findings[0]
+                self.trained.append((dict(settings), out, 0, f"the {name} start"))
+                self.seconds_per_population = out.seconds
+                self.final_estimate = (
+                    FINAL_SAFETY * out.seconds * self._final_seeds() / BASELINE_SEEDS
+                )
+        self.baseline["start"] = chosen_name
+        self._timed("starts", started)
 
     # ------------------------------------------------------------------ stage 2
     def _final_seeds(self) -> int:
@@ -779,6 +869,18 @@ def _prepare_folder(folder: Path, *, resume: bool, settings: dict[str, Any]) -> 
     return state
 
 
+def _alternative_start(name: str, start: TrainConfig, prepared: Any) -> dict[str, Any]:
+    """The full settings of the alternative start ``name`` on ``prepared``'s task and rows."""
+    from fitwell.config import build_config
+
+    raw = start_choice.alternative_settings(
+        name, start.to_dict(), keep=sorted(start_choice.NEUTRAL_SETTINGS)
+    )
+    cfg = resolve_front(build_config(raw), prepared.task)
+    hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
+    return cfg.replace(hidden=hidden, target=prepared.target).to_dict()
+
+
 def _auto_recipe(config: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """auto starts from RealMLP's front for classification (``numeric_embedding="auto"``:
     measured +4.6 points on MNIST-1D; ``benchmarks/embeddings.py``) unless the start config or
@@ -955,6 +1057,14 @@ def auto(
             if refused:
                 say("      no model beats the trivial baseline on validation: no repair, no search")
             else:
+                if not start_choice.user_named_start(config, settings):
+                    job.run_starts(
+                        [
+                            (name, _alternative_start(name, start, prepared))
+                            for name in start_choice.ALTERNATIVE_STARTS
+                        ],
+                        prepared,
+                    )
                 if repair:
                     job.run_repairs()
                 if search and (trials is None or trials > 0):
