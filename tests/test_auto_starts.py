@@ -101,9 +101,7 @@ def test_auto_records_each_alternative_and_starts_from_one_only_when_it_clears_t
 def test_a_kept_alternative_is_the_final_run_and_its_members_are_reused(
     cheap_alternatives, monkeypatch, tmp_path
 ):
-    monkeypatch.setattr(
-        start_choice, "better_start", lambda base, other, task: (True, 0.5, 0.1)
-    )
+    monkeypatch.setattr(start_choice, "better_start", lambda base, other, task: (True, 0.5, 0.1))
     run = auto(dataset="iris", time_budget=None, trials=0, repair=False, out=tmp_path / "r")
     record = run.metrics["auto"]
     assert record["baseline"]["start"] == "narrow"  # the last one kept wins
@@ -117,3 +115,13 @@ def test_a_user_setting_means_no_alternative_is_trained(cheap_alternatives, tmp_
         dataset="iris", time_budget=None, trials=0, repair=False, hidden=(8,), out=tmp_path / "r"
     )
     assert "starts" not in run.metrics["auto"]["baseline"]
+
+
+def test_the_searched_learning_rates_surround_the_start():
+    from fitwell.auto import search
+
+    assert search.lr_range(3e-3) == pytest.approx(search.LR_RANGE)  # fitwell's default
+    low, high = search.lr_range(0.04)  # RealMLP's rate under the NTK parametrization
+    assert low < 0.04 < high and high == pytest.approx(0.4)
+    # The start itself is enqueued as it is, not clipped to another start's range.
+    assert search.params_from_settings({"lr": 0.04, "hidden": [256] * 3})["lr"] == 0.04

@@ -552,7 +552,12 @@ class AutoSearch:
                 group, pending[shape] = pending[shape][:size], pending[shape][size:]
                 if not pending[shape]:
                     del pending[shape]
-            trials, params = search_space.ask_population(study, size, queued=group)
+            trials, params = search_space.ask_population(
+                study,
+                size,
+                queued=group,
+                lrs=search_space.lr_range(float(self.current.get("lr", 3e-3))),
+            )
             wave.append((trials, params))
             if remaining is not None:
                 remaining -= len(trials)
