@@ -32,7 +32,6 @@ from fitwell.auto.executors import (
     Executor,
     PopulationJob,
     PopulationOutcome,
-    estimated_cost,
     make_executor,
 )
 from fitwell.auto.pruning import rungs_for
@@ -47,6 +46,10 @@ FINAL_SAFETY = 1.25
 # The best search trials retrained with the baseline's seeds before one is chosen: a single
 # seed's lowest validation loss out of many trials is an optimistic pick (the winner's curse).
 CONFIRM_TOP = 2  # the restarts stage's time estimate, with room for the run's files
+# An alternative start (:mod:`fitwell.auto.starts`) may take this share of the time left; it
+# gives up after its first epochs when their pace would not finish it in that time.
+START_SHARE = 0.5
+START_PROJECT_EPOCHS = 3
 POPULATION_SIZE = 8
 REPAIR_ROUNDS = 2
 # With a study shared by several drivers: seconds to wait for the others' running trials before
@@ -195,6 +198,7 @@ class AutoSearch:
         rungs: Sequence[int] = (),
         seconds: float | None = None,
         rank_settings: bool = False,
+        project_after: int | None = None,
     ) -> Any:
         left = self.budget.left(stage) if seconds is None else seconds
         job = PopulationJob(
@@ -204,6 +208,7 @@ class AutoSearch:
             label=label,
             check_capacity=stage != "search",
             rank_settings=rank_settings,
+            project_after=project_after,
         )
         return self.executor.run(job)
 
@@ -251,9 +256,9 @@ class AutoSearch:
         start from it when, on the same validation rows, its ensemble beats the baseline's by
         more than the noise of the comparison (:func:`fitwell.auto.starts.better_start`).
 
-        An alternative runs within the repairs' share only when its projected time (the
-        baseline's seconds, scaled by the work per epoch and the epochs) fits there; one cut by
-        the clock is not compared, since a cut run says nothing of its recipe."""
+        An alternative may take half of the time left (:meth:`_start_seconds`) and gives up
+        after its first epochs when their pace would not finish it in that time; one cut by the
+        clock is not compared, since a cut run says nothing of its recipe."""
         if not candidates:
             return
         started = time.perf_counter()
@@ -264,37 +269,28 @@ class AutoSearch:
             base_out.fitted, 0, prepared.x_val, prepared.y_val
         )
         chosen_name = "defaults"
-        n_features, n_rows = prepared.x_train.shape[1], len(prepared.y_train)
         for name, settings in candidates:
             record: dict[str, Any] = {"start": name, "kept": False}
             records.append(record)
             seeded = _seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)
-            per_epoch = estimated_cost(PopulationJob([seeded]), n_features, n_rows)
-            base_epoch = estimated_cost(
-                PopulationJob([_seeded(self.trained[0][0], seed=self.seed, seeds=BASELINE_SEEDS)]),
-                n_features,
-                n_rows,
-            )
-            projected = (
-                base_out.seconds
-                * per_epoch
-                / max(base_epoch, 1.0)
-                * int(settings.get("max_epochs", 200))
-                / max(base_out.epochs, 1)
-            )
-            left = self.budget.left("repairs")
-            record["projected_seconds"] = round(projected, 3)
-            if self.baseline_cut or base_rows is None or projected > left:
+            allowed = self._start_seconds()
+            if self.baseline_cut or base_rows is None or allowed <= 0:
                 record["reason"] = (
                     "the baseline was cut by the budget"
                     if self.baseline_cut
                     else "the baseline's weights are not here to compare with"
                     if base_rows is None
-                    else f"projected {projected:.0f} s, {max(left, 0):.0f} s left in its share"
+                    else "no time left for it"
                 )
                 self.log(f"      start {name}: not tried ({record['reason']})")
                 continue
-            out = self._run([seeded], "repairs", label=f"start {name}")
+            out = self._run(
+                [seeded],
+                "repairs",
+                label=f"start {name}",
+                seconds=allowed,
+                project_after=None if math.isinf(allowed) else START_PROJECT_EPOCHS,
+            )
             record["seconds"] = round(out.seconds, 3)
             rows = (
                 None
@@ -302,7 +298,9 @@ class AutoSearch:
                 else start_choice.ensemble_row_losses(out.fitted, 0, prepared.x_val, prepared.y_val)
             )
             if rows is None:
-                record["reason"] = out.error or "cut by the budget: not compared"
+                record["reason"] = out.error or (
+                    f"would not finish in the {allowed:.0f} s it may take: not compared"
+                )
                 self.log(f"      start {name}: {record['reason']}")
                 continue
             better, gain, margin = start_choice.better_start(base_rows, rows, task=prepared.task)
@@ -333,6 +331,14 @@ class AutoSearch:
                 )
         self.baseline["start"] = chosen_name
         self._timed("starts", started)
+
+    def _start_seconds(self) -> float:
+        """Seconds an alternative start may take: ``START_SHARE`` of what is left once the
+        restarts stage's estimate is set aside (so the search keeps the rest)."""
+        if self.budget.seconds is None:
+            return math.inf
+        left = self.budget.seconds - self.budget.elapsed() - self.final_estimate
+        return START_SHARE * left
 
     # ------------------------------------------------------------------ stage 2
     def _final_seeds(self) -> int:
