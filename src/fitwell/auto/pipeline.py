@@ -304,8 +304,12 @@ class AutoSearch:
                 self.log(f"      start {name}: {record['reason']}")
                 continue
             better, gain, margin = start_choice.better_start(base_rows, rows, task=prepared.task)
+            what = "error rate" if prepared.task == "classification" else "squared error"
             record.update(
                 {
+                    "measure": f"validation {what} of the ensemble",
+                    "value": float(rows.mean()),
+                    "defaults_value": float(base_rows.mean()),
                     "median_val_loss": repair_table.median_loss(_losses(out, 0)),
                     "gain": gain,
                     "margin": margin,
@@ -313,7 +317,6 @@ class AutoSearch:
                     "findings": _codes(out.findings[0]),
                 }
             )
-            what = "error rate" if prepared.task == "classification" else "squared error"
             self.log(
                 f"      start {name}: validation {what} of its ensemble {rows.mean():.4g} vs "
                 f"{base_rows.mean():.4g} (gain {gain:.4g}, margin {margin:.4g}): "
@@ -795,7 +798,9 @@ class AutoSearch:
         repaired configuration and the confirmed trials. Without (no search, or no time): the
         best trial when its single-seed loss beats the repaired configuration's best seed.
         """
-        name = "the repaired start configuration" if self.repairs else "the start configuration"
+        start = self.baseline.get("start", "defaults")
+        what = "start configuration" if start == "defaults" else f"{start} start"
+        name = f"the repaired {what}" if self.repairs else f"the {what}"
         own_median = repair_table.median_loss(self.current_losses)
         if self.confirmed and study is not None:
             best = min(self.confirmed, key=lambda c: (c["median_val_loss"], c["trial"]))
