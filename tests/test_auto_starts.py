@@ -125,3 +125,40 @@ def test_the_searched_learning_rates_surround_the_start():
     assert low < 0.04 < high and high == pytest.approx(0.4)
     # The start itself is enqueued as it is, not clipped to another start's range.
     assert search.params_from_settings({"lr": 0.04, "hidden": [256] * 3})["lr"] == 0.04
+
+
+class _Trainer:
+    def __init__(self, max_epochs: int) -> None:
+        self.epoch, self.max_epochs, self.stop_training = 0, max_epochs, False
+
+
+def test_a_run_whose_first_epochs_cannot_finish_in_time_gives_up_at_once(monkeypatch):
+    from fitwell.auto import budget
+
+    clock = [100.0]
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
+    slow, fast = _Trainer(max_epochs=256), _Trainer(max_epochs=256)
+    # 60 s allowed; 3 epochs took 1.5 s: 256 epochs would take 128 s.
+    cut = budget.Deadline(160.0, project_after=3)
+    cut.on_fit_begin(slow)
+    clock[0], slow.epoch = 101.5, 3
+    cut.on_epoch_begin(slow)
+    assert slow.stop_training and cut.fired and cut.projected_miss
+    # 3 epochs in 0.3 s: 256 epochs take 25.6 s, inside the 60 s.
+    ok = budget.Deadline(160.0, project_after=3)
+    clock[0] = 100.0
+    ok.on_fit_begin(fast)
+    clock[0], fast.epoch = 100.3, 3
+    ok.on_epoch_begin(fast)
+    assert not fast.stop_training and not ok.fired
+    # Without project_after only the deadline itself stops a run.
+    plain = budget.Deadline(160.0)
+    clock[0] = 100.0
+    plain.on_fit_begin(slow.__class__(256))
+    trainer = _Trainer(256)
+    clock[0], trainer.epoch = 101.5, 3
+    plain.on_epoch_begin(trainer)
+    assert not trainer.stop_training
+    clock[0] = 160.0
+    plain.on_epoch_begin(trainer)
+    assert trainer.stop_training and plain.fired and not plain.projected_miss
