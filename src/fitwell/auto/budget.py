@@ -45,17 +45,33 @@ class Deadline(Callback):
     the budget by more than one step.
     """
 
-    def __init__(self, deadline: float | None, *, min_epochs: int = 1) -> None:
+    def __init__(
+        self, deadline: float | None, *, min_epochs: int = 1, project_after: int | None = None
+    ) -> None:
         self.deadline = deadline
         self.min_epochs = min_epochs  # a model needs one validated epoch to exist at all
+        # After this many epochs, give up at once when the pace so far would not reach
+        # max_epochs by the deadline (a run that will be cut is not worth its time).
+        self.project_after = project_after
         self.fired = False
+        self.projected_miss = False
+        self._began = time.perf_counter()
+
+    def on_fit_begin(self, trainer: Any, **kwargs: Any) -> None:
+        self._began = time.perf_counter()
 
     def _check(self, trainer: Any) -> None:
         if self.deadline is None or trainer.epoch < self.min_epochs:
             return
-        if time.perf_counter() >= self.deadline:
+        now = time.perf_counter()
+        if now >= self.deadline:
             self.fired = True
             trainer.stop_training = True
+        elif self.project_after is not None and trainer.epoch == self.project_after:
+            pace = (now - self._began) / trainer.epoch
+            if self._began + pace * trainer.max_epochs > self.deadline:
+                self.fired = self.projected_miss = True
+                trainer.stop_training = True
 
     def on_batch_end(self, trainer: Any, **kwargs: Any) -> None:
         self._check(trainer)

@@ -37,6 +37,9 @@ class PopulationJob:
     # At the rungs, rank settings (the median of their seeds) instead of members: the repair
     # candidates of one round compete as settings, each trained with the same seeds.
     rank_settings: bool = False
+    # Give up after this many epochs when their pace would not finish by ``seconds`` (the
+    # outcome then says ``stopped_by_deadline``): for a run that is only worth it whole.
+    project_after: int | None = None
 
 
 @dataclass
@@ -214,7 +217,10 @@ class LocalExecutor:
 
         cfgs: list[TrainConfig] = [build_config(s) for s in job.settings]
         started = time.perf_counter()
-        deadline = Deadline(None if job.seconds is None else started + job.seconds)
+        deadline = Deadline(
+            None if job.seconds is None else started + job.seconds,
+            project_after=job.project_after,
+        )
         pruner = RungPruner(
             job.rungs, groups=setting_members(job.settings) if job.rank_settings else None
         )

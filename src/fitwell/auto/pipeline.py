@@ -26,6 +26,7 @@ from typing import Any
 from fitwell import runs
 from fitwell.auto import repairs as repair_table
 from fitwell.auto import search as search_space
+from fitwell.auto import starts as start_choice
 from fitwell.auto.budget import SHARES, Budget, Deadline
 from fitwell.auto.executors import (
     Executor,
@@ -36,7 +37,7 @@ from fitwell.auto.executors import (
 )
 from fitwell.auto.pruning import rungs_for
 from fitwell.auto.reuse import final_seeds, narrow_population, reusable_members
-from fitwell.config import TrainConfig, resolve_hidden
+from fitwell.config import TrainConfig, resolve_front, resolve_hidden
 from fitwell.errors import InputError
 
 BASELINE_SEEDS = 3
@@ -46,6 +47,10 @@ FINAL_SAFETY = 1.25
 # The best search trials retrained with the baseline's seeds before one is chosen: a single
 # seed's lowest validation loss out of many trials is an optimistic pick (the winner's curse).
 CONFIRM_TOP = 2  # the restarts stage's time estimate, with room for the run's files
+# An alternative start (:mod:`fitwell.auto.starts`) may take this share of the time left; it
+# gives up after its first epochs when their pace would not finish it in that time.
+START_SHARE = 0.5
+START_PROJECT_EPOCHS = 3
 POPULATION_SIZE = 8
 REPAIR_ROUNDS = 2
 # With a study shared by several drivers: seconds to wait for the others' running trials before
@@ -194,6 +199,7 @@ class AutoSearch:
         rungs: Sequence[int] = (),
         seconds: float | None = None,
         rank_settings: bool = False,
+        project_after: int | None = None,
     ) -> Any:
         left = self.budget.left(stage) if seconds is None else seconds
         job = PopulationJob(
@@ -203,6 +209,7 @@ class AutoSearch:
             label=label,
             check_capacity=stage != "search",
             rank_settings=rank_settings,
+            project_after=project_after,
         )
         return self.executor.run(job)
 
@@ -244,6 +251,98 @@ class AutoSearch:
         )
         self._timed("baseline", started)
         return out.findings[0]
+
+    def run_starts(self, candidates: Sequence[tuple[str, dict[str, Any]]], prepared: Any) -> None:
+        """Train each alternative start as its own population of the baseline's seeds and
+        start from it when, on the same validation rows, its ensemble beats the baseline's by
+        more than the noise of the comparison (:func:`fitwell.auto.starts.better_start`).
+
+        An alternative may take half of the time left (:meth:`_start_seconds`) and gives up
+        after its first epochs when their pace would not finish it in that time; one cut by the
+        clock is not compared, since a cut run says nothing of its recipe."""
+        if not candidates:
+            return
+        started = time.perf_counter()
+        records: list[dict[str, Any]] = []
+        self.baseline["starts"] = records
+        base_out = self.trained[0][1]
+        base_rows = start_choice.ensemble_row_losses(
+            base_out.fitted, 0, prepared.x_val, prepared.y_val
+        )
+        chosen_name = "defaults"
+        for name, settings in candidates:
+            record: dict[str, Any] = {"start": name, "kept": False}
+            records.append(record)
+            seeded = _seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)
+            allowed = self._start_seconds()
+            if self.baseline_cut or base_rows is None or allowed <= 0:
+                record["reason"] = (
+                    "the baseline was cut by the budget"
+                    if self.baseline_cut
+                    else "the baseline's weights are not here to compare with"
+                    if base_rows is None
+                    else "no time left for it"
+                )
+                self.log(f"      start {name}: not tried ({record['reason']})")
+                continue
+            out = self._run(
+                [seeded],
+                "repairs",
+                label=f"start {name}",
+                seconds=allowed,
+                project_after=None if math.isinf(allowed) else START_PROJECT_EPOCHS,
+            )
+            record["seconds"] = round(out.seconds, 3)
+            rows = (
+                None
+                if out.error is not None or out.stopped_by_deadline
+                else start_choice.ensemble_row_losses(out.fitted, 0, prepared.x_val, prepared.y_val)
+            )
+            if rows is None:
+                record["reason"] = out.error or (
+                    f"would not finish in the {allowed:.0f} s it may take: not compared"
+                )
+                self.log(f"      start {name}: {record['reason']}")
+                continue
+            better, gain, margin = start_choice.better_start(base_rows, rows, task=prepared.task)
+            what = "error rate" if prepared.task == "classification" else "squared error"
+            record.update(
+                {
+                    "measure": f"validation {what} of the ensemble",
+                    "value": float(rows.mean()),
+                    "defaults_value": float(base_rows.mean()),
+                    "median_val_loss": repair_table.median_loss(_losses(out, 0)),
+                    "gain": gain,
+                    "margin": margin,
+                    "kept": better,
+                    "findings": _codes(out.findings[0]),
+                }
+            )
+            self.log(
+                f"      start {name}: validation {what} of its ensemble {rows.mean():.4g} vs "
+                f"{base_rows.mean():.4g} (gain {gain:.4g}, margin {margin:.4g}): "
+                + ("starting from it" if better else "keeping " + chosen_name)
+            )
+            if better:
+                chosen_name, base_rows = name, rows
+                self.current = dict(settings)
+                self.current_losses = _losses(out, 0)
+                self.current_findings = out.findings[0]
+                self.trained.append((dict(settings), out, 0, f"the {name} start"))
+                self.seconds_per_population = out.seconds
+                self.final_estimate = (
+                    FINAL_SAFETY * out.seconds * self._final_seeds() / BASELINE_SEEDS
+                )
+        self.baseline["start"] = chosen_name
+        self._timed("starts", started)
+
+    def _start_seconds(self) -> float:
+        """Seconds an alternative start may take: ``START_SHARE`` of what is left once the
+        restarts stage's estimate is set aside (so the search keeps the rest)."""
+        if self.budget.seconds is None:
+            return math.inf
+        left = self.budget.seconds - self.budget.elapsed() - self.final_estimate
+        return START_SHARE * left
 
     # ------------------------------------------------------------------ stage 2
     def _final_seeds(self) -> int:
@@ -483,7 +582,12 @@ class AutoSearch:
                 group, pending[shape] = pending[shape][:size], pending[shape][size:]
                 if not pending[shape]:
                     del pending[shape]
-            trials, params = search_space.ask_population(study, size, queued=group)
+            trials, params = search_space.ask_population(
+                study,
+                size,
+                queued=group,
+                lrs=search_space.lr_range(float(self.current.get("lr", 3e-3))),
+            )
             wave.append((trials, params))
             if remaining is not None:
                 remaining -= len(trials)
@@ -715,7 +819,9 @@ class AutoSearch:
         repaired configuration and the confirmed trials. Without (no search, or no time): the
         best trial when its single-seed loss beats the repaired configuration's best seed.
         """
-        name = "the repaired start configuration" if self.repairs else "the start configuration"
+        start = self.baseline.get("start", "defaults")
+        what = "start configuration" if start == "defaults" else f"{start} start"
+        name = f"the repaired {what}" if self.repairs else f"the {what}"
         own_median = repair_table.median_loss(self.current_losses)
         if self.confirmed and study is not None:
             best = min(self.confirmed, key=lambda c: (c["median_val_loss"], c["trial"]))
@@ -798,6 +904,18 @@ def _prepare_folder(folder: Path, *, resume: bool, settings: dict[str, Any]) -> 
         state = {"format": AUTO_STATE_FORMAT, "settings": settings, "resumes": 0}
     runs.write_json(state_path, state)
     return state
+
+
+def _alternative_start(name: str, start: TrainConfig, prepared: Any) -> dict[str, Any]:
+    """The full settings of the alternative start ``name`` on ``prepared``'s task and rows."""
+    from fitwell.config import build_config
+
+    raw = start_choice.alternative_settings(
+        name, start.to_dict(), keep=sorted(start_choice.NEUTRAL_SETTINGS)
+    )
+    cfg = resolve_front(build_config(raw), prepared.task)
+    hidden = resolve_hidden(cfg.hidden, len(prepared.y_train))
+    return cfg.replace(hidden=hidden, target=prepared.target).to_dict()
 
 
 def _auto_recipe(config: Any, settings: dict[str, Any]) -> dict[str, Any]:
@@ -983,6 +1101,14 @@ def auto(
             if refused:
                 say("      no model beats the trivial baseline on validation: no repair, no search")
             else:
+                if not start_choice.user_named_start(config, settings):
+                    job.run_starts(
+                        [
+                            (name, _alternative_start(name, start, prepared))
+                            for name in start_choice.ALTERNATIVE_STARTS
+                        ],
+                        prepared,
+                    )
                 if repair:
                     job.run_repairs()
                 if search and (trials is None or trials > 0):

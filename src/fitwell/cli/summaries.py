@@ -136,6 +136,15 @@ def print_auto_summary(m: dict[str, Any]) -> None:
         + f" · repairs tried {tried}, passed {len(kept)}, applied {len(applied)}"
         + "".join(f" · {r['finding']} → {r['change']}" for r in applied)
     )
+    for st in (record.get("baseline") or {}).get("starts") or []:
+        if st.get("gain") is None:
+            console.print(f"start {st['start']}: not compared ({st.get('reason', '')})")
+        else:
+            console.print(
+                f"start {st['start']}: {st['measure']} {st['value']:.4g} vs the defaults' "
+                f"{st['defaults_value']:.4g} (gain {st['gain']:.4g}, noise margin "
+                f"{st['margin']:.4g}) · " + ("started from it" if st["kept"] else "not used")
+            )
     s = record.get("search") or {}
     if s:
         console.print(
