@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -131,6 +132,10 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
                 "trials": (record.get("search") or {}).get("trials", 0),
                 "repairs_kept": sum(bool(r.get("kept")) for r in record["repairs"]),
                 "winner": record["winner"],
+                # Whether a search winner cleared the replacement margin, and why the run
+                # trained the start alone (a budget too short for it), when it did.
+                "margin": record.get("margin"),
+                "start_only": record.get("start_only"),
             }
             t0 = time.perf_counter()
             default = fitwell.train(**source, seed=seed)
@@ -171,7 +176,13 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
         others = max(s[k] for k in METHODS if k != "auto")
         s["auto_minus_best_other"] = s["auto"] - others
         summary.append(s)
-    return {"budget_seconds": budget, "seeds": seeds, "rows": rows, "summary": summary}
+    return {
+        "budget_seconds": budget,
+        "seeds": seeds,
+        "rows": rows,
+        "summary": summary,
+        "load_average": list(os.getloadavg()),
+    }
 
 
 METHODS = ("auto", "defaults", "sklearn_mlp", "sklearn_grid", "hist_gb")
