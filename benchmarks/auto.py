@@ -109,7 +109,7 @@ def sklearn_models(prepared, seed: int, budget: float, x_test, y_test) -> dict[s
     return out
 
 
-def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
+def run(datasets: list[str], seeds: list[int], budget: float, partial: Path | None = None) -> dict:
     import tempfile
 
     import fitwell
@@ -160,10 +160,18 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
                 "  "
                 + name
                 + f" seed {seed}: "
-                + ", ".join(f"{k} {row[k]['score']:.4f}" for k in METHODS),
+                + ", ".join(f"{k} {row[k]['score']:.4f}" for k in METHODS)
+                + f" | auto {row['auto']['seconds']:.0f} s: {row['auto']['winner']}"
+                + (
+                    f" [start only: {row['auto']['start_only']}]"
+                    if row["auto"]["start_only"]
+                    else ""
+                ),
                 file=sys.stderr,
                 flush=True,
             )
+            if partial is not None:  # rows so far, so a run stopped early still leaves them
+                partial.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
     summary = []
     for name in datasets:
         rs = [r for r in rows if r["dataset"] == name]
@@ -195,7 +203,10 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/auto.json"))
     args = parser.parse_args()
-    result = run(args.datasets.split(","), list(range(args.seeds)), args.budget)
+    out = Path(args.out)
+    partial = out.with_suffix(".partial.json")
+    result = run(args.datasets.split(","), list(range(args.seeds)), args.budget, partial)
+    partial.unlink(missing_ok=True)
     print(
         f"{'dataset':<14}{'metric':<9}"
         + "".join(f"{k:>16}" for k in METHODS)
@@ -214,7 +225,7 @@ def main() -> None:
             for k in METHODS
         )
     )
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
