@@ -5,11 +5,14 @@ arrays through an executor and reads validation results only; the last stage tra
 restarts with :func:`fitwell.api.train_population`, which opens the sealed test split once.
 
 Stages and their cumulative share of the time budget (:mod:`fitwell.auto.budget`):
-1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor;
+1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor; it is
+   not cut at its share, and when the budget cannot pay for more the run is the start alone;
 2. repairs (to 35%): the doctor's findings drive the repair table (:mod:`fitwell.auto.repairs`),
    at most two rounds; a change is kept only when it beats the seeds' spread and its finding
    is gone; candidates compete by successive halving and a round ends at its first kept change;
 3. search (to 80%): Optuna TPE from the repaired configuration (:mod:`fitwell.auto.search`);
+   its winner replaces that configuration only beyond the validation set's noise
+   (:mod:`fitwell.auto.margin`);
 4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble
    (or, when an earlier stage already trained it with those seeds, its members reused:
    :mod:`fitwell.auto.reuse`), then the one read of the test split.
