@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -108,7 +109,7 @@ def sklearn_models(prepared, seed: int, budget: float, x_test, y_test) -> dict[s
     return out
 
 
-def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
+def run(datasets: list[str], seeds: list[int], budget: float, partial: Path | None = None) -> dict:
     import tempfile
 
     import fitwell
@@ -131,6 +132,10 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
                 "trials": (record.get("search") or {}).get("trials", 0),
                 "repairs_kept": sum(bool(r.get("kept")) for r in record["repairs"]),
                 "winner": record["winner"],
+                # Whether a search winner cleared the replacement margin, and why the run
+                # trained the start alone (a budget too short for it), when it did.
+                "margin": record.get("margin"),
+                "start_only": record.get("start_only"),
             }
             t0 = time.perf_counter()
             default = fitwell.train(**source, seed=seed)
@@ -155,10 +160,18 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
                 "  "
                 + name
                 + f" seed {seed}: "
-                + ", ".join(f"{k} {row[k]['score']:.4f}" for k in METHODS),
+                + ", ".join(f"{k} {row[k]['score']:.4f}" for k in METHODS)
+                + f" | auto {row['auto']['seconds']:.0f} s: {row['auto']['winner']}"
+                + (
+                    f" [start only: {row['auto']['start_only']}]"
+                    if row["auto"]["start_only"]
+                    else ""
+                ),
                 file=sys.stderr,
                 flush=True,
             )
+            if partial is not None:  # rows so far, so a run stopped early still leaves them
+                partial.write_text(json.dumps({"rows": rows}, indent=2, default=str) + "\n")
     summary = []
     for name in datasets:
         rs = [r for r in rows if r["dataset"] == name]
@@ -171,7 +184,13 @@ def run(datasets: list[str], seeds: list[int], budget: float) -> dict:
         others = max(s[k] for k in METHODS if k != "auto")
         s["auto_minus_best_other"] = s["auto"] - others
         summary.append(s)
-    return {"budget_seconds": budget, "seeds": seeds, "rows": rows, "summary": summary}
+    return {
+        "budget_seconds": budget,
+        "seeds": seeds,
+        "rows": rows,
+        "summary": summary,
+        "load_average": list(os.getloadavg()),
+    }
 
 
 METHODS = ("auto", "defaults", "sklearn_mlp", "sklearn_grid", "hist_gb")
@@ -184,7 +203,10 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/auto.json"))
     args = parser.parse_args()
-    result = run(args.datasets.split(","), list(range(args.seeds)), args.budget)
+    out = Path(args.out)
+    partial = out.with_suffix(".partial.json")
+    result = run(args.datasets.split(","), list(range(args.seeds)), args.budget, partial)
+    partial.unlink(missing_ok=True)
     print(
         f"{'dataset':<14}{'metric':<9}"
         + "".join(f"{k:>16}" for k in METHODS)
@@ -203,7 +225,7 @@ def main() -> None:
             for k in METHODS
         )
     )
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

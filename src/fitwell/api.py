@@ -390,7 +390,7 @@ def fit_prepared(
     progress: bool | None = False,
     session: Any = None,
     warn: Callable[[str], None] | None = None,
-    check_capacity: bool = True,
+    check_capacity: bool | Callable[[], bool] = True,
 ) -> PopulationFit:
     """Train ``configs`` as one batched population on prepared arrays and diagnose it.
 
@@ -460,6 +460,8 @@ def fit_prepared(
         restored_best=bool(cfg.restore_best and cfg.patience > 0),
         events=getattr(trainer, "events", []),
     )
+    if callable(check_capacity):  # asked after training: e.g. not when the clock cut it
+        check_capacity = check_capacity()
     if check_capacity and needs_capacity_reference(signals, fit.history):
         reference = capacity_reference(
             arch,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fitwell.auto.budget import Deadline
+from fitwell.auto.margin import setting_row_losses, val_weights
 from fitwell.auto.pruning import RungPruner
 from fitwell.auto.reuse import narrow_signals
 from fitwell.config import TrainConfig, build_config
@@ -76,6 +77,11 @@ class PopulationOutcome:
     # from other machines. The final stage finishes the winner's members from it instead of
     # training them again (:mod:`fitwell.auto.reuse`).
     fitted: Any = field(default=None, repr=False, compare=False)
+    # Per setting: each validation row's loss of its members' averaged prediction, and the
+    # rows' weights (None: alike). The replacement margin compares configurations row by row
+    # (:mod:`fitwell.auto.margin`). Empty when unknown.
+    val_rows: list[list[float]] = field(default_factory=list, repr=False)
+    val_weights: list[float] | None = field(default=None, repr=False)
 
     @classmethod
     def failed(cls, reason: str) -> PopulationOutcome:
@@ -85,6 +91,10 @@ class PopulationOutcome:
 
     def of_setting(self, index: int) -> list[MemberOutcome]:
         return [m for m in self.members if m.setting == index]
+
+    def rows_of(self, index: int) -> list[float]:
+        """Setting ``index``'s per-row validation losses (empty when unknown)."""
+        return self.val_rows[index] if index < len(self.val_rows) else []
 
 
 # Work per training step that is not the network's arithmetic (Python, the optimizer's loop,
@@ -230,7 +240,9 @@ class LocalExecutor:
             self.prepared if self.inputs is None else self.inputs(job.settings[0]),
             device=self.device,
             callbacks=callbacks,
-            check_capacity=job.check_capacity,
+            # A run the clock cut looks under-fitted whatever its configuration, and the
+            # reference network would train past the deadline: no reference then.
+            check_capacity=lambda: job.check_capacity and not deadline.fired,
         )
         out = summarize(pop, pruner.pruned, deadline.fired, time.perf_counter() - started)
         out.fitted = pop
@@ -286,6 +298,8 @@ def summarize(
         seconds=seconds,
         epochs=fit.epochs_run,
         stopped_by_deadline=stopped_by_deadline,
+        val_rows=setting_row_losses(pop),
+        val_weights=val_weights(pop),
     )
 
 

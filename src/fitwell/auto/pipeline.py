@@ -5,11 +5,14 @@ arrays through an executor and reads validation results only; the last stage tra
 restarts with :func:`fitwell.api.train_population`, which opens the sealed test split once.
 
 Stages and their cumulative share of the time budget (:mod:`fitwell.auto.budget`):
-1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor;
+1. baseline (15%): the start configuration as a population of 3 seeds, with the doctor; it is
+   not cut at its share, and when the budget cannot pay for more the run is the start alone;
 2. repairs (to 35%): the doctor's findings drive the repair table (:mod:`fitwell.auto.repairs`),
    at most two rounds; a change is kept only when it beats the seeds' spread and its finding
    is gone; candidates compete by successive halving and a round ends at its first kept change;
 3. search (to 80%): Optuna TPE from the repaired configuration (:mod:`fitwell.auto.search`);
+   its winner replaces that configuration only beyond the validation set's noise
+   (:mod:`fitwell.auto.margin`);
 4. restarts (to 100%): the winner trained with the start configuration's restarts and ensemble
    (or, when an earlier stage already trained it with those seeds, its members reused:
    :mod:`fitwell.auto.reuse`), then the one read of the test split.
@@ -35,6 +38,7 @@ from fitwell.auto.executors import (
     PreparedInputs,
     make_executor,
 )
+from fitwell.auto.margin import paired_margin
 from fitwell.auto.pruning import rungs_for
 from fitwell.auto.reuse import final_seeds, narrow_population, reusable_members
 from fitwell.config import TrainConfig, resolve_front, resolve_hidden
@@ -161,6 +165,16 @@ class AutoSearch:
         self.log = log
         self.current = start.to_dict()
         self.current_losses: list[float] = []
+        # The current configuration's per-row validation losses (its seeds' averaged
+        # prediction) and the rows' weights: what a search winner must beat by the margin.
+        self.current_rows: list[float] = []
+        self.val_weights: list[float] | None = None
+        # Per-row losses of the confirmed trials, and of the best search trial so far.
+        self.confirmed_rows: dict[int, list[float]] = {}
+        self.trial_rows: dict[int, list[float]] = {}
+        self.margin: dict[str, Any] | None = None
+        # Why only the start configuration is trained (the budget cannot pay for more).
+        self.start_only: str | None = None
         self.current_findings: list[dict[str, Any]] = []
         self.baseline: dict[str, Any] = {}
         self.repairs: list[dict[str, Any]] = []
@@ -222,14 +236,20 @@ class AutoSearch:
     def run_baseline(self) -> list[dict[str, Any]]:
         started = time.perf_counter()
         self.log(f"[1/5] {_stage_line('baseline', self.budget)}: start config x {BASELINE_SEEDS}")
+        # The baseline is not cut at its share's end: a start cut by the clock is a worse
+        # start than none, and the later stages only take the time it leaves. Only the last
+        # deadline (the budget less the write reserve) stops it.
+        last = _final_deadline(self.budget)
         out = self._run(
             [_seeded(self.current, seed=self.seed, seeds=BASELINE_SEEDS)],
             "baseline",
             label="baseline",
+            seconds=None if last is None else last - time.perf_counter(),
         )
         self.seconds_per_population = out.seconds
         self.final_estimate = FINAL_SAFETY * out.seconds * self._final_seeds() / BASELINE_SEEDS
         self.current_losses = _losses(out, 0)
+        self.current_rows, self.val_weights = out.rows_of(0), out.val_weights
         self.current_findings = out.findings[0]
         self.baseline_cut = out.stopped_by_deadline
         self.trained = [(dict(self.current), out, 0, "the baseline")]
@@ -249,6 +269,10 @@ class AutoSearch:
             f"(seed spread {self.baseline['spread']:.3g}); findings: "
             + (", ".join(dict.fromkeys(codes)) if codes else "none")  # each code once
         )
+        self.start_only = self._start_only(out, last)
+        if self.start_only is not None:
+            self.baseline["start_only"] = self.start_only
+            self.log(f"      only the start configuration: {self.start_only}")
         self._timed("baseline", started)
         return out.findings[0]
 
@@ -275,10 +299,12 @@ class AutoSearch:
             records.append(record)
             seeded = _seeded(settings, seed=self.seed, seeds=BASELINE_SEEDS)
             allowed = self._start_seconds()
-            if self.baseline_cut or base_rows is None or allowed <= 0:
+            if self.baseline_cut or self.start_only or base_rows is None or allowed <= 0:
                 record["reason"] = (
                     "the baseline was cut by the budget"
                     if self.baseline_cut
+                    else "the budget pays for the start configuration alone"
+                    if self.start_only
                     else "the baseline's weights are not here to compare with"
                     if base_rows is None
                     else "no time left for it"
@@ -327,6 +353,7 @@ class AutoSearch:
                 chosen_name, base_rows = name, rows
                 self.current = dict(settings)
                 self.current_losses = _losses(out, 0)
+                self.current_rows = out.rows_of(0)
                 self.current_findings = out.findings[0]
                 self.trained.append((dict(settings), out, 0, f"the {name} start"))
                 self.seconds_per_population = out.seconds
@@ -343,6 +370,28 @@ class AutoSearch:
             return math.inf
         left = self.budget.seconds - self.budget.elapsed() - self.final_estimate
         return START_SHARE * left
+
+    def _start_only(self, out: PopulationOutcome, last: float | None) -> str | None:
+        """Why the budget pays for the start configuration alone, or ``None`` when it pays for
+        more: the baseline was cut by the last deadline, or what is left of the budget could not
+        train another population like it (a repair candidate, or a confirmation of a search
+        winner, trains the same seeds)."""
+        if last is None or self.budget.seconds is None:
+            return None
+        share = SHARES["baseline"] * self.budget.seconds
+        if out.stopped_by_deadline:
+            return (
+                f"the baseline did not finish within the budget ({out.seconds:.0f} s, "
+                f"its share {share:.0f} s): its members are the final run; no repairs, no search"
+            )
+        left = last - time.perf_counter()
+        if left < out.seconds:
+            return (
+                f"the baseline took {out.seconds:.0f} s (its share {share:.0f} s) and "
+                f"{max(left, 0.0):.0f} s are left, too few to train another configuration as "
+                "long: its members are the final run; no repairs, no search"
+            )
+        return None
 
     # ------------------------------------------------------------------ stage 2
     def _final_seeds(self) -> int:
@@ -554,6 +603,7 @@ class AutoSearch:
                     r["chosen"] = True
             self.current = dict(cand)
             self.current_losses, self.current_findings = losses, findings
+            self.current_rows = out.rows_of(index)
 
     def _evidence(self, code: str) -> dict[str, Any]:
         """The evidence of the current configuration's finding ``code`` (empty when none)."""
@@ -666,7 +716,13 @@ class AutoSearch:
                 t.set_user_attr("member_epoch_seconds", out.seconds / member_epochs)
                 member = out.of_setting(i)[0]
                 states[j].append(search_space.tell_member(study, t, member, report_every=5))
+                if out.rows_of(i):
+                    self.trial_rows[t.number] = out.rows_of(i)
             best = _best_trial(study)
+            # Only the best trial's rows are kept: the fallback compares it with the start.
+            self.trial_rows = {
+                n: r for n, r in self.trial_rows.items() if best is not None and n == best.number
+            }
             if best is not None and "member_epoch_seconds" in best.user_attrs:
                 # The winner retrained: its seeds, as many epochs as it ran (early stopping
                 # included), at its shape's cost per member-epoch.
@@ -777,6 +833,7 @@ class AutoSearch:
                     self.log(f"      trial {t.number}: not confirmed ({out.error})")
                     continue
                 losses = _losses(out, 0)
+                self.confirmed_rows[t.number] = out.rows_of(0)
                 self.confirmed.append(
                     {
                         "trial": t.number,
@@ -799,7 +856,11 @@ class AutoSearch:
             return None
         seeds = final_seeds(final.seed, restarts=final.restarts, ensemble=final.ensemble)
         for settings, out, index, source in self.trained:
-            if settings != chosen or out.fitted is None or out.stopped_by_deadline:
+            if settings != chosen or out.fitted is None:
+                continue
+            if out.stopped_by_deadline and self.start_only is None:
+                # Cut by a stage's deadline, it is not what the final run would train. In a
+                # start-only run it was cut by the last deadline, as the final run would be.
                 continue
             members = reusable_members(out.fitted, index, seeds)
             if members is None:
@@ -818,6 +879,9 @@ class AutoSearch:
         With confirmed trials: the lowest median validation loss over the same seeds, among the
         repaired configuration and the confirmed trials. Without (no search, or no time): the
         best trial when its single-seed loss beats the repaired configuration's best seed.
+        Either way a trial replaces the repaired configuration only when its gain clears the
+        validation set's noise (:func:`fitwell.auto.margin.paired_margin`, recorded in
+        ``self.margin``).
         """
         start = self.baseline.get("start", "defaults")
         what = "start configuration" if start == "defaults" else f"{start} start"
@@ -825,29 +889,44 @@ class AutoSearch:
         own_median = repair_table.median_loss(self.current_losses)
         if self.confirmed and study is not None:
             best = min(self.confirmed, key=lambda c: (c["median_val_loss"], c["trial"]))
-            if best["median_val_loss"] < own_median:
-                trial = study.get_trials(deepcopy=False)[best["trial"]]
-                chosen = search_space.settings_from_params(
-                    trial.params, self.current, seed=self.seed
+            if best["median_val_loss"] >= own_median:
+                return dict(self.current), (
+                    f"{name} (median val loss {own_median:.4g}; the best confirmed trial reached "
+                    f"{best['median_val_loss']:.4g})"
                 )
-                return chosen, (
-                    f"search trial {best['trial']} (median val loss over {BASELINE_SEEDS} seeds "
-                    f"{best['median_val_loss']:.4g} < {own_median:.4g})"
+            number = int(best["trial"])
+            params = study.get_trials(deepcopy=False)[number].params
+            why = (
+                f"search trial {number} (median val loss over {BASELINE_SEEDS} seeds "
+                f"{best['median_val_loss']:.4g} < {own_median:.4g})"
+            )
+            rows = self.confirmed_rows.get(number, [])
+        else:
+            best_trial = _best_trial(study) if study is not None else None
+            own = min([v for v in self.current_losses if math.isfinite(v)], default=math.inf)
+            if best_trial is None or not best_trial.value < own:
+                return dict(self.current), name + (
+                    f" (val loss {own:.4g})" if math.isfinite(own) else ""
                 )
-            return dict(self.current), (
-                f"{name} (median val loss {own_median:.4g}; the best confirmed trial reached "
-                f"{best['median_val_loss']:.4g})"
-            )
-        best_trial = _best_trial(study) if study is not None else None
-        own = min([v for v in self.current_losses if math.isfinite(v)], default=math.inf)
-        if best_trial is not None and best_trial.value < own:
-            chosen = search_space.settings_from_params(
-                best_trial.params, self.current, seed=self.seed
-            )
-            return chosen, (
-                f"search trial {best_trial.number} (val loss {best_trial.value:.4g} < {own:.4g})"
-            )
-        return dict(self.current), name + (f" (val loss {own:.4g})" if math.isfinite(own) else "")
+            number, params = best_trial.number, best_trial.params
+            why = f"search trial {number} (val loss {best_trial.value:.4g} < {own:.4g})"
+            rows = self.trial_rows.get(number, [])
+        chosen = search_space.settings_from_params(params, self.current, seed=self.seed)
+        if not (rows and self.current_rows):
+            # An executor that returns no per-row losses: the medians alone decide.
+            self.margin = {"trial": number, "replaced": True, "reason": "no per-row losses"}
+            return chosen, why
+        replaced, record = paired_margin(self.current_rows, rows, weights=self.val_weights)
+        self.margin = {"trial": number, **record}
+        self.log(
+            f"      margin: trial {number} {'replaces' if replaced else 'does not replace'} "
+            f"{name}: {record['reason']}"
+        )
+        if replaced:
+            return chosen, f"{why}, beyond the validation noise"
+        return dict(self.current), (
+            f"{name}: {why} is within the validation set's noise ({record['reason']})"
+        )
 
 
 # Writing the run (plots, report) after the last epoch takes ~1-3 s on a CPU: leave it room.
@@ -1066,6 +1145,8 @@ def auto(
         start = cfg.replace(
             hidden=resolve_hidden(cfg.hidden, len(prepared.y_train)), target=prepared.target
         )
+        # Start-up (imports, reading and preparing the table) is outside the budget.
+        budget.started = time.perf_counter()
         owned = executor is None or isinstance(executor, str)
         inputs = PreparedInputs(start, prepared)
         runner = make_executor(
@@ -1100,6 +1181,8 @@ def auto(
             study = None
             if refused:
                 say("      no model beats the trivial baseline on validation: no repair, no search")
+            elif job.start_only is not None:
+                say("[2/5] repairs, [3/5] search: skipped, the budget pays for the start alone")
             else:
                 if not start_choice.user_named_start(config, settings):
                     job.run_starts(
@@ -1148,6 +1231,10 @@ def auto(
             "start_settings": _searched(start.to_dict()),
             "best_settings": _searched(final),
             "winner": why,
+            # The replacement margin: the search winner's paired gain over the (repaired) start
+            # on the validation rows, the noise it had to clear, and whether it replaced it.
+            "margin": job.margin,
+            "start_only": job.start_only,
             "refused": refused,
             # Whether the final run's members were trained again or taken from an earlier stage.
             "final": {
