@@ -216,6 +216,12 @@ def test_cli_l1_inputs_and_select(tmp_path: Path):
     doc = json.loads(out.stdout)
     assert [p["l1_inputs"] for p in doc["path"]] == [0.0, 0.1, 0.3]
     assert doc["chosen_l1_inputs"] in (0.0, 0.1, 0.3)
+    refit = doc["refit"]  # the settings that train on exactly the chosen columns
+    if doc["chosen_off"]:
+        free = {c for c, w in refit["l1_inputs_weights"].items() if w == 0}
+        assert free == set(doc["chosen_kept"]) and refit["l1_inputs"] > 0
+    else:
+        assert refit == {"l1_inputs": 0.0, "l1_inputs_weights": None}
     bad = run_cli("select", str(path), "--target", "label", "--lambdas", "0,x")
     assert bad.returncode == 2 and "--lambdas" in bad.stderr
 

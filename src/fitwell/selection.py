@@ -37,11 +37,17 @@ from fitwell.data import Table
 from fitwell.errors import InputError
 from fitwell.finish import l1_zeroed_features
 from fitwell.metrics import score_name
+from fitwell.training.optim import ADAPTIVE_NORM_FLOOR
 
 # Finer at the low end, where noise columns go; about 1.4x apart from 0.01 to 0.5.
 DEFAULT_LAMBDAS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_TOLERANCE = 0.01
 SHADOW_PREFIX = "shadow::"
+# The refit's penalty: a column off in the chosen member weighs 1 / the adaptive floor (as a column
+# an adaptive pilot switched off) at l1_inputs 1, so each step's threshold (lr * 1000) is far
+# above what one optimizer step can add to its norm; the kept columns weigh 0 (unpenalised).
+REFIT_L1_INPUTS = 1.0
+REFIT_OFF_WEIGHT = 1.0 / ADAPTIVE_NORM_FLOOR
 
 
 @dataclass
@@ -72,6 +78,22 @@ class SelectionPath:
     def chosen_point(self) -> PathPoint:
         return self.points[self.chosen]
 
+    def refit(self) -> dict[str, Any]:
+        """Settings that train a model reading exactly the chosen columns (a relaxed refit).
+
+        ``l1_inputs`` and ``l1_inputs_weights`` for ``train``: the chosen member's columns are
+        unpenalised (weight 0) and every other column is held at zero. Why not retrain at the
+        chosen λ with the path's weights: a new ensemble at that λ reads the union of its own
+        members' columns, which drifts from the set the path reported (a weak column that the
+        path's member kept is dropped by all three, or the reverse) and differs across seeds even
+        when the path's choice does not; and the kept columns, unshrunk, fit better.
+        """
+        point = self.chosen_point
+        if not point.off:
+            return {"l1_inputs": 0.0, "l1_inputs_weights": None}
+        weights = dict.fromkeys(point.kept, 0.0) | dict.fromkeys(point.off, REFIT_OFF_WEIGHT)
+        return {"l1_inputs": REFIT_L1_INPUTS, "l1_inputs_weights": weights}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "score": self.score,
@@ -82,6 +104,7 @@ class SelectionPath:
             "chosen_kept": self.chosen_point.kept,
             "chosen_off": self.chosen_point.off,
             "l1_inputs_weights": self.weights,
+            "refit": self.refit(),
             "path": [p.__dict__ for p in self.points],
         }
 

@@ -176,6 +176,12 @@ def cmd_select(args: argparse.Namespace) -> int:
             "adaptive weights (l1_inputs_weights; --json prints them for a config file): "
             + ", ".join(f"{name} {w:.3g}" for name, w in path.weights.items())
         )
+    if c.off:
+        print(
+            "to train on exactly these columns (--json: refit): "
+            f"l1_inputs = {path.refit()['l1_inputs']:g} with l1_inputs_weights 0 for each kept "
+            "column and 1000 for each column off"
+        )
     return EXIT_OK
 
 
