@@ -28,6 +28,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau", "coslog4")
 # Schedules of dropout and weight decay (RealMLP: "flat_cos", flat then cosine to 0).
 REGULARIZATION_SCHEDULES = ("constant", "flat_cos")
+BIAS_INIT_MODES = ("constant", "he+5")
+BEST_EPOCH_BY = ("loss", "score")
 PARAMETRIZATIONS = ("standard", "ntk")
 NUMERIC_EMBEDDINGS = ("auto", "none", "pbld")
 TASKS = ("auto", "classification", "regression")
@@ -235,6 +237,11 @@ class TrainConfig:
         Multiplies the initial weights' standard deviation (``normal`` uses it as the std).
     bias_init : float, default 0.0
         Constant initial value of every hidden bias.
+    bias_init_mode : {"constant", "he+5"}, default "constant"
+        ``he+5`` (RealMLP's): from the training rows, each unit's bias (output layer's too) is
+        minus a random convex combination of its pre-activation at 5 rows, so every unit's
+        kink starts inside the data (:meth:`fitwell.models.PopulationMLP.initialize_biases`).
+        ``constant`` uses ``bias_init``.
     batch_norm : bool, default False
     numeric_embedding : {"auto", "none", "pbld"}, default "none"
         ``auto``: ``pbld`` for classification, ``none`` for regression (what
@@ -342,6 +349,10 @@ class TrainConfig:
     min_delta : float, default 0.0
     restore_best : bool, default True
         Restore the weights of the best validation epoch at the end.
+    best_epoch_by : {"loss", "score"}, default "loss"
+        What "best validation epoch" means for ``restore_best``: the lowest validation loss, or
+        the highest validation score (accuracy / R^2; ties go to the later epoch, as in
+        RealMLP). Early stopping's patience counts on the same quantity.
     restarts : int, default 1
         Random restarts (independent initialisations trained together); the best on validation
         is kept.
@@ -383,6 +394,7 @@ class TrainConfig:
     init: str = "auto"
     init_scale: float = 1.0
     bias_init: float = 0.0
+    bias_init_mode: str = "constant"
     batch_norm: bool = False
     numeric_embedding: str = "none"
     embedding_frequencies: int = 16
@@ -410,6 +422,7 @@ class TrainConfig:
     patience: int = 20
     min_delta: float = 0.0
     restore_best: bool = True
+    best_epoch_by: str = "loss"
     restarts: int = 1
     ensemble: int = 3
     target_score: float | None = None
@@ -672,6 +685,8 @@ def _check(cfg: TrainConfig, problems: list[str]) -> None:
     _choice("parametrization", cfg.parametrization, PARAMETRIZATIONS, problems)
     _choice("dropout_schedule", cfg.dropout_schedule, REGULARIZATION_SCHEDULES, problems)
     _choice("wd_schedule", cfg.wd_schedule, REGULARIZATION_SCHEDULES, problems)
+    _choice("bias_init_mode", cfg.bias_init_mode, BIAS_INIT_MODES, problems)
+    _choice("best_epoch_by", cfg.best_epoch_by, BEST_EPOCH_BY, problems)
     if not isinstance(cfg.learnable_activation, bool):
         problems.append(
             f"`learnable_activation` must be true or false; got {cfg.learnable_activation!r}"
