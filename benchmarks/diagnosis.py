@@ -10,6 +10,8 @@ median ratio of wall times. Writes ``benchmarks/results/diagnosis.json``.
 
     python benchmarks/diagnosis.py            # full: 5 seeds
     python benchmarks/diagnosis.py --quick    # 2 seeds, for development
+    python benchmarks/diagnosis.py --only healthy --recipe realmlp --out R.json
+                                              # the healthy runs under a recipe's preset
 """
 
 from __future__ import annotations
@@ -201,10 +203,13 @@ def _source(setup: Setup, tables: dict[str, Path]) -> dict[str, Any]:
     return {"dataset": setup.dataset}
 
 
-def run_one(setup: Setup, seed: int, tables: dict[str, Path]) -> dict[str, Any]:
+def run_one(
+    setup: Setup, seed: int, tables: dict[str, Path], recipe: str = "classic"
+) -> dict[str, Any]:
     # One model per run (ensemble 1) unless the setup says otherwise: the doctor judges how a
     # training run went; averaging members is the final model's business, not the fault's.
-    settings = {"ensemble": 1, **setup.settings}
+    # A recipe fills in the settings the setup leaves open (the setup's own settings win).
+    settings = {"ensemble": 1, **setup.settings, "recipe": recipe}
     start = time.perf_counter()
     try:
         run = train(**_source(setup, tables), seed=seed, **settings)
@@ -397,7 +402,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 seeds, 3 overhead repeats")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--only", help="run setups whose name contains this text")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "diagnosis.json"))
+    parser.add_argument(
+        "--recipe",
+        default="classic",
+        choices=("classic", "realmlp"),
+        help="the preset that fills the settings each setup leaves open",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default benchmarks/results/diagnosis.json; with --only, written "
+        "only when given)",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="overhead pairs per network")
     parser.add_argument(
         "--overhead-only",
@@ -405,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only the overhead and replace it in an existing --out file",
     )
     args = parser.parse_args(argv)
+    write_json = args.out is not None or not args.only
+    args.out = args.out or str(Path(__file__).parent / "results" / "diagnosis.json")
     torch.set_num_threads(1)
     if args.overhead_only:
         doc = json.loads(Path(args.out).read_text())
@@ -434,7 +452,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and args.only not in setup.name:
                 continue
             for seed in range(n_seeds):
-                r = run_one(setup, seed * 10 if "restarts" in setup.settings else seed, tables)
+                r = run_one(
+                    setup,
+                    seed * 10 if "restarts" in setup.settings else seed,
+                    tables,
+                    recipe=args.recipe,
+                )
                 r.update(setup=setup.name, expected=setup.expected, seed=seed)
                 results.append(r)
                 mark = (
@@ -478,7 +501,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{o['repeats']} pairs)"
             )
     doc = {
-        "command": "python benchmarks/diagnosis.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/diagnosis.py"
+        + (" --quick" if args.quick else "")
+        + (f" --seeds {args.seeds}" if args.seeds else "")
+        + (f" --only {args.only}" if args.only else "")
+        + (f" --recipe {args.recipe}" if args.recipe != "classic" else ""),
+        "recipe": args.recipe,
         "seeds": n_seeds,
         "detection": table,
         "healthy_runs": len(healthy),
@@ -495,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": 1,
         },
     }
-    if not args.only:
+    if write_json:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return 0

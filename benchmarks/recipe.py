@@ -71,8 +71,17 @@ ABLATION: dict[str, dict[str, Any]] = {
     "-coslog4": {"lr_schedule": "constant"},
     "-beta2": {"adam_beta2": 0.999},
 }
+# What RealMLP-TD does that the recipe does not (yet): each added to the full recipe alone.
+# "best_score" only changes classification (on regression R^2 ranks epochs as the loss does).
+ADDITIONS: dict[str, dict[str, Any]] = {
+    "+he5": {"bias_init_mode": "he+5"},
+    "+best_score": {"best_epoch_by": "score"},
+    "+he5+best_score": {"bias_init_mode": "he+5", "best_epoch_by": "score"},
+}
 COMPARISON = ("classic", "realmlp", "pytabkit", "lightgbm", "catboost", "hist_gb")
-MODELS = COMPARISON + tuple(f"realmlp{k}" for k in ABLATION)
+MODELS = (
+    COMPARISON + tuple(f"realmlp{k}" for k in ABLATION) + tuple(f"realmlp{k}" for k in ADDITIONS)
+)
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -227,6 +236,11 @@ def model_fn(name: str, regression: bool) -> Callable[[dict], dict] | None:
         return fitwell_model({"recipe": "classic"})
     if name == "realmlp":
         return fitwell_model(RECIPE)
+    if name.startswith("realmlp+"):
+        added = ADDITIONS[name[len("realmlp") :]]
+        if regression and added.get("best_epoch_by") == "score":
+            return None
+        return fitwell_model(RECIPE | added)
     if name.startswith("realmlp-"):
         change = ABLATION[name[len("realmlp") :]]
         if regression and "label_smoothing" in change:
@@ -411,7 +425,8 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default=",".join(COMPARISON),
-        help="comma-separated; 'ablation' adds every realmlp-<ingredient> run; "
+        help="comma-separated; 'ablation' adds every realmlp-<ingredient> run, 'additions' "
+        "every realmlp+<difference> run; "
         f"all: {', '.join(MODELS)}",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/recipe.json"))
@@ -436,7 +451,10 @@ def main() -> None:
         return
     models: list[str] = []
     for m in args.models.split(","):
-        models += [f"realmlp{k}" for k in ABLATION] if m == "ablation" else [m]
+        if m in ("ablation", "additions"):
+            models += [f"realmlp{k}" for k in (ABLATION if m == "ablation" else ADDITIONS)]
+        else:
+            models.append(m)
     unknown = [m for m in models if m not in MODELS]
     tables = args.tables.split(",")
     unknown += [t for t in tables if t not in TABLES]

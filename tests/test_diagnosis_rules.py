@@ -374,6 +374,20 @@ def test_local_minimum_needs_the_training_rows_to_agree() -> None:
     assert "local_minimum" in codes(run([rec(1)], same_fit, **{**base, "n_train": 0}))
 
 
+def test_local_minimum_counts_the_worse_restarts_own_noise_at_the_ceiling() -> None:
+    # XOR on 150 validation rows: one restart at 100%, the others 98-99% (3 rows or fewer
+    # apart), training rows 99.7% against 98.6%. Read at 100% alone the noise vanishes; the 98%
+    # score is itself uncertain by more than its gap, so no restart stalled.
+    group = [[(0, 1.0), (1, 0.98), (2, 0.9867), (3, 0.9933)]]
+    history = _restart_history({0: [0.9, 0.997], 1: [0.9, 0.986], 2: [0.9, 0.99], 3: [0.9, 0.99]})
+    kw = {"baseline_val_score": 0.533, "n_val": 150, "n_train": 700}
+    assert "local_minimum" not in codes(run([rec(1)], history, restart_groups=group, **kw))
+    # The same best restart against one that stalled at 90% still shows.
+    stalled = [[(0, 1.0), (1, 0.9)]]
+    stuck = _restart_history({0: [0.9, 0.997], 1: [0.9, 0.9]})
+    assert "local_minimum" in codes(run([rec(1)], stuck, restart_groups=stalled, **kw))
+
+
 def test_local_minimum_compares_training_rows_at_the_last_common_epoch() -> None:
     # Restart 1 stopped early (noisy validation) while fitting the training rows exactly as well
     # as restart 0 did at that epoch; restart 0 went on and ended better. Not a local minimum.

@@ -121,3 +121,37 @@ def test_state_round_trip_decides_the_same():
         c.on_epoch_end(trainer_c, logs={0: {"val_loss": losses[epoch - 1]}})  # type: ignore[arg-type]
     assert trainer_c.stopped.keys() == trainer_a.stopped.keys() == {0}
     assert c.best_epoch == a.best_epoch
+
+
+def test_best_epoch_by_score_follows_accuracy_and_gives_ties_to_the_later_epoch():
+    # Loss keeps falling while accuracy peaks at epochs 2 and 4 (a tie) and then drops.
+    trainer = FakeTrainer(1)
+    trainer.score = "accuracy"  # type: ignore[attr-defined]
+    cb = EarlyStopping(patience=10, by="score")
+    cb.on_fit_begin(trainer)  # type: ignore[arg-type]
+    rows = [(1.0, 0.80), (0.9, 0.90), (0.8, 0.85), (0.7, 0.90), (0.6, 0.88)]
+    for epoch, (loss, acc) in enumerate(rows, start=1):
+        trainer.epoch = epoch
+        logs = {0: {"val_loss": loss, "val_accuracy": acc}}
+        cb.on_epoch_end(trainer, logs=logs)  # type: ignore[arg-type]
+    assert cb.best_epoch[0] == 4
+    best = cb.best_weights(0)
+    assert best is not None and float(best["w"][0, 0]) == 40
+    by_loss = EarlyStopping(patience=10)
+    trainer.epoch = 0
+    by_loss.on_fit_begin(trainer)  # type: ignore[arg-type]
+    for epoch, (loss, acc) in enumerate(rows, start=1):
+        trainer.epoch = epoch
+        by_loss.on_epoch_end(trainer, logs={0: {"val_loss": loss, "val_accuracy": acc}})  # type: ignore[arg-type]
+    assert by_loss.best_epoch[0] == 5
+
+
+def test_best_epoch_by_score_still_stops_on_a_non_finite_loss():
+    trainer = FakeTrainer(1)
+    trainer.score = "accuracy"  # type: ignore[attr-defined]
+    cb = EarlyStopping(patience=10, by="score")
+    cb.on_fit_begin(trainer)  # type: ignore[arg-type]
+    for epoch, loss in enumerate([1.0, float("nan")], start=1):
+        trainer.epoch = epoch
+        cb.on_epoch_end(trainer, logs={0: {"val_loss": loss, "val_accuracy": 0.5}})  # type: ignore[arg-type]
+    assert 0 in trainer.stopped and "nan" in trainer.stopped[0]

@@ -40,8 +40,13 @@ SHARED: dict[str, Any] = {
     "max_epochs": 256,
     "ensemble": 1,
 }
-CLASSIFICATION = {"activation": "selu", "lr": 0.04, "label_smoothing": 0.1}
-REGRESSION = {"activation": "mish", "lr": 0.2, "label_smoothing": 0.0}
+CLASSIFICATION = {
+    "activation": "selu",
+    "lr": 0.04,
+    "label_smoothing": 0.1,
+    "best_epoch_by": "score",  # val_metric_name="class_error"
+}
+REGRESSION = {"activation": "mish", "lr": 0.2, "label_smoothing": 0.0, "best_epoch_by": "loss"}
 
 
 def _values(cfg: Any, names: dict[str, Any]) -> dict[str, Any]:

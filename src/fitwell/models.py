@@ -635,6 +635,42 @@ class PopulationMLP(nn.Module):
             for alpha in self.act_alphas:
                 alpha[k].fill_(1.0)
 
+    @torch.no_grad()
+    def initialize_biases(
+        self, x: torch.Tensor, seeds: Sequence[int], *, rows: int, points: int = 5
+    ) -> None:
+        """RealMLP's ``he+5`` biases, from training rows ``x [N, F]``, after :meth:`initialize`.
+
+        Layer by layer (output layer too), each unit's bias is minus a random convex combination
+        (Exponential(1) weights, normalised) of its pre-activation ``h @ w`` at ``points`` rows of
+        a random batch of ``rows`` training rows, so every unit starts with its kink inside the
+        data instead of at 0 for all of them. The batch then passes through the layer with its
+        new bias and the plain activation (a learnable shape starts at the plain one) to
+        initialise the next. No dropout and no batch norm in this pass. Each member draws from
+        its own seed (a stream apart from its weights', data order's and dropout's), so a member
+        is reproducible alone.
+        """
+        if len(seeds) != self.n_members:
+            raise ValueError(f"need {self.n_members} seeds, got {len(seeds)}")
+        pairs = self._layer_pairs()
+        last = self.n_layers - 1
+        for k, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(int(seed) * 7919 + 3)
+            pick = torch.randperm(len(x), generator=gen)[: max(1, rows)].to(x.device)
+            h = self._front(x.index_select(0, pick), member=k)
+            h = h[0] if h.dim() == 3 else h
+            for layer, (w, _) in enumerate(pairs):
+                z = h @ w[k]
+                n, units = z.shape
+                idx = torch.randint(0, n, (units, points), generator=gen).to(x.device)
+                weights = -torch.log1p(-torch.rand(units, points, generator=gen)).to(z)
+                weights = weights / weights.sum(dim=1, keepdim=True)
+                chosen = z.gather(0, idx.T).T  # [units, points]: unit j at its rows
+                bias = -(chosen * weights).sum(dim=1)
+                self.biases[layer][k, 0].copy_(bias)
+                if layer < last:
+                    h = self.act(z + bias)
+
     def forward(
         self,
         x: torch.Tensor,

@@ -93,6 +93,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init", help=" | ".join(INITS))
     g.add_argument("--init-scale", type=float, help="multiplies the initial weight std")
     g.add_argument("--bias-init", type=float, help="initial value of hidden biases")
+    g.add_argument(
+        "--bias-init-mode",
+        help="constant (--bias-init) or he+5: biases from the training rows (RealMLP's)",
+    )
     g.add_argument("--batch-norm", action="store_const", const=True, help="batch normalization")
     g.add_argument(
         "--numeric-embedding",
@@ -185,6 +189,10 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=False,
         help="keep the last weights instead of the best validation epoch's",
+    )
+    g.add_argument(
+        "--best-epoch-by",
+        help="loss (default) or score: the best validation epoch by loss or by accuracy / R^2",
     )
     g.add_argument("--restarts", type=int, help="random restarts trained together; best kept")
     g.add_argument(

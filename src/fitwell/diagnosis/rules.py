@@ -744,13 +744,12 @@ def local_minimum_findings(
             continue
         # Stalled: recovered under half the best restart's gain (or 1.5x its error), by more
         # than validation noise, and behind it on the training rows too.
-        noise = NO_SIGNAL_SE * math.sqrt(2.0) * _standard_error(ctx, best)
         best_error = max(_max_score(ctx) - best, 0.0)
         train_gaps = {m: _training_gap(history, ctx, score, m, best_member) for m, _ in scores}
         stalled = [
             (m, s)
             for m, s in scores
-            if best - s > noise
+            if best - s > _difference_noise(ctx, best, s)
             and (
                 (s - base) / gain < LOCAL_MINIMUM_RECOVERY
                 or _max_score(ctx) - s >= LOCAL_MINIMUM_ERROR_RATIO * best_error
@@ -792,8 +791,18 @@ def _training_gap(
         return True, None
     epoch = max(common)
     gap = theirs[epoch] - mine[epoch]
-    noise = NO_SIGNAL_SE * math.sqrt(2.0) * _standard_error(ctx, theirs[epoch], n=ctx.n_train)
-    return gap > noise, gap
+    return gap > _difference_noise(ctx, theirs[epoch], mine[epoch], n=ctx.n_train), gap
+
+
+def _difference_noise(ctx: RunContext, a: float, b: float, *, n: int | None = None) -> float:
+    """``NO_SIGNAL_SE`` standard errors of the difference of scores ``a`` and ``b`` measured on
+    ``n`` rows (default: the validation split's): each score's own standard error counts.
+
+    Reading both at the better score (``sqrt(2)`` times its error) fails at the ceiling: a
+    restart at 100% has almost no error of its own, so 98% against it looked beyond noise on
+    150 rows (3 rows apart) though the 98% score alone is uncertain by more than that.
+    """
+    return NO_SIGNAL_SE * math.hypot(_standard_error(ctx, a, n=n), _standard_error(ctx, b, n=n))
 
 
 def _max_score(ctx: RunContext) -> float:

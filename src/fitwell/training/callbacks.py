@@ -45,7 +45,11 @@ class Callback:
 
 
 def early_stopping_decision(
-    val_losses: Sequence[float], *, patience: int, min_delta: float
+    val_losses: Sequence[float],
+    *,
+    patience: int,
+    min_delta: float,
+    quantity: str = "validation loss",
 ) -> tuple[bool, str]:
     """Decide from one member's validation losses so far whether to stop now.
 
@@ -56,7 +60,7 @@ def early_stopping_decision(
         return False, ""
     last = val_losses[-1]
     if not math.isfinite(last):
-        return True, f"validation loss became {last} at epoch {len(val_losses)}"
+        return True, f"{quantity} became {last} at epoch {len(val_losses)}"
     if patience <= 0:
         return False, ""
     best_epoch, best = 0, math.inf
@@ -68,7 +72,7 @@ def early_stopping_decision(
         # "by more than 0" reads oddly: name the margin only when there is one.
         by = f" by more than {min_delta:g}" if min_delta > 0 else ""
         return True, (
-            f"validation loss did not improve{by} for {patience} epochs "
+            f"{quantity} did not improve{by} for {patience} epochs "
             f"(best {best:.4g} at epoch {best_epoch})"
         )
     return False, ""
@@ -78,9 +82,24 @@ class EarlyStopping(Callback):
     """Per-member early stopping on validation loss, keeping each member's best weights.
 
     With ``patience = 0`` no member is stopped early, but the best epoch is still tracked.
+    ``by="score"`` watches the validation score instead (its negative, so lower is better):
+    with label smoothing or a few confident mistakes, the loss's best epoch can be one the
+    accuracy calls worse. Ties then go to the later epoch (RealMLP's rule), since scores such
+    as accuracy tie often and the later weights have trained longer. A loss that is not finite
+    still stops the member either way.
     """
 
-    def __init__(self, *, patience: int, min_delta: float = 0.0, restore_best: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        patience: int,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+        by: str = "loss",
+    ) -> None:
+        if by not in ("loss", "score"):
+            raise ValueError(f"by must be 'loss' or 'score'; got {by!r}")
+        self.by = by
         self.patience = patience
         self.min_delta = min_delta
         self.restore_best = restore_best and patience > 0
@@ -102,13 +121,20 @@ class EarlyStopping(Callback):
         for member, row in logs.items():
             # ``val_objective`` (val loss + group penalty) when a feature-selection penalty is on.
             loss = float(row.get("val_objective", row["val_loss"]))
+            if self.by == "score" and math.isfinite(loss):
+                loss = -float(row[f"val_{trainer.score}"])
             self.val_losses[member].append(loss)
-            if math.isfinite(loss) and loss < self.best_loss[member] - self.min_delta:
+            best = self.best_loss[member] - self.min_delta
+            better = loss <= best if self.by == "score" else loss < best
+            if math.isfinite(loss) and better:
                 self.best_loss[member] = loss
                 self.best_epoch[member] = trainer.epoch
                 improved.append(member)
             stop, reason = early_stopping_decision(
-                self.val_losses[member], patience=self.patience, min_delta=self.min_delta
+                self.val_losses[member],
+                patience=self.patience,
+                min_delta=self.min_delta,
+                quantity="validation loss" if self.by == "loss" else "validation score (negated)",
             )
             if stop:
                 self.stop_reason[member] = reason

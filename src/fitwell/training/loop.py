@@ -62,9 +62,11 @@ class LoopSettings:
     init: str = "auto"
     init_scale: float = 1.0
     bias_init: float = 0.0
+    bias_init_mode: str = "constant"  # or "he+5": from the training rows
     patience: int = 20
     min_delta: float = 0.0
     restore_best: bool = True
+    best_epoch_by: str = "loss"  # or "score"
     adam_beta2: float = 0.999
     label_smoothing: float = 0.0
     class_weights: tuple[float, ...] | None = None  # per class, multiplying each row's loss
@@ -168,7 +170,10 @@ class Trainer:
         self.w_val = _weights(w_val, device)
 
         self.early_stopping = EarlyStopping(
-            patience=loop.patience, min_delta=loop.min_delta, restore_best=loop.restore_best
+            patience=loop.patience,
+            min_delta=loop.min_delta,
+            restore_best=loop.restore_best,
+            by=loop.best_epoch_by,
         )
         self.nonfinite_guard = NonFiniteGuard()
         # Members' learning-rate multipliers this epoch (1 without a schedule).
@@ -210,6 +215,10 @@ class Trainer:
             init_scale=loop.init_scale,
             bias_init=loop.bias_init,
         )
+        if loop.bias_init_mode == "he+5":
+            self.model.initialize_biases(
+                self.x_train, [m.seed for m in self.members], rows=loop.batch_size
+            )
         self.active = list(range(k))  # member id at each position of the batched model
         self.shuffle_generators = [
             torch.Generator().manual_seed(member_seeds(m.seed)[0]) for m in self.members
