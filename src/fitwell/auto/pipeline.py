@@ -71,17 +71,7 @@ AUTO_FILES = (
     search_space.STUDY_FILE,
     search_space.STUDY_FILE + ".lock",
 )
-_NOT_SEARCHED = (
-    "data",
-    "dataset",
-    "target",
-    "task",
-    "split",
-    "scale",
-    "scaling",
-    "device",
-    "threads",
-)
+_NOT_SEARCHED = start_choice.DATA_SETTINGS
 
 
 def parse_budget(value: str | float | int | None) -> float | None:

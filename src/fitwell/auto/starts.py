@@ -18,30 +18,31 @@ import numpy as np
 
 from fitwell.auto.margin import Z
 
+# Settings of the data and the machine: no search or start changes them.
+DATA_SETTINGS = (
+    "data",
+    "dataset",
+    "target",
+    "task",
+    "split",
+    "scale",
+    "scaling",
+    "device",
+    "threads",
+)
 # Settings that say what the data is and how the run is scored or seeded, not where the search
 # starts: naming these leaves auto free to consider another recipe.
-NEUTRAL_SETTINGS = frozenset(
-    {
-        "data",
-        "dataset",
-        "target",
-        "task",
-        "split",
-        "scale",
-        "scaling",
-        "embed_categories_above",
-        "class_weight",
-        "metric",
-        "weight_column",
-        "restarts",
-        "ensemble",
-        "target_score",
-        "seed",
-        "device",
-        "threads",
-        "checkpoint_every",
-    }
-)
+NEUTRAL_SETTINGS = frozenset(DATA_SETTINGS) | {
+    "embed_categories_above",
+    "class_weight",
+    "metric",
+    "weight_column",
+    "restarts",
+    "ensemble",
+    "target_score",
+    "seed",
+    "checkpoint_every",
+}
 
 # name -> the settings that make the recipe (documented in docs/auto.md).
 ALTERNATIVE_STARTS: dict[str, dict[str, Any]] = {
