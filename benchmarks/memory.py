@@ -12,7 +12,10 @@ big one does, so ``peak(N rows) - peak(tiny)`` is the memory that grows with the
 resident memory of a process that only imports fitwell and torch ("start-up") is shown too.
 
 With ``--baseline REF`` the same commands also run on the code of git ref REF (exported to a
-temporary folder), side by side in this run, and the table shows the ratios.
+temporary folder), side by side in this run, and the table shows the ratios. With ``--recipe
+realmlp`` the current code also trains with ``--recipe realmlp`` (3 x 256 units, PBLD numeric
+embeddings computed per batch, robust scaling), and the ratios show it against the classic
+network: the embeddings must not multiply the table's memory by their width.
 
 The current code trains with ``--numeric-embedding none`` (the baseline's network, whatever
 the default recipe). Goal: training peak above the tiny table's <= 3x the float32 table plus the
@@ -108,8 +111,9 @@ def run_version(label: str, src: Path, data: Path, rows: int, epochs: int, work:
             "--overwrite",
             "--quiet",
             # The same network as the baseline's, whatever the default recipe: this compares
-            # memory and time per row, not recipes.
+            # memory and time per row, not recipes (unless the recipe is what is measured).
             *(["--numeric-embedding", "none"] if label == "current" else []),
+            *(["--recipe", label.split()[1]] if label.startswith("recipe ") else []),
         ],
         src,
         work,
@@ -146,6 +150,11 @@ def main() -> None:
         default=None,
         help="row counts to run the baseline on (default: all of --rows)",
     )
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="also train the current code with this --recipe (e.g. realmlp), compared with classic",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     sizes = [int(r) for r in args.rows.split(",")]
@@ -158,6 +167,8 @@ def main() -> None:
         versions = [("current", ROOT / "src")]
         if args.baseline:
             versions.append((f"baseline {args.baseline}", code_of(args.baseline, work)))
+        if args.recipe:
+            versions.append((f"recipe {args.recipe}", ROOT / "src"))
         for rows in [args.tiny_rows, *sizes]:
             data = work / f"table-{rows}.csv"
             write_table(data, rows)
@@ -204,11 +215,21 @@ def main() -> None:
     )
     ratios = []
     for r in big:
-        base = next((b for b in big if b["rows"] == r["rows"] and b["version"] != "current"), None)
-        if r["version"] == "current" and base is not None:
+        # current / baseline, and the recipe / current (classic): same rows, same run.
+        if r["version"] == "current":
+            base = next(
+                (b for b in big if b["rows"] == r["rows"] and b["version"].startswith("baseline")),
+                None,
+            )
+        elif r["version"].startswith("recipe "):
+            base = next(b for b in big if b["rows"] == r["rows"] and b["version"] == "current")
+        else:
+            base = None
+        if base is not None:
             ratios.append(
                 {
                     "rows": r["rows"],
+                    "compared": f"{r['version']} / {base['version']}",
                     "train_peak_ratio": r["train"]["peak_mib"] / base["train"]["peak_mib"],
                     "predict_peak_ratio": r["predict"]["peak_mib"] / base["predict"]["peak_mib"],
                     "train_seconds_ratio": r["train"]["seconds"] / base["train"]["seconds"],
@@ -216,11 +237,12 @@ def main() -> None:
                 }
             )
     if ratios:
-        print("\n| rows | train peak (current / baseline) | predict peak | train s | predict s |")
-        print("|---|---|---|---|---|")
+        print("\n| rows | compared | train peak | predict peak | train s | predict s |")
+        print("|---|---|---|---|---|---|")
         for q in ratios:
             print(
-                f"| {q['rows']:,} | {q['train_peak_ratio']:.2f} | {q['predict_peak_ratio']:.2f} | "
+                f"| {q['rows']:,} | {q['compared']} | {q['train_peak_ratio']:.2f} | "
+                f"{q['predict_peak_ratio']:.2f} | "
                 f"{q['train_seconds_ratio']:.2f} | {q['predict_seconds_ratio']:.2f} |"
             )
     out = Path(args.out)
@@ -231,6 +253,7 @@ def main() -> None:
                 "max_epochs": args.max_epochs,
                 "tiny_rows": args.tiny_rows,
                 "baseline": args.baseline,
+                "recipe": args.recipe,
                 "tiny": list(tiny.values()),
                 "runs": big,
                 "ratios": ratios,

@@ -77,6 +77,8 @@ ADDITIONS: dict[str, dict[str, Any]] = {
     "+he5": {"bias_init_mode": "he+5"},
     "+best_score": {"best_epoch_by": "score"},
     "+he5+best_score": {"bias_init_mode": "he+5", "best_epoch_by": "score"},
+    "+data_init": {"init": "data"},
+    "+data_init+he5": {"init": "data", "bias_init_mode": "he+5"},
 }
 COMPARISON = ("classic", "realmlp", "pytabkit", "lightgbm", "catboost", "hist_gb")
 MODELS = (
@@ -268,6 +270,8 @@ def run(
     run stopped early keeps what it measured."""
     import torch
 
+    from fitwell.errors import TrainingFailed
+
     torch.set_num_threads(1)
     rows = []
     folder = Path(tempfile.mkdtemp(prefix="fitwell-recipe-bench-"))
@@ -306,7 +310,10 @@ def run(
                 cpu, wall = time.process_time(), time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    result = fit(ctx)
+                    try:
+                        result = fit(ctx)
+                    except TrainingFailed as failed:  # e.g. diverged: a result, not a crash
+                        result = {"score": None, "failed": str(failed)}
                 row = {
                     "table": name,
                     "task": "regression" if regression else "classification",
@@ -319,10 +326,8 @@ def run(
                 }
                 rows.append(row)
                 save(rows)
-                log(
-                    f"  {name} seed {seed} {model}: {row['score']:.4f} "
-                    f"({row['cpu_seconds']:.1f} cpu s)"
-                )
+                shown = "failed" if row["score"] is None else f"{row['score']:.4f}"
+                log(f"  {name} seed {seed} {model}: {shown} ({row['cpu_seconds']:.1f} cpu s)")
     return rows
 
 
@@ -332,8 +337,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     for table in tables:
         rs = [r for r in rows if r["table"] == table]
         for model in [m for m in MODELS if any(r["model"] == m for r in rs)]:
-            scores = [r["score"] for r in rs if r["model"] == model]
+            scores = [r["score"] for r in rs if r["model"] == model and r["score"] is not None]
+            failed = sum(1 for r in rs if r["model"] == model and r["score"] is None)
             cpu = [r["cpu_seconds"] for r in rs if r["model"] == model]
+            if not scores:
+                continue
             out.append(
                 {
                     "table": table,
@@ -343,6 +351,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "score_mean": statistics.mean(scores),
                     "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                     "cpu_seconds_mean": statistics.mean(cpu),
+                    "failed": failed,
                 }
             )
     return out
@@ -375,12 +384,20 @@ def markdown(summary: list[dict], models: list[str]) -> str:
             s = hit[0]
             scale = 1 if s["task"] == "regression" else 100
             digits = 3 if s["task"] == "regression" else 1
+            failed = f", {s['failed']} failed" if s.get("failed") else ""
             cells.append(
                 f"{scale * s['score_mean']:.{digits}f} ± {scale * s['score_std']:.{digits}f} "
-                f"({s['cpu_seconds_mean']:.0f} s)"
+                f"({s['cpu_seconds_mean']:.0f} s{failed})"
             )
         lines.append(f"| {table} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _delta_cell(pairs: list[tuple[float, float]]) -> str:
+    """Mean score with the ingredient left out (minus the full recipe's, same seeds), x 100."""
+    score = statistics.mean(a for a, _ in pairs)
+    delta = statistics.mean(a - b for a, b in pairs)
+    return f"{100 * score:.1f} ({100 * delta:+.1f})"
 
 
 def ablation_markdown(rows: list[dict]) -> str:
@@ -389,18 +406,25 @@ def ablation_markdown(rows: list[dict]) -> str:
     tables = [t for t in TABLES if any(r["table"] == t and "-" in r["model"] for r in rows)]
     head = "| left out | " + " | ".join(tables) + " |"
     lines = [head, "|---|" + "---|" * len(tables)]
-    full = {(r["table"], r["seed"]): r["score"] for r in rows if r["model"] == "realmlp"}
+    full = {
+        (r["table"], r["seed"]): r["score"]
+        for r in rows
+        if r["model"] == "realmlp" and r["score"] is not None
+    }
     for name in ABLATION:
         cells = []
         for t in tables:
             hit = [r for r in rows if r["table"] == t and r["model"] == f"realmlp{name}"]
+            failed = sum(1 for r in hit if r["score"] is None)
+            hit = [r for r in hit if r["score"] is not None]
             pairs = [(r["score"], full[t, r["seed"]]) for r in hit if (t, r["seed"]) in full]
+            if failed:
+                cells.append(f"{failed} failed" + (f", {_delta_cell(pairs)}" if pairs else ""))
+                continue
             if not pairs:
                 cells.append("")
                 continue
-            score = statistics.mean(a for a, _ in pairs)
-            delta = statistics.mean(a - b for a, b in pairs)
-            cells.append(f"{100 * score:.1f} ({100 * delta:+.1f})")
+            cells.append(_delta_cell(pairs))
         lines.append(f"| {name[1:]} | " + " | ".join(cells) + " |")
     seeds = {
         t: sorted({r["seed"] for r in rows if r["table"] == t and "-" in r["model"]})

@@ -23,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "gelu", "mish")
-INITS = ("auto", "xavier", "kaiming", "normal")
+INITS = ("auto", "xavier", "kaiming", "normal", "data")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau", "coslog4")
 # Schedules of dropout and weight decay (RealMLP: "flat_cos", flat then cosine to 0).
@@ -244,10 +244,15 @@ class TrainConfig:
     dropout_schedule : {"constant", "flat_cos"}, default "constant"
         ``flat_cos`` (RealMLP's): the full rate for the first half of ``max_epochs``, then a
         cosine down to 0 (:func:`fitwell.training.schedules.regularization_factor`). Per member.
-    init : {"auto", "xavier", "kaiming", "normal"}, default "auto"
+    init : {"auto", "xavier", "kaiming", "normal", "data"}, default "auto"
         ``auto``: Kaiming for ReLU-like activations, Xavier for tanh/sigmoid, LeCun for SELU.
+        ``data`` (RealMLP's ``std`` init): drawn as ``auto``, then, layer after layer (output
+        layer too), each unit's weights are rescaled so that its pre-activation has standard
+        deviation ``init_scale`` over a random batch of training rows, whatever the inputs'
+        (or the embedding's) scale.
     init_scale : float, default 1.0
-        Multiplies the initial weights' standard deviation (``normal`` uses it as the std).
+        Multiplies the initial weights' standard deviation (``normal`` uses it as the std;
+        ``data``: the pre-activations' std).
     bias_init : float, default 0.0
         Constant initial value of every hidden bias.
     bias_init_mode : {"constant", "he+5"}, default "constant"

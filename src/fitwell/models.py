@@ -611,7 +611,8 @@ class PopulationMLP(nn.Module):
             gen = torch.Generator().manual_seed(int(seed))
             for layer, (fan_in, fan_out) in enumerate(self.arch.layer_sizes):
                 act = self.arch.activation if layer < last else "sigmoid"  # output: Xavier, gain 1
-                method = init if layer < last or init == "normal" else "xavier"
+                rule = "auto" if init == "data" else init  # "data" rescales afterwards
+                method = rule if layer < last or rule == "normal" else "xavier"
                 std = init_std(act, method, init_scale, fan_in, fan_out)
                 if self.weight_scales is not None:  # the same effective weights as standard
                     std /= self.weight_scales[layer]
@@ -637,9 +638,21 @@ class PopulationMLP(nn.Module):
 
     @torch.no_grad()
     def initialize_biases(
-        self, x: torch.Tensor, seeds: Sequence[int], *, rows: int, points: int = 5
+        self,
+        x: torch.Tensor,
+        seeds: Sequence[int],
+        *,
+        rows: int,
+        points: int = 5,
+        unit_std: float | None = None,
+        biases: bool = True,
     ) -> None:
         """RealMLP's ``he+5`` biases, from training rows ``x [N, F]``, after :meth:`initialize`.
+
+        With ``unit_std`` (RealMLP's ``std`` weight init, ``init = "data"``), each unit's weights
+        are first rescaled in the same pass so that its pre-activation has that standard
+        deviation over the batch (units constant over the batch are left as drawn); with
+        ``biases=False`` the biases keep their constant and only the weights are rescaled.
 
         Layer by layer (output layer too), each unit's bias is minus a random convex combination
         (Exponential(1) weights, normalised) of its pre-activation ``h @ w`` at ``points`` rows of
@@ -661,13 +674,19 @@ class PopulationMLP(nn.Module):
             h = h[0] if h.dim() == 3 else h
             for layer, (w, _) in enumerate(pairs):
                 z = h @ w[k]
-                n, units = z.shape
-                idx = torch.randint(0, n, (units, points), generator=gen).to(x.device)
-                weights = -torch.log1p(-torch.rand(units, points, generator=gen)).to(z)
-                weights = weights / weights.sum(dim=1, keepdim=True)
-                chosen = z.gather(0, idx.T).T  # [units, points]: unit j at its rows
-                bias = -(chosen * weights).sum(dim=1)
-                self.biases[layer][k, 0].copy_(bias)
+                if unit_std is not None:
+                    std = z.std(dim=0, correction=0)
+                    factor = torch.where(std > 1e-6, unit_std / std.clamp_min(1e-6), 1.0)
+                    self.weights[layer][k].mul_(factor)  # [fan_in, units] * [units]
+                    z = z * factor
+                bias = self.biases[layer][k, 0]
+                if biases:
+                    n, units = z.shape
+                    idx = torch.randint(0, n, (units, points), generator=gen).to(x.device)
+                    weights = -torch.log1p(-torch.rand(units, points, generator=gen)).to(z)
+                    weights = weights / weights.sum(dim=1, keepdim=True)
+                    chosen = z.gather(0, idx.T).T  # [units, points]: unit j at its rows
+                    bias.copy_(-(chosen * weights).sum(dim=1))
                 if layer < last:
                     h = self.act(z + bias)
 

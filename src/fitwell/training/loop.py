@@ -215,9 +215,13 @@ class Trainer:
             init_scale=loop.init_scale,
             bias_init=loop.bias_init,
         )
-        if loop.bias_init_mode == "he+5":
+        if loop.bias_init_mode == "he+5" or loop.init == "data":
             self.model.initialize_biases(
-                self.x_train, [m.seed for m in self.members], rows=loop.batch_size
+                self.x_train,
+                [m.seed for m in self.members],
+                rows=loop.batch_size,
+                unit_std=loop.init_scale if loop.init == "data" else None,
+                biases=loop.bias_init_mode == "he+5",
             )
         self.active = list(range(k))  # member id at each position of the batched model
         self.shuffle_generators = [
