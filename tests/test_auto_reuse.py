@@ -127,3 +127,73 @@ def test_the_final_stage_trains_when_it_needs_more_seeds_than_were_trained(monke
     assert not run.metrics["auto"]["final"]["reused"]
     assert 5 in trained  # the final population, five seeds
     assert len(run.extra["fit"].members) == 5
+
+
+def test_a_confirmed_search_winner_is_the_final_run_without_training_again(monkeypatch):
+    """A start too small to learn wine (2 sigmoid units): a search trial wins, and its
+    confirmation (the baseline's seeds, trained whole) is the final run: nothing trains after
+    the confirmations, and the test split is read once."""
+    events: list[str] = []
+    real_init, real_run, real_open = Trainer.__init__, LocalExecutor.run, SealedTest.open
+
+    def trainer_init(self, *args, **kwargs):
+        events.append("train")
+        real_init(self, *args, **kwargs)
+
+    def executor_run(self, job):
+        out = real_run(self, job)
+        events.append(f"done {job.label}")
+        return out
+
+    def counting_open(self):
+        events.append("test opened")
+        return real_open(self)
+
+    monkeypatch.setattr(Trainer, "__init__", trainer_init)
+    monkeypatch.setattr(LocalExecutor, "run", executor_run)
+    monkeypatch.setattr(SealedTest, "open", counting_open)
+    run = auto(
+        dataset="wine",
+        hidden=(2,),
+        activation="sigmoid",
+        repair=False,
+        trials=4,
+        time_budget="40s",
+        max_epochs=15,
+    )
+    info = run.metrics["auto"]
+    assert info["winner"].startswith("search trial")
+    final = info["final"]
+    assert final["reused"] and final["from"].startswith("the confirmation of trial")
+    assert events.count("test opened") == 1
+    last_confirm = len(events) - 1 - events[::-1].index("done confirm")
+    assert "train" not in events[last_confirm:]
+
+
+class _Executor:
+    def __init__(self, keeps_weights: bool) -> None:
+        self.keeps_weights = keeps_weights
+
+
+@pytest.mark.parametrize(
+    ("keeps_weights", "restarts", "reserve"),
+    [(True, 1, 5.0), (False, 1, 40.0), (True, 5, 40.0)],
+)
+def test_the_search_keeps_time_for_a_final_run_only_when_it_will_train_one(
+    keeps_weights, restarts, reserve
+):
+    from fitwell.auto.budget import Budget
+    from fitwell.auto.pipeline import AutoSearch
+
+    start = make_config(dataset="wine", restarts=restarts)
+    job = AutoSearch(
+        start,
+        executor=_Executor(keeps_weights),  # type: ignore[arg-type]
+        budget=Budget(100.0),
+        trials=None,
+        population_size=8,
+        log=lambda line: None,
+    )
+    job.final_estimate = 40.0
+    assert job.reuses_members() is (keeps_weights and restarts <= 3)
+    assert job._search_left() == pytest.approx(100.0 - reserve, abs=0.5)

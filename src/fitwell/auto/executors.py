@@ -222,6 +222,9 @@ class LocalExecutor:
         """Whether a population may ask for another input preprocessing than the start's."""
         return self.inputs is not None
 
+    # Outcomes carry the trained population (``fitted``): the final run may reuse its members.
+    keeps_weights = True
+
     def run(self, job: PopulationJob) -> PopulationOutcome:
         from fitwell.api import fit_prepared
 

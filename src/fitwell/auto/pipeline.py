@@ -185,13 +185,32 @@ class AutoSearch:
         self.evaluated: dict[str, tuple[PopulationOutcome, int, int, bool]] = {}
 
     # ------------------------------------------------------------------ helpers
+    def reuses_members(self) -> bool:
+        """Whether the final run will be members already trained, whichever candidate wins:
+        the executor hands back trained populations, every candidate trains the final run's
+        seeds (restarts and ensemble at most the baseline's 3), and no adaptive L1 weights
+        are left for the final run to compute. The restarts stage then trains nothing, and
+        :meth:`winner` picks only among candidates trained whole (:meth:`reusable`)."""
+        adaptive = self.current.get("l1_inputs_adaptive") and (
+            self.current.get("l1_inputs_weights") is None
+        )
+        return (
+            bool(getattr(self.executor, "keeps_weights", False))
+            and self._final_seeds() <= BASELINE_SEEDS
+            and not adaptive
+        )
+
     def _search_left(self) -> float:
         """Seconds the search may still use: to its share's end, or later when the restarts
-        stage needs less than its share, earlier when it needs more."""
+        stage needs less than its share, earlier when it needs more. When the final run
+        reuses trained members, the restarts stage needs only the time to write the run."""
         if self.budget.seconds is None:
             return math.inf
-        reserve = max(self.final_estimate, (1.0 - SHARES["search"]) * self.budget.seconds)
-        reserve = min(reserve, 0.5 * self.budget.seconds)  # the search keeps some time
+        if self.reuses_members():
+            reserve = min(WRITE_RESERVE * self.budget.seconds, WRITE_RESERVE_MAX)
+        else:
+            reserve = max(self.final_estimate, (1.0 - SHARES["search"]) * self.budget.seconds)
+            reserve = min(reserve, 0.5 * self.budget.seconds)  # the search keeps some time
         return self.budget.seconds - self.budget.elapsed() - reserve
 
     def _run(
@@ -386,6 +405,11 @@ class AutoSearch:
     # ------------------------------------------------------------------ stage 2
     def _final_seeds(self) -> int:
         return max(self.restarts, self.start.ensemble)
+
+    def _confirm_estimate(self) -> float:
+        """Seconds one confirmation is expected to take: the final run's estimate, for the
+        baseline's seeds."""
+        return self.final_estimate * BASELINE_SEEDS / self._final_seeds()
 
     def run_repairs(self) -> None:
         started = time.perf_counter()
@@ -659,7 +683,7 @@ class AutoSearch:
             done -= len([k for k in study.user_attrs if k.startswith("requeued_")])
             if self.trials is not None and done >= self.trials:
                 break
-            left = self._search_left() - CONFIRM_TOP * self.final_estimate
+            left = self._search_left() - CONFIRM_TOP * self._confirm_estimate()
             estimate = self.seconds_per_population or 0.0
             if left <= 0 or (populations and left < 0.5 * estimate):
                 break
@@ -797,7 +821,7 @@ class AutoSearch:
         for start in range(0, len(picks), batch):
             group = picks[start : start + batch]
             left = self._search_left()
-            if left <= 0.5 * self.final_estimate:
+            if left <= 0.5 * self._confirm_estimate():
                 self.log(f"      trial {group[0].number}: not confirmed, no time left for it")
                 break
             jobs = [
@@ -824,6 +848,12 @@ class AutoSearch:
                     continue
                 losses = _losses(out, 0)
                 self.confirmed_rows[t.number] = out.rows_of(0)
+                if out.fitted is not None and not out.stopped_by_deadline:
+                    # The baseline's seeds, trained whole: the final run if this trial wins.
+                    chosen = search_space.settings_from_params(
+                        t.params, self.current, seed=self.seed
+                    )
+                    self.trained.append((chosen, out, 0, f"the confirmation of trial {t.number}"))
                 self.confirmed.append(
                     {
                         "trial": t.number,
@@ -877,8 +907,19 @@ class AutoSearch:
         what = "start configuration" if start == "defaults" else f"{start} start"
         name = f"the repaired {what}" if self.repairs else f"the {what}"
         own_median = repair_table.median_loss(self.current_losses)
-        if self.confirmed and study is not None:
-            best = min(self.confirmed, key=lambda c: (c["median_val_loss"], c["trial"]))
+        confirmed = self.confirmed
+        searched = study is not None and _best_trial(study) is not None
+        if searched and self.budget.seconds is not None and self.reuses_members():
+            # No time was kept to train a winner again: only a confirmation trained whole
+            # may replace the start (its members are the final run).
+            confirmed = [c for c in confirmed if not c["cut_by_budget"]]
+            if not confirmed:
+                return dict(self.current), (
+                    f"{name} (no search trial was confirmed with the baseline's seeds in the "
+                    "time left)"
+                )
+        if confirmed and study is not None:
+            best = min(confirmed, key=lambda c: (c["median_val_loss"], c["trial"]))
             if best["median_val_loss"] >= own_median:
                 return dict(self.current), (
                     f"{name} (median val loss {own_median:.4g}; the best confirmed trial reached "
