@@ -220,3 +220,20 @@ def test_losses_buffered_on_the_device_reach_the_epoch_summary() -> None:
     assert doc.records[0]["batch_loss_mean"] == pytest.approx(sum(losses) / len(losses))
     assert doc.records[0]["batch_loss_max"] == 6.0
     assert doc._loss_rows == 0 and doc._loss_values == []
+
+
+@pytest.mark.parametrize(("best_epoch_by", "severity"), [("loss", "warning"), ("score", "info")])
+def test_a_kept_epoch_chosen_by_score_is_not_called_overfitted(
+    best_epoch_by: str, severity: str
+) -> None:
+    """RealMLP's rule keeps the epoch with the best validation accuracy, here epoch 11, long
+    after the validation-loss minimum: by the user's own rule it is not over-fitted, and the
+    finding (kept, as info) says its probabilities are the less calibrated ones."""
+    ctx = RunContext(
+        task="classification", model_epoch=11, restored_best=True, best_epoch_by=best_epoch_by
+    )
+    found = overfitting_findings(history(TRAIN, SUSTAINED), ctx)
+    assert [f["severity"] for f in found] == [severity]
+    assert found[0]["evidence"]["model_epoch"] == 11
+    if best_epoch_by == "score":
+        assert "less calibrated" in found[0]["advice"]

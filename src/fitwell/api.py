@@ -460,6 +460,7 @@ def fit_prepared(
         class_weight=cfg.class_weight if isinstance(cfg.class_weight, str) else "table",
         lr=cfg.lr,
         restored_best=bool(cfg.restore_best and cfg.patience > 0),
+        best_epoch_by=cfg.best_epoch_by,
         events=getattr(trainer, "events", []),
     )
     if callable(check_capacity):  # asked after training: e.g. not when the clock cut it

@@ -171,6 +171,8 @@ class RunContext:
     member: int = 0
     model_epoch: int | None = None
     restored_best: bool = False
+    # What chose the restored epoch: the validation loss, or the validation score (accuracy).
+    best_epoch_by: str = "loss"
     lr: float | None = None
     # The chosen member's regularization, so advice can say "raise" rather than repeat it.
     l2: float | None = None
@@ -594,6 +596,22 @@ def overfitting_findings(
                 "info",
                 "early stopping caught it and the best weights were kept; " + advice,
                 epoch=best_epoch,
+                member=ctx.member,
+                **evidence,
+            )
+        ]
+    if ctx.restored_best and ctx.best_epoch_by == "score":
+        # The kept epoch has the best validation score, by the user's own rule: on that
+        # score it is not over-fitted; what rose is the loss, i.e. its confidence.
+        return [
+            finding(
+                "overfitting",
+                "info",
+                f"the kept epoch {model_epoch} has the best validation score, chosen over the "
+                f"validation-loss minimum at epoch {best_epoch} "
+                f"({model_val / best:.3g} x its loss): its probabilities are less calibrated; "
+                'best_epoch_by = "loss" keeps the calibrated epoch, or ' + advice,
+                epoch=over[0][0],
                 member=ctx.member,
                 **evidence,
             )
